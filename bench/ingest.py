@@ -1,0 +1,667 @@
+"""Ingest throughput and latency of `conversations serve`, against same-run baselines.
+
+Three servers run one at a time, each a separate `uvicorn` process (uvloop, httptools,
+one process, no access log) on a throwaway database:
+
+- `bare`: `bench/baselines.py` `POST /bare` (read the body, `json.loads`, answer `{}`);
+- `insert`: `bench/baselines.py` `POST /insert` (one autocommit `INSERT` per webhook
+  through a psycopg pool of 10 connections);
+- `service`: `conversations serve`, `POST /webhooks/highlevel`, every body signed.
+
+This process is the load generator: a minimal HTTP/1.1 keep-alive client over asyncio
+streams (uvloop when installed) with every request's bytes built before the clock starts.
+Concurrency C is C connections, each sending its next request as soon as the previous
+answer is read. Every request is a distinct webhook (its own `webhookId` and `messageId`).
+
+    python bench/ingest.py [--requests 5000] [--concurrency 1,16,64] [--only bare,insert]
+    python bench/ingest.py --smoke    # CI: 50 requests at concurrency 1 and 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINES = Path(__file__).resolve().parent / "baselines.py"
+SERVERS = ("bare", "insert", "service")
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+# --- payloads ---------------------------------------------------------------------------
+
+_ALNUM = string.ascii_letters + string.digits
+
+# (messageType, messageTypeString, messageTypeId, weight)
+_CHANNELS: tuple[tuple[str, str, int | None, int], ...] = (
+    ("SMS", "TYPE_SMS", 2, 36),
+    ("Email", "TYPE_EMAIL", None, 14),
+    ("CALL", "TYPE_CALL", 1, 10),
+    ("WhatsApp", "TYPE_WHATSAPP", None, 10),
+    ("FB", "TYPE_FACEBOOK", None, 6),
+    ("IG", "TYPE_INSTAGRAM", None, 6),
+    ("Live Chat", "TYPE_LIVE_CHAT", None, 5),
+    ("GMB", "TYPE_GMB", None, 3),
+    ("Custom", "TYPE_CUSTOM_PROVIDER_SMS", 22, 5),
+    ("InternalComment", "TYPE_INTERNAL_COMMENT", None, 5),
+)
+# fmt: off
+_WORDS = (
+    "hi", "hello", "thanks", "please", "confirm", "appointment", "tomorrow", "today",
+    "booking", "price", "quote", "call", "me", "back", "order", "shipped", "invoice", "paid",
+    "when", "where", "how", "much", "available", "friday", "monday", "morning", "evening",
+    "great", "sounds", "good", "see", "you", "then", "can", "we", "reschedule", "address",
+    "directions", "open",
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class _Conversation:
+    location_id: str
+    conversation_id: str
+    contact_id: str
+    phone: str
+    email: str
+
+
+class Corpus:
+    """Distinct HighLevel message webhooks over ~20 locations and ~2000 conversations."""
+
+    def __init__(self, seed: int, locations: int = 20, conversations: int = 2000) -> None:
+        self._rng = random.Random(seed)
+        self._locations = [self._id() for _ in range(locations)]
+        self._users = {loc: [self._id() for _ in range(3)] for loc in self._locations}
+        self._business_phone = {loc: self._phone() for loc in self._locations}
+        self._conversations = [
+            _Conversation(
+                location_id=self._rng.choice(self._locations),
+                conversation_id=self._id(),
+                contact_id=self._id(),
+                phone=self._phone(),
+                email=f"contact{n}@example.com",
+            )
+            for n in range(conversations)
+        ]
+        self._weights = [weight for *_, weight in _CHANNELS]
+        self._serial = 0
+
+    def _id(self, length: int = 20) -> str:
+        return "".join(self._rng.choices(_ALNUM, k=length))
+
+    def _phone(self) -> str:
+        return f"+1555{self._rng.randrange(10**7):07d}"
+
+    def _unique_id(self) -> str:
+        """20 characters like HighLevel's ids, unique because they embed a serial."""
+        self._serial += 1
+        return self._id(12) + f"{self._serial:08x}"
+
+    def _text(self) -> str:
+        return " ".join(self._rng.choices(_WORDS, k=self._rng.randint(3, 30))).capitalize()
+
+    def webhook(self, now: datetime) -> dict[str, Any]:
+        rng = self._rng
+        conv = rng.choice(self._conversations)
+        message_type, type_string, type_id, _ = rng.choices(_CHANNELS, self._weights)[0]
+        inbound = message_type != "InternalComment" and rng.random() < 0.55
+        added = now - timedelta(milliseconds=rng.randrange(5_000))
+        business = self._business_phone[conv.location_id]
+        body: dict[str, Any] = {
+            "type": "InboundMessage" if inbound else "OutboundMessage",
+            "locationId": conv.location_id,
+            "attachments": [],
+            "contactId": conv.contact_id,
+            "conversationId": conv.conversation_id,
+            "dateAdded": added.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "direction": "inbound" if inbound else "outbound",
+            "messageType": message_type,
+            "messageId": self._unique_id(),
+            "status": "delivered",
+        }
+        if not inbound:
+            body["userId"] = rng.choice(self._users[conv.location_id])
+            body["source"] = rng.choice(("app", "api", "workflow", "bulk_actions", "campaign"))
+        if message_type == "CALL":
+            answered = rng.random() < 0.7
+            body["status"] = "completed" if answered else "voicemail"
+            body["callStatus"] = "completed" if answered else "voicemail"
+            body["callDuration"] = rng.randrange(5, 900) if answered else 0
+            body["attachments"] = [f"https://example.com/recordings/{self._id()}.mp3"]
+            type_id, type_string = (1, "TYPE_CALL") if answered else (10, "TYPE_VOICEMAIL")
+        elif message_type == "Email":
+            text = self._text()
+            body["body"] = f'<div style="font-family: verdana;">{text}</div>'
+            body["plainText"] = text
+            body["contentType"] = "text/html"
+            body["subject"] = " ".join(rng.choices(_WORDS, k=4)).capitalize()
+            body["emailMessageId"] = body["threadId"] = self._id()
+            body["provider"] = "mailgun"
+            owner = f"Front Desk <desk@{conv.location_id.lower()}.example.com>"
+            body["from"], body["to"] = (conv.email, owner) if inbound else (owner, conv.email)
+            body["ccList"] = ["cc@example.com"] if rng.random() < 0.2 else []
+            body["bccList"] = []
+        else:
+            body["body"] = self._text()
+            body["contentType"] = "text/plain"
+            body["from"], body["to"] = (conv.phone, business) if inbound else (business, conv.phone)
+            if message_type == "InternalComment":
+                body["mentions"] = [rng.choice(self._users[conv.location_id])]
+            if rng.random() < 0.1:
+                body["attachments"] = [f"https://example.com/media/{self._id()}.jpg"]
+        if type_id is not None:
+            body["messageTypeId"] = type_id
+        body["messageTypeString"] = type_string
+        body["webhookId"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        body["timestamp"] = now.isoformat(timespec="seconds").replace("+00:00", "Z")
+        return body
+
+
+def build_requests(
+    corpus: Corpus, key: Ed25519PrivateKey, port: int, path: str, count: int
+) -> list[bytes]:
+    """The exact bytes of `count` signed POSTs, built before the clock starts."""
+    now = datetime.now(UTC)
+    requests: list[bytes] = []
+    for _ in range(count):
+        body = json.dumps(corpus.webhook(now), separators=(",", ":")).encode()
+        signature = base64.b64encode(key.sign(body)).decode()
+        head = (
+            f"POST {path} HTTP/1.1\r\n"
+            f"Host: {HOST}:{port}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-GHL-Signature: {signature}\r\n"
+            "\r\n"
+        )
+        requests.append(head.encode() + body)
+    return requests
+
+
+# --- load generator ---------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """The server answered something this minimal client does not understand."""
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """Status, body and whether the server will close the connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1."):
+        raise ProtocolError(f"Status line {head[:40]!r} is not HTTP/1.x.")
+    status = int(head[9:12])
+    lower = head.lower()
+    at = lower.find(b"\r\ncontent-length:")
+    if at >= 0:
+        end = lower.index(b"\r\n", at + 2)
+        body = await reader.readexactly(int(lower[at + 17 : end]))
+    elif b"\r\ntransfer-encoding: chunked" in lower:
+        chunks = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            chunks.append(chunk[:-2])
+        body = b"".join(chunks)
+    elif status in (204, 304) or 100 <= status < 200:
+        body = b""
+    else:
+        raise ProtocolError(f"Response with status {status} has no length.")
+    return status, body, b"\r\nconnection: close" in lower
+
+
+@dataclass
+class Load:
+    requests: Sequence[bytes]
+    latencies: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
+    _next: int = 0
+
+    def __post_init__(self) -> None:
+        self.latencies = [0.0] * len(self.requests)
+        self.statuses = [0] * len(self.requests)
+
+    def take(self) -> int | None:
+        if self._next >= len(self.requests):
+            return None
+        self._next += 1
+        return self._next - 1
+
+    def sample(self, text: str) -> None:
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text)
+
+
+async def _connection(port: int, load: Load) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while (index := load.take()) is not None:
+            start = time.perf_counter()
+            try:
+                writer.write(load.requests[index])
+                status, body, close = await read_response(reader)
+            except (OSError, EOFError, ValueError, ProtocolError, asyncio.LimitOverrunError) as e:
+                status, body, close = 0, repr(e).encode(), True
+            load.latencies[index] = time.perf_counter() - start
+            load.statuses[index] = status
+            if not 200 <= status < 300:
+                load.sample(f"{status} {body[:300].decode(errors='replace')}")
+            if close:
+                writer.close()
+                reader, writer = await asyncio.open_connection(HOST, port)
+    finally:
+        writer.close()
+
+
+async def _drive(port: int, load: Load, concurrency: int) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(_connection(port, load) for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+# --- CPU accounting ---------------------------------------------------------------------
+
+
+def _process_cpu(pid: int) -> float:
+    """Seconds of CPU a process has used (Linux /proc), 0.0 when unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float:
+    """Seconds of CPU the whole machine has spent busy (Linux /proc/stat), 0.0 if unknown."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+# --- servers and database ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    path: str
+    command: list[str]
+    env: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1) as sock:
+            sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving(server: Server, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*server.command, "--host", HOST, "--port", str(port)],
+            cwd=REPO,
+            env=server.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"Server {server.name!r} did not come up:\n{tail}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise SystemExit(f"--database-url {url!r} is not a postgresql:// URL.")
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextmanager
+def throwaway_database(admin_url: str) -> Iterator[str]:
+    name = f"bench_ingest_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = _with_database(admin_url, name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE baseline_events (id bigserial PRIMARY KEY, body jsonb NOT NULL)"
+            )
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _count(url: str, table: str) -> int | None:
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    except psycopg.Error as error:
+        print(f"  count of {table} failed: {error}", file=sys.stderr)
+        return None
+    return int(row[0]) if row else None
+
+
+def _checkpoint(url: str) -> None:
+    """Flush what the previous server wrote, so its checkpoint does not land in this run."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    except psycopg.Error as error:
+        print(f"  CHECKPOINT failed (ignored): {error}", file=sys.stderr)
+
+
+def _servers(url: str, public_pem: str) -> dict[str, Server]:
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)}
+    baseline = [sys.executable, str(BASELINES)]
+    service_env = {
+        **env,
+        "CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY": public_pem,
+        "CONVERSATIONS_LOG_LEVEL": "warning",
+    }
+    return {
+        "bare": Server("bare", "/bare", baseline, env),
+        "insert": Server("insert", "/insert", baseline, env),
+        "service": Server(
+            "service",
+            "/webhooks/highlevel",
+            [sys.executable, "-m", "conversations", "serve"],
+            service_env,
+        ),
+    }
+
+
+# --- measurement ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    server: str
+    concurrency: int
+    requests: int
+    seconds: float
+    acked: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    generator_cpu: float
+    server_cpu: float
+    other_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def _percentile(ordered: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def measure(server: str, port: int, pid: int, requests: list[bytes], concurrency: int) -> Result:
+    load = Load(requests)
+    gc.collect()
+    gc.disable()
+    try:
+        cpu_gen, cpu_server, cpu_all = time.process_time(), _process_cpu(pid), _machine_cpu()
+        seconds = _run(_drive(port, load, concurrency))
+        cpu_gen = time.process_time() - cpu_gen
+        cpu_server = _process_cpu(pid) - cpu_server
+        cpu_all = _machine_cpu() - cpu_all
+    finally:
+        gc.enable()
+    for sample in load.error_samples:
+        print(f"    error sample: {sample}", file=sys.stderr)
+    ordered = sorted(load.latencies)
+    acked = sum(1 for status in load.statuses if 200 <= status < 300)
+    return Result(
+        server=server,
+        concurrency=concurrency,
+        requests=len(requests),
+        seconds=seconds,
+        acked=acked,
+        errors=len(requests) - acked,
+        p50_ms=_percentile(ordered, 0.50) * 1000,
+        p99_ms=_percentile(ordered, 0.99) * 1000,
+        generator_cpu=cpu_gen / seconds,
+        server_cpu=cpu_server / seconds,
+        other_cpu=max(0.0, cpu_all - cpu_gen - cpu_server) / seconds,
+    )
+
+
+def _print_table(results: list[Result], repeat: int) -> None:
+    insert = {r.concurrency: r.rate for r in results if r.server == "insert"}
+    print()
+    if repeat > 1:
+        print(f"median run of {repeat} per row (by webhooks/s); errors summed over all runs")
+    print(
+        "| server | concurrency | requests | webhooks/s | p50 ms | p99 ms | errors "
+        "| vs insert | CPU load gen | CPU server | CPU rest |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for r in results:
+        ratio = ""
+        if r.server != "insert" and r.concurrency in insert:
+            ratio = f"{r.rate / insert[r.concurrency]:.2f}x"
+        print(
+            f"| {r.server} | {r.concurrency} | {r.requests} | {r.rate:,.0f} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.errors} | {ratio} | {r.generator_cpu:.0%} "
+            f"| {r.server_cpu:.0%} | {r.other_cpu:.0%} |"
+        )
+
+
+def _print_targets(results: list[Result], concurrency: int) -> None:
+    service = next(
+        (r for r in results if r.server == "service" and r.concurrency == concurrency), None
+    )
+    insert = next(
+        (r for r in results if r.server == "insert" and r.concurrency == concurrency), None
+    )
+    if service is None:
+        return
+    print()
+    if insert is not None:
+        met = "met" if service.rate >= insert.rate else "NOT met"
+        print(
+            f"target at concurrency {concurrency}: service >= INSERT baseline: {met} "
+            f"({service.rate:,.0f} vs {insert.rate:,.0f} webhooks/s, "
+            f"{service.rate / insert.rate:.2f}x)"
+        )
+    met = "met" if service.p99_ms < 50 else "NOT met"
+    print(
+        f"target at concurrency {concurrency}: service p99 < 50 ms: {met} ({service.p99_ms:.2f} ms)"
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--concurrency {text!r} is not like 1,16,64") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"--concurrency {text!r} is not like 1,16,64")
+    return levels
+
+
+def _parse_only(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(SERVERS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--only {text!r} names {', '.join(unknown) or 'nothing'}; choose from "
+            f"{', '.join(SERVERS)}"
+        )
+    return [name for name in SERVERS if name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Ingest benchmark: conversations serve vs bare and INSERT baselines."
+    )
+    parser.add_argument("--requests", type=int, default=5000, help="per concurrency level")
+    parser.add_argument("--concurrency", type=_parse_levels, default=[1, 16, 64])
+    parser.add_argument("--warmup", type=int, default=200, help="uncounted, per server")
+    parser.add_argument("--only", type=_parse_only, default=list(SERVERS))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
+        help="a server where this may CREATE and DROP a database",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per level; the table shows the median"
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="50 requests at concurrency 1 and 4; exit 1 on any failure",
+    )
+    args = parser.parse_args(argv)
+    if min(args.requests, args.repeat, args.warmup + 1) < 1:
+        parser.error("--requests and --repeat must be at least 1, --warmup at least 0")
+    if args.smoke:
+        args.requests, args.concurrency, args.warmup = 50, [1, 4], 10
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    key = Ed25519PrivateKey.generate()
+    public_pem = (
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    )
+    corpus = Corpus(args.seed)
+    results: list[Result] = []
+    failed = False
+    print(
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; {args.requests} requests per level, concurrency "
+        f"{','.join(map(str, args.concurrency))}, warm-up {args.warmup}",
+        flush=True,
+    )
+    try:
+        with throwaway_database(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
+            servers = _servers(url, public_pem)
+            for name in args.only:
+                server = servers[name]
+                port = _free_port()
+                log = Path(tmp) / f"{name}.log"
+                _checkpoint(url)
+                with serving(server, port, log) as process:
+                    warm = build_requests(corpus, key, port, server.path, args.warmup)
+                    warmed = measure(name, port, process.pid, warm, 8)
+                    acked = warmed.acked
+                    failed |= warmed.errors > 0
+                    for level in args.concurrency:
+                        runs: list[Result] = []
+                        for _ in range(args.repeat):
+                            requests = build_requests(corpus, key, port, server.path, args.requests)
+                            result = measure(name, port, process.pid, requests, level)
+                            runs.append(result)
+                            acked += result.acked
+                            failed |= result.errors > 0
+                            print(
+                                f"  {name:<8} c={level:<3} {result.rate:>8,.0f}/s "
+                                f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                                f"errors {result.errors}  CPU gen {result.generator_cpu:.0%} "
+                                f"server {result.server_cpu:.0%} rest {result.other_cpu:.0%}",
+                                flush=True,
+                            )
+                        median = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+                        results.append(replace(median, errors=sum(r.errors for r in runs)))
+                    table = {"insert": "baseline_events", "service": "events"}.get(name)
+                    if table is not None:
+                        stored = _count(url, table)
+                        verdict = "ok" if stored == acked else "MISMATCH"
+                        failed |= stored != acked
+                        print(
+                            f"  {name}: {table} holds {stored} rows, {acked} acknowledged "
+                            f"(including warm-up): {verdict}",
+                            flush=True,
+                        )
+                if server.name == "service" and log.exists() and log.stat().st_size:
+                    print(f"  service log tail:\n{log.read_text(errors='replace')[-1500:]}")
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped and the database dropped", file=sys.stderr)
+        return 130
+    _print_table(results, args.repeat)
+    _print_targets(results, max(args.concurrency))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from conversations.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""The Starlette application: routes, error handlers and the lifespan that owns the
+database engine and the group-commit writer."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from conversations.api import health, webhooks
+from conversations.api.problems import http_exception, server_error
+from conversations.api.state import AppState
+from conversations.database import create_async_engine
+from conversations.ingest import Ingestor
+from conversations.logs import access_log
+from conversations.metrics import Metrics
+from conversations.settings import Settings
+from conversations.signatures import SignatureVerifier
+from conversations.writer import GroupCommitWriter
+
+
+def create_app(settings: Settings, database_url: str) -> Starlette:
+    verifier = SignatureVerifier(settings.ed25519_public_key, settings.rsa_public_key)
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = create_async_engine(
+            database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
+        )
+        writer = GroupCommitWriter(
+            engine, batch_max=settings.batch_max, timeout=settings.db_timeout
+        )
+        await writer.start()
+        app.state.conversations = AppState(
+            settings=settings,
+            engine=engine,
+            writer=writer,
+            ingestor=Ingestor(
+                engine=engine,
+                writer=writer,
+                verifier=verifier,
+                enforce_signatures=settings.webhook_verify == "enforce",
+                retry_after=settings.retry_after,
+                metrics=metrics,
+            ),
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await engine.dispose()
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/highlevel", webhooks.receive_webhook, methods=["POST"]),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/metrics", health.metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_exception, Exception: server_error},
+        middleware=[Middleware(RequestLog, metrics=metrics)],
+        lifespan=lifespan,
+    )
+
+
+class RequestLog:
+    """One structured log line and one latency observation per HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            name = getattr(route, "path", "unmatched")
+            self.metrics.request_seconds.observe(name, elapsed)
+            access_log(scope["method"], scope["path"], status, elapsed)

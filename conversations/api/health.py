@@ -1,0 +1,45 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from conversations.api.problems import problem_response
+from conversations.api.state import app_state
+from conversations.migrate import head_revision
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state = app_state(request)
+    try:
+        async with state.engine.connect() as conn:
+            current = (
+                await conn.execute(text("SELECT version_num FROM alembic_version"))
+            ).scalar_one_or_none()
+    except Exception as error:
+        return problem_response(
+            503,
+            "not_ready",
+            "Not ready",
+            f"database unreachable: {type(error).__name__}",
+            headers={"Retry-After": str(state.settings.retry_after)},
+        )
+    head = head_revision()
+    if current != head:
+        return problem_response(
+            503, "not_ready", "Not ready", f"migrations at {current}, head is {head}"
+        )
+    return JSONResponse({"status": "ready", "migration": current})
+
+
+async def metrics(request: Request) -> Response:
+    state = app_state(request)
+    return PlainTextResponse(
+        state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )

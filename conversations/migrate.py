@@ -1,0 +1,45 @@
+"""Schema migrations, run in-process through alembic (the only way the schema changes)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+import migrations
+
+SCRIPT_LOCATION = Path(migrations.__file__).parent
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@cache
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(connection: Connection, revision: str = "head") -> None:
+    """Apply migrations up to `revision` in the caller's connection, then commit.
+
+    A transaction-scoped advisory lock makes concurrent starts (several `serve`
+    processes) migrate one after the other instead of racing.
+    """
+    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727741000)")
+    command.upgrade(alembic_config(connection), revision)
+    connection.commit()
+
+
+def downgrade(connection: Connection, revision: str) -> None:
+    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727741000)")
+    command.downgrade(alembic_config(connection), revision)
+    connection.commit()

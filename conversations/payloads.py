@@ -1,0 +1,432 @@
+"""Pydantic models of HighLevel's conversation webhooks, tolerant of the shapes it really sends.
+
+HighLevel's docs disagree with each other and with its real payloads, so the models accept
+every documented variant and normalise it: recipient fields become lists, `dateAdded` an
+aware UTC datetime, `callDuration` a number. Unknown fields are kept (`model_extra`).
+
+`parse_payload` is the entry point; it raises `PayloadError` and nothing else. Its checks, in
+order: `type` (reason "unknown_type"), `locationId` ("missing_location"), the conversation id
+("missing_conversation"), then every field ("invalid_field"). An id that is absent, null,
+empty or only whitespace is *missing*; an id of the wrong JSON kind (a number, say) is an
+*invalid field*.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "EVENT_TYPES",
+    "MESSAGE_EVENT_TYPES",
+    "ConversationUnreadUpdatePayload",
+    "ConversationUpdatePayload",
+    "MessagePayload",
+    "Payload",
+    "PayloadError",
+    "PayloadReason",
+    "parse_payload",
+]
+
+PayloadReason: TypeAlias = Literal[
+    "unknown_type", "missing_location", "missing_conversation", "invalid_field"
+]
+
+MESSAGE_EVENT_TYPES: frozenset[str] = frozenset({"InboundMessage", "OutboundMessage"})
+EVENT_TYPES: frozenset[str] = MESSAGE_EVENT_TYPES | {
+    "ConversationUnreadUpdate",
+    "ConversationUpdate",
+}
+
+
+class PayloadError(ValueError):
+    """A webhook document that is not a conversation event this service can store.
+
+    `reason` is a stable machine code, `detail` a sentence naming the field and what was wrong,
+    `errors` the same per field as JSON-serialisable dicts (`{"field": ..., "message": ...}`).
+    """
+
+    def __init__(
+        self,
+        reason: PayloadReason,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason: PayloadReason = reason
+        self.detail = detail
+        self.errors: list[dict[str, Any]] = errors if errors is not None else []
+
+    def __repr__(self) -> str:
+        return f"PayloadError(reason={self.reason!r}, detail={self.detail!r})"
+
+
+# --- describing bad values ------------------------------------------------------------------
+
+_MAX_SHOWN = 60
+
+
+def _describe(value: Any) -> str:
+    """A short, safe description of a JSON value for error messages (never the whole value)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        # Huge ints cannot even be turned into text (int max str digits).
+        return f"the number {value}" if value.bit_length() <= 64 else "a very large number"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "..."
+        return repr(shown)
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _invalid(expected: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_field", expected)
+
+
+# --- field normalisers (BeforeValidators) ---------------------------------------------------
+
+
+def _string_list(value: Any) -> list[str]:
+    """`to`, `cc`, ...: HighLevel sends a string or an array of strings for the same field."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise _invalid("expected a string or an array of strings")
+
+
+def _attachments(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str | dict) for item in value):
+        return value
+    raise _invalid("expected an array of URLs or objects")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _date(value: Any) -> datetime | None:
+    """ISO-8601 (any precision, `Z`, offset or naive = UTC) or epoch milliseconds -> UTC."""
+    if value is None:
+        return None
+    expected = "expected an ISO-8601 date-time or epoch milliseconds"
+    try:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text[-1] in "zZ":
+                text = text[:-1] + "+00:00"
+            parsed = datetime.fromisoformat(text)
+            if parsed.tzinfo is None:
+                return parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _invalid(expected)
+            return _EPOCH + timedelta(milliseconds=value)
+    except (ValueError, OverflowError):
+        raise _invalid(expected) from None
+    raise _invalid(expected)
+
+
+# Larger integers fit no database column and only come from junk; 2**63 - 1 is BIGINT's top.
+_MAX_INT = 2**63 - 1
+
+
+def _bounded(value: int, expected: str) -> int:
+    if -_MAX_INT <= value <= _MAX_INT:
+        return value
+    raise _invalid(expected)
+
+
+def _number(value: Any) -> int | float | None:
+    """A finite number, or the text of one; an empty string counts as absent."""
+    if value is None:
+        return None
+    expected = "expected a number"
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise _invalid(expected) from None
+    if isinstance(value, bool):
+        raise _invalid(expected)
+    if isinstance(value, int):
+        return _bounded(value, expected)
+    if isinstance(value, float) and math.isfinite(value):
+        return _bounded(int(value), expected) if value.is_integer() else value
+    raise _invalid(expected)
+
+
+def _integer(value: Any) -> int | None:
+    """An integer, an integral float (`2.0`) or the text of an integer."""
+    if value is None:
+        return None
+    expected = "expected an integer"
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise _invalid(expected) from None
+    if isinstance(value, bool):
+        raise _invalid(expected)
+    if isinstance(value, int):
+        return _bounded(value, expected)
+    if isinstance(value, float) and value.is_integer():
+        return _bounded(int(value), expected)
+    raise _invalid(expected)
+
+
+def _boolean(value: Any) -> bool | None:
+    """JSON booleans and the strings "true"/"false" (any case); numbers are not booleans."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered == "true":
+            return True
+        if lowered == "false":
+            return False
+    raise _invalid("expected true or false")
+
+
+OptStr: TypeAlias = StrictStr | None
+StrList: TypeAlias = Annotated[list[str], BeforeValidator(_string_list)]
+Attachments: TypeAlias = Annotated[list[str | dict[str, Any]], BeforeValidator(_attachments)]
+UtcDateTime: TypeAlias = Annotated[datetime | None, BeforeValidator(_date)]
+Number: TypeAlias = Annotated[int | float | None, BeforeValidator(_number)]
+Integer: TypeAlias = Annotated[int | None, BeforeValidator(_integer)]
+Boolean: TypeAlias = Annotated[bool | None, BeforeValidator(_boolean)]
+
+_CONFIG = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+class MessagePayload(BaseModel):
+    """`InboundMessage` / `OutboundMessage`: one message (SMS, call, voicemail, email, ...).
+
+    `direction` may contradict `type` (HighLevel's own examples do); both are kept as sent.
+    """
+
+    model_config = _CONFIG
+
+    type: Literal["InboundMessage", "OutboundMessage"]
+    locationId: StrictStr
+    conversationId: StrictStr
+    messageId: OptStr = None
+    emailMessageId: OptStr = None
+    threadId: OptStr = None
+    userId: OptStr = None
+    contactId: OptStr = None
+    body: OptStr = None
+    status: OptStr = None
+    direction: OptStr = None
+    messageType: OptStr = None
+    messageTypeString: OptStr = None
+    messageTypeId: Integer = None
+    contentType: OptStr = None
+    source: OptStr = None
+    subject: OptStr = None
+    from_: OptStr = Field(default=None, alias="from")
+    provider: OptStr = None
+    plainText: OptStr = None
+    callStatus: OptStr = None
+    callDuration: Number = None
+    conversationProviderId: OptStr = None
+    chatWidgetId: OptStr = None
+    dateAdded: UtcDateTime = None
+    to: StrList = Field(default_factory=list)
+    cc: StrList = Field(default_factory=list)
+    bcc: StrList = Field(default_factory=list)
+    ccList: StrList = Field(default_factory=list)
+    bccList: StrList = Field(default_factory=list)
+    mentions: StrList = Field(default_factory=list)
+    attachments: Attachments = Field(default_factory=list)
+
+    _date_added_raw: str | int | float | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw_date(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        model = handler(data)
+        if isinstance(model, MessagePayload) and isinstance(data, dict):
+            raw = data.get("dateAdded")
+            if isinstance(raw, datetime):
+                raw = raw.isoformat()
+            model._date_added_raw = raw
+        return model
+
+    @property
+    def date_added_raw(self) -> str | int | float | None:
+        """`dateAdded` exactly as sent (message identity hashes it, not the parsed value)."""
+        return self._date_added_raw
+
+
+class ConversationUnreadUpdatePayload(BaseModel):
+    """Unread count / starred / inbox / deleted flags changed; `id` is the conversation id."""
+
+    model_config = _CONFIG
+
+    type: Literal["ConversationUnreadUpdate"]
+    locationId: StrictStr
+    id: StrictStr
+    contactId: OptStr = None
+    unreadCount: Integer = None
+    starred: Boolean = None
+    inbox: Boolean = None
+    deleted: Boolean = None
+
+
+class ConversationUpdatePayload(BaseModel):
+    """A live-chat conversation was merged: `oldConversationId` -> `newConversationId`."""
+
+    model_config = _CONFIG
+
+    type: Literal["ConversationUpdate"]
+    locationId: StrictStr
+    oldConversationId: StrictStr
+    newConversationId: StrictStr
+    contactId: OptStr = None
+    companyId: OptStr = None
+
+
+Payload: TypeAlias = MessagePayload | ConversationUnreadUpdatePayload | ConversationUpdatePayload
+
+_MODELS: dict[str, type[Payload]] = {
+    "InboundMessage": MessagePayload,
+    "OutboundMessage": MessagePayload,
+    "ConversationUnreadUpdate": ConversationUnreadUpdatePayload,
+    "ConversationUpdate": ConversationUpdatePayload,
+}
+
+_CONVERSATION_FIELDS: dict[str, tuple[str, ...]] = {
+    "InboundMessage": ("conversationId",),
+    "OutboundMessage": ("conversationId",),
+    "ConversationUnreadUpdate": ("id",),
+    "ConversationUpdate": ("oldConversationId", "newConversationId"),
+}
+
+
+# --- parse_payload --------------------------------------------------------------------------
+
+
+def _sentence(field: str, message: str) -> str:
+    return (
+        f"field '{field}' {message}" if message.startswith("is ") else f"field '{field}': {message}"
+    )
+
+
+def _field_error(reason: PayloadReason, field: str, message: str) -> PayloadError:
+    return PayloadError(reason, _sentence(field, message), [{"field": field, "message": message}])
+
+
+def _check_id(document: dict[str, Any], field: str, reason: PayloadReason) -> None:
+    """Absent/null/blank -> `reason`; present but not a string -> invalid_field."""
+    if field not in document:
+        raise _field_error(reason, field, "is missing")
+    value = document[field]
+    if value is None:
+        raise _field_error(reason, field, "is null")
+    if not isinstance(value, str):
+        raise _field_error("invalid_field", field, f"expected a string, got {_describe(value)}")
+    if not value.strip():
+        raise _field_error(reason, field, f"is empty ({_describe(value)})")
+
+
+_PYDANTIC_MESSAGES: dict[str, str] = {
+    "string_type": "expected a string",
+    "literal_error": "expected one of the event types",
+    "dict_type": "expected an object",
+    "invalid_key": "keys must be strings",
+}
+
+
+def _field_name(loc: tuple[str | int, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else part
+    return name or "(document)"
+
+
+def _translate(error: ValidationError) -> PayloadError:
+    errors: list[dict[str, Any]] = []
+    for item in error.errors(include_url=False, include_context=False):
+        field = _field_name(item["loc"])
+        if item["type"] == "missing":
+            message = "is missing"
+        else:
+            expected = _PYDANTIC_MESSAGES.get(item["type"], item["msg"])
+            message = f"{expected}, got {_describe(item.get('input'))}"
+        errors.append({"field": field, "message": message})
+    shown = "; ".join(_sentence(e["field"], e["message"]) for e in errors[:5])
+    if len(errors) > 5:
+        shown += f"; and {len(errors) - 5} more"
+    return PayloadError("invalid_field", shown, errors)
+
+
+def parse_payload(document: dict[str, Any]) -> Payload:
+    """Validate one decoded webhook document; raise `PayloadError` (only) if it is unusable."""
+    if not isinstance(document, dict):
+        raise PayloadError(
+            "unknown_type",
+            f"the payload is {_describe(document)}, not an object with a 'type'",
+            [{"field": "type", "message": "the payload is not an object"}],
+        )
+    event_type = document.get("type")
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        got = "nothing" if "type" not in document else _describe(event_type)
+        message = f"expected one of {', '.join(sorted(EVENT_TYPES))}, got {got}"
+        raise _field_error("unknown_type", "type", message)
+    _check_id(document, "locationId", "missing_location")
+    for field in _CONVERSATION_FIELDS[event_type]:
+        _check_id(document, field, "missing_conversation")
+    validate: Callable[[Any], Payload] = _MODELS[event_type].model_validate
+    try:
+        return validate(document)
+    except ValidationError as error:
+        raise _translate(error) from None

@@ -1,0 +1,193 @@
+"""Every setting of the service, read from the environment in one place.
+
+The README's configuration table mirrors `SETTINGS`; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+VerifyMode = Literal["enforce", "off"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "DATABASE_URL",
+        None,
+        "PostgreSQL URL (`postgresql://user@host:5432/db`). Unset: an embedded PostgreSQL "
+        "is started in `CONVERSATIONS_DATA_DIR`.",
+    ),
+    Setting(
+        "CONVERSATIONS_DATA_DIR",
+        ".conversations",
+        "Where the embedded PostgreSQL keeps its data (relative to the working directory).",
+    ),
+    Setting("CONVERSATIONS_HOST", "127.0.0.1", "Address `serve` listens on."),
+    Setting("CONVERSATIONS_PORT", "8000", "Port `serve` listens on."),
+    Setting(
+        "CONVERSATIONS_AUTO_MIGRATE",
+        "true",
+        "`serve` applies pending migrations on start (`false` to leave that to `migrate`).",
+    ),
+    Setting(
+        "CONVERSATIONS_MAX_BODY_BYTES",
+        "1048576",
+        "Largest webhook body accepted; larger ones get 413 and are not read further.",
+    ),
+    Setting(
+        "CONVERSATIONS_WEBHOOK_VERIFY",
+        "enforce",
+        "`enforce`: a webhook needs a valid `X-GHL-Signature` (Ed25519) or `X-WH-Signature` "
+        "(RSA). `off`: signatures are checked and recorded but not required.",
+    ),
+    Setting(
+        "CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY",
+        None,
+        "PEM text, or a path to a PEM file, replacing HighLevel's published Ed25519 key.",
+    ),
+    Setting(
+        "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY",
+        None,
+        "PEM text, or a path to a PEM file, replacing HighLevel's published RSA key.",
+    ),
+    Setting(
+        "CONVERSATIONS_DB_POOL_SIZE",
+        "10",
+        "Connections each `serve` process keeps open to PostgreSQL.",
+    ),
+    Setting(
+        "CONVERSATIONS_DB_TIMEOUT",
+        "5",
+        "Seconds a webhook waits for the database before it is answered 503.",
+    ),
+    Setting(
+        "CONVERSATIONS_RETRY_AFTER",
+        "5",
+        "Seconds sent in `Retry-After` with a 503 while the database is unreachable.",
+    ),
+    Setting(
+        "CONVERSATIONS_BATCH_MAX",
+        "500",
+        "Most webhooks committed together in one transaction (group commit).",
+    ),
+    Setting("CONVERSATIONS_LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`."),
+    Setting("CONVERSATIONS_LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    for setting in SETTINGS:
+        if setting.name == name:
+            value = env.get(name)
+            return value if value not in (None, "") else setting.default
+    raise KeyError(name)
+
+
+def _int(env: Mapping[str, str], name: str, minimum: int = 1) -> int:
+    raw = _get(env, name)
+    try:
+        value = int(raw or "")
+    except ValueError:
+        raise SettingsError(f"Setting {name}={raw!r} is not an integer.") from None
+    if value < minimum:
+        raise SettingsError(f"Setting {name}={value} must be at least {minimum}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str) -> float:
+    raw = _get(env, name)
+    try:
+        value = float(raw or "")
+    except ValueError:
+        raise SettingsError(f"Setting {name}={raw!r} is not a number.") from None
+    if value <= 0:
+        raise SettingsError(f"Setting {name}={value} must be positive.")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = (_get(env, name) or "").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"Setting {name}={raw!r} is not a boolean (true/false).")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (_get(env, name) or "").lower()
+    if raw not in choices:
+        raise SettingsError(f"Setting {name}={raw!r} is not one of {', '.join(choices)}.")
+    return raw
+
+
+def _pem(env: Mapping[str, str], name: str) -> str | None:
+    """A PEM given inline, or the contents of the file it names."""
+    raw = _get(env, name)
+    if raw is None or "-----BEGIN" in raw:
+        return raw
+    path = Path(raw).expanduser()
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise SettingsError(
+            f"Setting {name}={raw!r} is neither PEM text nor a readable file: {error}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    data_dir: Path
+    host: str
+    port: int
+    auto_migrate: bool
+    max_body_bytes: int
+    webhook_verify: VerifyMode
+    ed25519_public_key: str | None
+    rsa_public_key: str | None
+    db_pool_size: int
+    db_timeout: float
+    retry_after: int
+    batch_max: int
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        verify = _choice(env, "CONVERSATIONS_WEBHOOK_VERIFY", ("enforce", "off"))
+        return cls(
+            database_url=_get(env, "DATABASE_URL"),
+            data_dir=Path(_get(env, "CONVERSATIONS_DATA_DIR") or ".conversations"),
+            host=_get(env, "CONVERSATIONS_HOST") or "127.0.0.1",
+            port=_int(env, "CONVERSATIONS_PORT", minimum=0),
+            auto_migrate=_bool(env, "CONVERSATIONS_AUTO_MIGRATE"),
+            max_body_bytes=_int(env, "CONVERSATIONS_MAX_BODY_BYTES"),
+            webhook_verify="enforce" if verify == "enforce" else "off",
+            ed25519_public_key=_pem(env, "CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY"),
+            rsa_public_key=_pem(env, "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY"),
+            db_pool_size=_int(env, "CONVERSATIONS_DB_POOL_SIZE"),
+            db_timeout=_float(env, "CONVERSATIONS_DB_TIMEOUT"),
+            retry_after=_int(env, "CONVERSATIONS_RETRY_AFTER"),
+            batch_max=_int(env, "CONVERSATIONS_BATCH_MAX"),
+            log_level=_choice(
+                env, "CONVERSATIONS_LOG_LEVEL", ("debug", "info", "warning", "error")
+            ).upper(),
+            log_format=_choice(env, "CONVERSATIONS_LOG_FORMAT", ("json", "text")),
+        )

@@ -1,0 +1,216 @@
+"""All SQL that touches the event table and the quarantine, and the translation of
+driver errors into the store's own.
+
+Appends are gap-safe because the database serialises appending transactions (see the
+first migration and docs/ordering.md), so reading "everything after P" is a plain
+`position > P`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from conversations.events import NewEvent
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (or answered too slowly); try again later."""
+
+
+class EventRejected(StoreError):
+    """The database refused this one event's data (not a connectivity problem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    position: int
+    event_id: uuid.UUID
+    stream_id: str
+    version: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    position: int
+    event_id: uuid.UUID
+    location_id: str
+    stream_id: str
+    version: int
+    event_type: str
+    message_id: str | None
+    occurred_at: datetime | None
+    recorded_at: datetime
+    payload: dict[str, Any]
+    raw: bytes
+    metadata: dict[str, Any]
+
+
+_INSERT_EVENTS = text(
+    """
+    INSERT INTO events (location_id, stream_id, event_type, message_id, occurred_at,
+                        payload, raw, metadata, dedup_key)
+    SELECT u.location_id, u.stream_id, u.event_type, u.message_id, u.occurred_at,
+           u.payload::jsonb, u.raw, u.metadata::jsonb, u.dedup_key
+      FROM unnest(CAST(:location_id AS text[]), CAST(:stream_id AS text[]),
+                  CAST(:event_type AS text[]), CAST(:message_id AS text[]),
+                  CAST(:occurred_at AS timestamptz[]), CAST(:payload AS text[]),
+                  CAST(:raw AS bytea[]), CAST(:metadata AS text[]), CAST(:dedup_key AS text[]))
+           WITH ORDINALITY AS u(location_id, stream_id, event_type, message_id, occurred_at,
+                                payload, raw, metadata, dedup_key, ord)
+     ORDER BY u.ord
+    ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING dedup_key, position, event_id, stream_id, version
+    """
+)
+
+_SELECT_BY_DEDUP_KEY = text(
+    """
+    SELECT dedup_key, position, event_id, stream_id, version
+      FROM events WHERE dedup_key = ANY(CAST(:keys AS text[]))
+    """
+)
+
+_EVENT_COLUMNS = (
+    "position, event_id, location_id, stream_id, version, event_type, message_id, "
+    "occurred_at, recorded_at, payload, raw, metadata"
+)
+
+_READ_AFTER = text(
+    f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > :after ORDER BY position LIMIT :limit"
+)
+
+_READ_STREAM = text(
+    f"""
+    SELECT {_EVENT_COLUMNS} FROM events
+     WHERE location_id = :location_id AND stream_id = :stream_id
+     ORDER BY version
+    """
+)
+
+
+async def append_events(conn: AsyncConnection, batch: Sequence[NewEvent]) -> list[AppendResult]:
+    """Append a batch in the caller's transaction, absorbing duplicates.
+
+    The batch must not repeat a `dedup_key` (the caller folds those together). A
+    duplicate of an event stored earlier answers with that event's position.
+    """
+    if not batch:
+        return []
+    params = {
+        "location_id": [e.location_id for e in batch],
+        "stream_id": [e.stream_id for e in batch],
+        "event_type": [e.event_type for e in batch],
+        "message_id": [e.message_id for e in batch],
+        "occurred_at": [e.occurred_at for e in batch],
+        "payload": [e.payload_json for e in batch],
+        "raw": [e.raw for e in batch],
+        "metadata": [json.dumps(e.metadata, separators=(",", ":")) for e in batch],
+        "dedup_key": [e.dedup_key for e in batch],
+    }
+    found: dict[str, AppendResult] = {}
+    for row in await conn.execute(_INSERT_EVENTS, params):
+        found[row.dedup_key] = AppendResult(
+            row.position, row.event_id, row.stream_id, row.version, duplicate=False
+        )
+    missing = [e.dedup_key for e in batch if e.dedup_key not in found]
+    if missing:
+        for row in await conn.execute(_SELECT_BY_DEDUP_KEY, {"keys": missing}):
+            found[row.dedup_key] = AppendResult(
+                row.position, row.event_id, row.stream_id, row.version, duplicate=True
+            )
+    return [found[e.dedup_key] for e in batch]
+
+
+async def read_after(conn: AsyncConnection, after: int, limit: int = 1000) -> list[StoredEvent]:
+    """Events with a position above `after`, in order. Gap-safe: see the module doc."""
+    result = await conn.execute(_READ_AFTER, {"after": after, "limit": limit})
+    return [StoredEvent(**row._mapping) for row in result]
+
+
+async def read_stream(conn: AsyncConnection, location_id: str, stream_id: str) -> list[StoredEvent]:
+    """One conversation's events in version order."""
+    result = await conn.execute(_READ_STREAM, {"location_id": location_id, "stream_id": stream_id})
+    return [StoredEvent(**row._mapping) for row in result]
+
+
+_QUARANTINE = text(
+    """
+    INSERT INTO quarantine (source, reason, detail, errors, location_id, headers, body,
+                            body_sha256)
+    VALUES (:source, :reason, :detail, CAST(:errors AS jsonb), :location_id,
+            CAST(:headers AS jsonb), :body, :body_sha256)
+    ON CONFLICT (body_sha256) DO UPDATE
+       SET attempts = quarantine.attempts + 1,
+           last_received_at = clock_timestamp(),
+           reason = EXCLUDED.reason,
+           detail = EXCLUDED.detail,
+           errors = EXCLUDED.errors,
+           headers = EXCLUDED.headers
+    RETURNING id
+    """
+)
+
+
+def _clean(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; quarantine text must never fail to store."""
+    return value.replace("\x00", "\ufffd")
+
+
+async def quarantine_body(
+    conn: AsyncConnection,
+    *,
+    body: bytes,
+    reason: str,
+    detail: str,
+    errors: Sequence[Mapping[str, Any]] = (),
+    headers: Mapping[str, str],
+    source: str,
+    location_id: str | None = None,
+) -> int:
+    """Keep a body we could not use, with why; returns its quarantine id.
+
+    The same bytes again (HighLevel retries non-2xx answers) count as another attempt of
+    the same row instead of a new one.
+    """
+    row = (
+        await conn.execute(
+            _QUARANTINE,
+            {
+                "source": source,
+                "reason": reason,
+                "detail": _clean(detail),
+                "errors": _clean(json.dumps(list(errors), default=str)),
+                "location_id": _clean(location_id) if location_id else None,
+                "headers": _clean(json.dumps(dict(headers))),
+                "body": body,
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            },
+        )
+    ).one()
+    return int(row.id)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when an error means "the database is not there", as opposed to bad data.
+
+    Anything that is not clearly about one event's data counts as unavailable, so a
+    surprise answers 503 (and HighLevel retries) rather than quarantining good events.
+    """
+    if isinstance(error, sa_exc.DBAPIError):
+        return not isinstance(error, sa_exc.DataError | sa_exc.IntegrityError)
+    return True

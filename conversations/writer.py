@@ -1,0 +1,142 @@
+"""Group commit: concurrent webhooks share one transaction, and so one durable flush.
+
+Appending transactions follow each other (the price of gap-safe positions), so the
+service keeps one writer task per process. While a transaction commits, new webhooks
+queue up; the next transaction takes all of them at once. Under load a commit carries
+many webhooks; alone, a webhook waits for nobody. Every waiting request is answered only
+after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conversations.events import NewEvent
+from conversations.store import (
+    AppendResult,
+    EventRejected,
+    StoreUnavailable,
+    append_events,
+    is_unavailable,
+)
+
+log = logging.getLogger("conversations.writer")
+
+
+@dataclass
+class _Pending:
+    event: NewEvent
+    future: asyncio.Future[AppendResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class GroupCommitWriter:
+    def __init__(
+        self, engine: AsyncEngine, *, batch_max: int, timeout: float, queue_max: int = 10_000
+    ) -> None:
+        self._engine = engine
+        self._batch_max = batch_max
+        self._timeout = timeout
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+
+    async def stop(self) -> None:
+        """Finish what is queued (bounded by the timeout), then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), self._timeout)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def append(self, event: NewEvent) -> AppendResult:
+        """Store one event; returns after its transaction committed.
+
+        Raises StoreUnavailable when the database does not confirm in time (the event may
+        still commit later: a retry is then answered as a duplicate) and EventRejected
+        when the database refuses this event's data.
+        """
+        pending = _Pending(event)
+        try:
+            self._queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            raise StoreUnavailable("too many webhooks are waiting for the database") from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future), self._timeout)
+        except TimeoutError:
+            # Not committed in time: skip it if it has not been taken yet.
+            pending.future.cancel()
+            raise StoreUnavailable("the database did not confirm the write in time") from None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [p for p in batch if not p.future.done()]
+            try:
+                if live:
+                    await self._commit(live)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: Sequence[_Pending]) -> None:
+        # One row per delivery key; equal deliveries in one batch share the answer.
+        unique: dict[str, list[_Pending]] = {}
+        for pending in batch:
+            unique.setdefault(pending.event.dedup_key, []).append(pending)
+        groups = list(unique.values())
+        try:
+            results = await self._append([group[0].event for group in groups])
+        except Exception as error:
+            if is_unavailable(error) or len(groups) == 1:
+                self._fail(batch, error)
+                return
+            # One event's data spoiled the batch: store the others one by one.
+            for group in groups:
+                await self._commit(group)
+            return
+        for group, result in zip(groups, results, strict=True):
+            for index, pending in enumerate(group):
+                if not pending.future.done():
+                    duplicate = result.duplicate or index > 0
+                    pending.future.set_result(
+                        AppendResult(
+                            result.position,
+                            result.event_id,
+                            result.stream_id,
+                            result.version,
+                            duplicate,
+                        )
+                    )
+
+    async def _append(self, events: list[NewEvent]) -> list[AppendResult]:
+        async with self._engine.begin() as conn:
+            return await append_events(conn, events)
+
+    def _fail(self, batch: Sequence[_Pending], error: Exception) -> None:
+        if is_unavailable(error):
+            log.warning("append failed, database unavailable: %s", _first_line(error))
+            failure: Exception = StoreUnavailable(_first_line(error))
+        else:
+            failure = EventRejected(_first_line(error))
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(failure)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,119 @@
+"""What tests share: signing keys, a handle on a running server, payload builders."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+FIXTURES = Path(__file__).parent / "fixtures" / "highlevel"
+
+Scheme = Literal["ed25519", "rsa", "none"]
+
+
+def _public_pem(key: ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """Test-owned stand-ins for HighLevel's signing keys."""
+
+    ed25519_key: ed25519.Ed25519PrivateKey
+    rsa_key: rsa.RSAPrivateKey
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        return cls(
+            ed25519.Ed25519PrivateKey.generate(),
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        )
+
+    @property
+    def ed25519_public_pem(self) -> str:
+        return _public_pem(self.ed25519_key)
+
+    @property
+    def rsa_public_pem(self) -> str:
+        return _public_pem(self.rsa_key)
+
+    def headers(self, body: bytes, scheme: Scheme = "ed25519") -> dict[str, str]:
+        if scheme == "ed25519":
+            return {"X-GHL-Signature": base64.b64encode(self.ed25519_key.sign(body)).decode()}
+        if scheme == "rsa":
+            signature = self.rsa_key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+            return {"X-WH-Signature": base64.b64encode(signature).decode()}
+        return {}
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    keys: KeyPair
+
+    def post(
+        self,
+        body: bytes | dict[str, Any],
+        scheme: Scheme = "ed25519",
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """POST a webhook as HighLevel would: the exact bytes, signed."""
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        sent = {"Content-Type": "application/json", **self.keys.headers(raw, scheme)}
+        sent.update(headers or {})
+        return httpx.post(f"{self.url}/webhooks/highlevel", content=raw, headers=sent, timeout=30)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def fixture(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return document
+
+
+def fixture_names() -> list[str]:
+    return sorted(path.stem for path in FIXTURES.glob("*.json"))
+
+
+def new_id(prefix: str = "") -> str:
+    return prefix + uuid.uuid4().hex[:20]
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    """A fresh InboundMessage SMS in its own location and conversation."""
+    document: dict[str, Any] = {
+        "type": "InboundMessage",
+        "locationId": new_id("loc"),
+        "attachments": [],
+        "body": "hello",
+        "contactId": new_id("con"),
+        "contentType": "text/plain",
+        "conversationId": new_id("cnv"),
+        "dateAdded": "2024-05-08T12:00:56.193Z",
+        "direction": "inbound",
+        "messageType": "SMS",
+        "messageId": new_id("msg"),
+        "status": "delivered",
+        "webhookId": str(uuid.uuid4()),
+    }
+    document.update(fields)
+    return {key: value for key, value in document.items() if value is not ...}

@@ -1,0 +1,332 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from conversations.database import (
+    DatabaseConfigError,
+    DatabaseHandle,
+    create_async_engine,
+    create_database,
+    create_engine,
+    drop_database,
+    open_database,
+    redact,
+    sqlalchemy_url,
+)
+from conversations.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+# The machine's PostgreSQL, which these tests use whatever DATABASE_URL the suite runs with.
+SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@db.example:5432/app",
+        "postgres://u:p@db.example:5432/app",
+        "postgresql+psycopg://u:p@db.example:5432/app",
+        "postgresql+psycopg2://u:p@db.example:5432/app",
+        "PostgreSQL://u:p@db.example:5432/app",
+        "  postgresql://u:p@db.example:5432/app\n",
+    ],
+)
+def test_sqlalchemy_url_accepts_postgres_schemes(url: str) -> None:
+    assert sqlalchemy_url(url) == "postgresql+psycopg://u:p@db.example:5432/app"
+
+
+def test_sqlalchemy_url_keeps_query_arguments() -> None:
+    url = "postgresql:///app?host=/var/run/postgresql&sslmode=require&application_name=x%20y"
+    assert sqlalchemy_url(url) == (
+        "postgresql+psycopg:///app?host=/var/run/postgresql&sslmode=require&application_name=x%20y"
+    )
+    assert make_url(sqlalchemy_url(url)).query["host"] == "/var/run/postgresql"
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("mysql://u:secret@h/db", "'mysql'"),
+        ("postgresql+asyncpg://u:secret@h/db", "'postgresql+asyncpg'"),
+        ("sqlite:///x.db", "'sqlite'"),
+    ],
+)
+def test_sqlalchemy_url_rejects_other_schemes(url: str, named: str) -> None:
+    with pytest.raises(DatabaseConfigError, match=re.escape(named)) as raised:
+        sqlalchemy_url(url)
+    assert "secret" not in str(raised.value)
+
+
+def test_sqlalchemy_url_rejects_non_urls_without_leaking_them() -> None:
+    with pytest.raises(DatabaseConfigError, match="not a URL"):
+        sqlalchemy_url("host=db user=app")
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("postgresql://app:p@ss/w@db/app?sslmode=require", "postgresql://app:***@db/app?sslmode=require"),
+        ("postgresql://app@db:5432/app", "postgresql://app@db:5432/app"),
+        ("postgresql://postgres:@/app?host=/tmp/pg", "postgresql://postgres:@/app?host=/tmp/pg"),
+        ("postgresql:///app?user=app&Password=s3cret&host=/s", "postgresql:///app?user=app&password=***&host=/s"),
+        ("postgresql://h:5432/app", "postgresql://h:5432/app"),
+        ("not a url", "not a url"),
+    ],
+)  # fmt: skip
+def test_redact(url: str, redacted: str) -> None:
+    assert redact(url) == redacted
+
+
+def test_describe_external_server() -> None:
+    handle = DatabaseHandle(
+        url=sqlalchemy_url("postgresql://postgres:pw@127.0.0.1:5432/test"),
+        embedded=False,
+        data_dir=None,
+    )
+    assert handle.describe() == "PostgreSQL at postgres@127.0.0.1:5432/test"
+    socket = DatabaseHandle(
+        url="postgresql+psycopg:///app?host=/run/pg", embedded=False, data_dir=None
+    )
+    assert socket.describe() == "PostgreSQL at /run/pg/app"
+
+
+def test_open_database_uses_database_url_as_is(caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgres://app:s3cret@db.example:5432/app"})
+    with caplog.at_level(logging.INFO, logger="conversations.database"):
+        handle = open_database(settings)
+    assert handle == DatabaseHandle(
+        url="postgresql+psycopg://app:s3cret@db.example:5432/app", embedded=False, data_dir=None
+    )
+    [record] = caplog.records
+    assert record.levelno == logging.INFO
+    assert "PostgreSQL at app@db.example:5432/app" in record.getMessage()
+    assert "s3cret" not in record.getMessage()
+
+
+@pytest.fixture
+def pg_server() -> str:
+    engine = create_engine(SERVER_URL, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as error:
+        pytest.skip(f"no PostgreSQL at {redact(SERVER_URL)}: {error.orig}")
+    finally:
+        engine.dispose()
+    return SERVER_URL
+
+
+def test_create_and_drop_database(pg_server: str) -> None:
+    name = f'conv test "{uuid.uuid4().hex[:8]}"'
+    url = create_database(pg_server, name)
+    try:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT current_database()").scalar() == name
+            # An open session must not stop the drop (WITH (FORCE)).
+            with engine.connect() as connection:
+                drop_database(pg_server, name)
+        finally:
+            engine.dispose()
+    finally:
+        drop_database(pg_server, name)
+    check = create_engine(pg_server)
+    with check.connect() as connection:
+        left = connection.execute(
+            sqlalchemy.text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": name}
+        ).scalar()
+    check.dispose()
+    assert left == 0
+
+
+def test_async_engine_connects_with_pool_settings(pg_server: str) -> None:
+    async def select_one() -> int | None:
+        engine = create_async_engine(pg_server, pool_size=3, timeout=2.5)
+        try:
+            assert engine.sync_engine.pool.timeout() == 2.5  # type: ignore[attr-defined]
+            assert engine.sync_engine.pool.size() == 3  # type: ignore[attr-defined]
+            async with engine.connect() as connection:
+                return (await connection.exec_driver_sql("SELECT 1")).scalar()
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(select_one()) == 1
+
+
+def test_async_engine_gives_up_on_a_server_that_does_not_answer() -> None:
+    async def connect(port: int) -> None:
+        engine = create_async_engine(f"postgresql://u@127.0.0.1:{port}/db", pool_size=1, timeout=1)
+        try:
+            async with engine.connect():
+                pass
+        finally:
+            await engine.dispose()
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()  # connections complete but nothing ever answers them
+        started = time.monotonic()
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="timeout"):
+            asyncio.run(connect(listener.getsockname()[1]))
+    # libpq rounds connect_timeout up to 2 s.
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.smoke
+def test_embedded_server_starts_and_is_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = replace(Settings.from_env({}), data_dir=Path("relative/.conversations"))
+    with caplog.at_level(logging.INFO):
+        handle = open_database(settings)
+    pgdata = tmp_path / "relative" / ".conversations" / "postgres"
+    assert handle.embedded
+    assert handle.data_dir == pgdata
+    assert handle.describe() == f"embedded PostgreSQL {handle.version} in {pgdata}"
+    assert (handle.version or "").startswith("18.")
+    assert [r.name for r in caplog.records if r.levelno >= logging.INFO] == [
+        "conversations.database"
+    ]
+
+    engine = create_engine(handle.url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+            assert connection.exec_driver_sql("SELECT current_database()").scalar() == (
+                "conversations"
+            )
+    finally:
+        engine.dispose()
+
+    assert open_database(settings) == handle
+    other = open_database(settings, database="other")
+    assert other.data_dir == pgdata
+    engine = create_engine(other.url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT current_database()").scalar() == "other"
+    finally:
+        engine.dispose()
+
+
+# Run in a child process so that the server's lifetime is the child's, as for `serve` or a CLI
+# command. Prints the server's pid, then what it reads; argv: action, tables.
+CHILD = """
+import os, signal, sys
+from pathlib import Path
+import sqlalchemy
+from conversations.database import create_engine, open_database
+from conversations.settings import Settings
+
+action, *tables = sys.argv[1:]
+handle = open_database(Settings.from_env())
+print((handle.data_dir / "postmaster.pid").read_text().split()[0])
+engine = create_engine(handle.url)
+with engine.begin() as connection:
+    for table in tables:
+        if action in ("write", "crash"):
+            connection.exec_driver_sql(f"CREATE TABLE {table} (v text)")
+            connection.exec_driver_sql(f"INSERT INTO {table} VALUES ('{table}')")
+        else:
+            print(connection.exec_driver_sql(f"SELECT v FROM {table}").scalar())
+engine.dispose()
+if action == "crash":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _child(data_dir: Path, action: str, *tables: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["CONVERSATIONS_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, action, *tables],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(child: subprocess.Popen[str], returncode: int = 0) -> list[str]:
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == returncode, stderr
+    # Neither the library's RuntimeDirWarning nor its INFO logging reaches the user.
+    assert stderr == ""
+    return stdout.split()
+
+
+def _running(pid: int) -> bool:
+    if Path("/proc").is_dir():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has stopped
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data dir whose server, should a failing test leave it running, is stopped after."""
+    yield tmp_path / "data"
+    postmaster = tmp_path / "data" / "postgres" / "postmaster.pid"
+    if postmaster.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)  # fast shutdown
+
+
+def _assert_stopped(pgdata: Path, pid: int) -> None:
+    assert not (pgdata / "postmaster.pid").exists()
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+@pytest.mark.smoke
+def test_embedded_data_persists_and_server_stops_with_its_last_process(data_dir: Path) -> None:
+    pgdata = data_dir / "postgres"
+    # Two processes opening a fresh data dir at once: one initialises and starts, both use it.
+    children = [_child(data_dir, "write", "first"), _child(data_dir, "write", "second")]
+    pids = {_finish(child)[0] for child in children}
+    assert len(pids) == 1
+    _assert_stopped(pgdata, int(pids.pop()))
+
+    pid, *rows = _finish(_child(data_dir, "read", "first", "second"))
+    assert rows == ["first", "second"]
+    _assert_stopped(pgdata, int(pid))
+
+
+@pytest.mark.smoke
+def test_embedded_server_stops_after_a_killed_process(data_dir: Path) -> None:
+    pgdata = data_dir / "postgres"
+    [pid] = _finish(_child(data_dir, "crash", "t"), returncode=-9)
+    # A killed process cannot stop the server; the next one to open it takes it over.
+    assert _running(int(pid))
+    assert _finish(_child(data_dir, "read", "t")) == [pid, "t"]
+    _assert_stopped(pgdata, int(pid))
