@@ -29,6 +29,7 @@ import os
 import platform
 import random
 import secrets
+import shlex
 import signal
 import socket
 import string
@@ -424,7 +425,7 @@ def _checkpoint(url: str) -> None:
         print(f"  CHECKPOINT failed (ignored): {error}", file=sys.stderr)
 
 
-def _servers(url: str, public_pem: str) -> dict[str, Server]:
+def _servers(url: str, public_pem: str, service_command: list[str]) -> dict[str, Server]:
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)}
     baseline = [sys.executable, str(BASELINES)]
     service_env = {
@@ -438,7 +439,7 @@ def _servers(url: str, public_pem: str) -> dict[str, Server]:
         "service": Server(
             "service",
             "/webhooks/highlevel",
-            [sys.executable, "-m", "conversations", "serve"],
+            service_command,
             service_env,
         ),
     }
@@ -587,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per level; the table shows the median"
     )
+    parser.add_argument(
+        "--service-command",
+        default=f"{shlex.quote(sys.executable)} -m conversations serve",
+        help="how to start the service; --host and --port are appended",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--smoke",
@@ -598,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests and --repeat must be at least 1, --warmup at least 0")
     if args.smoke:
         args.requests, args.concurrency, args.warmup = 50, [1, 4], 10
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
 
     key = Ed25519PrivateKey.generate()
@@ -615,12 +622,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         with throwaway_database(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
-            servers = _servers(url, public_pem)
+            servers = _servers(url, public_pem, shlex.split(args.service_command))
             for name in args.only:
                 server = servers[name]
                 port = _free_port()
                 log = Path(tmp) / f"{name}.log"
                 _checkpoint(url)
+                print(f"  {name}: load average before start {os.getloadavg()[0]:.2f}", flush=True)
                 with serving(server, port, log) as process:
                     warm = build_requests(corpus, key, port, server.path, args.warmup)
                     warmed = measure(name, port, process.pid, warm, 8)

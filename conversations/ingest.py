@@ -161,7 +161,7 @@ class Ingestor:
                 error.reason,
                 error.detail,
                 error.errors,
-                location if isinstance(location, str) else None,
+                location if isinstance(location, str) and location.strip() else None,
             )
             return _quarantined(qid, error.reason, error.detail)
         event = to_new_event(

@@ -89,6 +89,9 @@ class GroupCommitWriter:
             try:
                 if live:
                     await self._commit(live)
+            except Exception as error:  # the writer must outlive any one batch
+                log.exception("group commit failed")
+                self._fail(live, error)
             finally:
                 for _ in batch:
                     self._queue.task_done()

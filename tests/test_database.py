@@ -143,7 +143,7 @@ def test_create_and_drop_database(pg_server: str) -> None:
             with engine.connect() as connection:
                 assert connection.exec_driver_sql("SELECT current_database()").scalar() == name
             # An open session must not stop the drop (WITH (FORCE)).
-            with engine.connect() as connection:
+            with engine.connect():
                 drop_database(pg_server, name)
         finally:
             engine.dispose()
