@@ -63,6 +63,22 @@ events = Table(
     UniqueConstraint("dedup_key"),
     UniqueConstraint("location_id", "stream_id", "version"),
     Index(None, "location_id", "position"),
+    Index(None, "location_id", "message_id"),
+)
+
+# How far each projection has folded the event stream; moved in the same transaction as
+# the projection's rows, and only forward.
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("position", BigInteger, nullable=False, server_default=text("0")),
+    Column(
+        "updated_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("clock_timestamp()"),
+    ),
 )
 
 # Bodies we could not use as events, kept verbatim so they can be inspected and retried.

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from conversations.events import NewEvent
@@ -103,6 +104,53 @@ _READ_STREAM = text(
 )
 
 
+_FOLD_COLUMNS = (
+    "position, event_id, location_id, stream_id, version, event_type, message_id, "
+    "occurred_at, recorded_at, payload, ''::bytea AS raw, metadata"
+)
+
+_READ_RANGE = text(
+    f"""
+    SELECT {_FOLD_COLUMNS} FROM events
+     WHERE position > :after AND position <= :until
+     ORDER BY position LIMIT :limit
+    """
+)
+
+_READ_MESSAGES = text(
+    f"""
+    SELECT {_FOLD_COLUMNS} FROM events
+      JOIN unnest(CAST(:locations AS text[]), CAST(:messages AS text[])) AS k(l, m)
+        ON events.location_id = k.l AND events.message_id = k.m
+     WHERE events.position <= :until
+     ORDER BY position
+    """
+)
+
+
+def head_position(conn: Connection) -> int:
+    """The highest committed position (0 for an empty store)."""
+    return int(conn.scalar(text("SELECT coalesce(max(position), 0) FROM events")) or 0)
+
+
+def read_range(conn: Connection, after: int, until: int, limit: int) -> list[StoredEvent]:
+    """Events in (after, until] in position order, at most `limit`, without raw bytes
+    (folds read the parsed payload). Gap-safe: see the module doc."""
+    result = conn.execute(_READ_RANGE, {"after": after, "until": until, "limit": limit})
+    return [StoredEvent(**row._mapping) for row in result]
+
+
+def read_message_events(
+    conn: Connection, keys: Sequence[tuple[str, str]], until: int
+) -> list[StoredEvent]:
+    """Every event of the given (location_id, message_id) messages up to `until`, without
+    raw bytes: what a projection needs to recompute those messages from scratch."""
+    if not keys:
+        return []
+    params = {"locations": [k[0] for k in keys], "messages": [k[1] for k in keys], "until": until}
+    return [StoredEvent(**row._mapping) for row in conn.execute(_READ_MESSAGES, params)]
+
+
 async def append_events(conn: AsyncConnection, batch: Sequence[NewEvent]) -> list[AppendResult]:
     """Append a batch in the caller's transaction, absorbing duplicates.
 
@@ -166,9 +214,13 @@ _QUARANTINE = text(
 )
 
 
+# NUL fits no PostgreSQL text; a lone surrogate (a legal JSON escape) is not even UTF-8.
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
 def _clean(value: str) -> str:
-    """PostgreSQL text cannot hold NUL; quarantine text must never fail to store."""
-    return value.replace("\x00", "\ufffd")
+    """Quarantine text must never fail to store: NUL and lone surrogates become U+FFFD."""
+    return _UNSTORABLE_CHAR.sub("\ufffd", value)
 
 
 async def quarantine_body(
@@ -213,4 +265,5 @@ def is_unavailable(error: BaseException) -> bool:
     """
     if isinstance(error, sa_exc.DBAPIError):
         return not isinstance(error, sa_exc.DataError | sa_exc.IntegrityError)
-    return True
+    # Text the driver cannot encode (a lone surrogate) is about the event, not the database.
+    return not isinstance(error, UnicodeEncodeError)

@@ -90,8 +90,8 @@ def start_server(database_url: str, keys: KeyPair, **env: str) -> Server:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise RuntimeError(f"conversations serve exited early:\n{output}")
+            server.stop()  # reaps it and reads the rest of its output
+            raise RuntimeError(f"conversations serve exited early:\n{server.output}")
         try:
             if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
                 return server

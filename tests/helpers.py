@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import threading
 import uuid
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +65,24 @@ class Server:
     process: subprocess.Popen[bytes]
     url: str
     keys: KeyPair
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
+    """The last lines the server wrote (stdout and stderr)."""
+
+    def __post_init__(self) -> None:
+        # Drain the pipe: a server whose output nobody reads blocks on its next log line
+        # once the pipe buffer (64 KiB) is full, and then answers nothing at all.
+        self._drain = threading.Thread(target=self._read_output, daemon=True)
+        self._drain.start()
+
+    def _read_output(self) -> None:
+        if self.process.stdout is None:
+            return
+        for line in self.process.stdout:
+            self.lines.append(line.decode(errors="replace"))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
     def post(
         self,
@@ -83,6 +103,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._drain.join(timeout=5)
 
 
 def fixture(name: str) -> dict[str, Any]:
