@@ -468,7 +468,9 @@ class Result:
 
 
 def _percentile(ordered: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
+    """Nearest-rank percentile of an ascending sequence (NaN when empty)."""
+    if not ordered:
+        return math.nan
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
@@ -630,10 +632,12 @@ def main(argv: list[str] | None = None) -> int:
                 _checkpoint(url)
                 print(f"  {name}: load average before start {os.getloadavg()[0]:.2f}", flush=True)
                 with serving(server, port, log) as process:
-                    warm = build_requests(corpus, key, port, server.path, args.warmup)
-                    warmed = measure(name, port, process.pid, warm, 8)
-                    acked = warmed.acked
-                    failed |= warmed.errors > 0
+                    acked = 0
+                    if args.warmup:
+                        warm = build_requests(corpus, key, port, server.path, args.warmup)
+                        warmed = measure(name, port, process.pid, warm, 8)
+                        acked += warmed.acked
+                        failed |= warmed.errors > 0
                     for level in args.concurrency:
                         runs: list[Result] = []
                         for _ in range(args.repeat):

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conversations.events import NotJSONError, parse_json_object, to_new_event
+from conversations.events import NewEvent, NotJSONError, parse_json_object, to_new_event
 from conversations.metrics import Metrics
 from conversations.payloads import PayloadError, parse_payload
 from conversations.signatures import ED25519_HEADER, RSA_HEADER, SignatureVerifier, Verification
@@ -143,30 +143,23 @@ class Ingestor:
             )
             return problem(401, "unauthenticated", "Invalid signature", verification.reason)
         kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
-        try:
-            document, raw_text = parse_json_object(raw)
-        except NotJSONError as error:
-            qid = await self._quarantine(raw, kept, source, "not_json", error.detail)
-            return problem(
-                400, "not_json", "Body is not a JSON object", error.detail, quarantineId=qid
-            )
-        try:
-            payload = parse_payload(document)
-        except PayloadError as error:
-            location = document.get("locationId")
+        prepared = prepare(raw, source, verification)
+        if isinstance(prepared, Rejection):
             qid = await self._quarantine(
                 raw,
                 kept,
                 source,
-                error.reason,
-                error.detail,
-                error.errors,
-                location if isinstance(location, str) and location.strip() else None,
+                prepared.reason,
+                prepared.detail,
+                prepared.errors,
+                prepared.location_id,
             )
-            return _quarantined(qid, error.reason, error.detail)
-        event = to_new_event(
-            payload, document, raw, raw_text, _metadata(verification, document, source)
-        )
+            if prepared.reason == "not_json":
+                return problem(
+                    400, "not_json", "Body is not a JSON object", prepared.detail, quarantineId=qid
+                )
+            return _quarantined(qid, prepared.reason, prepared.detail)
+        event = prepared
         try:
             result = await self._writer.append(event)
         except EventRejected as error:
@@ -213,6 +206,35 @@ class Ingestor:
         return qid
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """Why a body cannot become an event: `not_json`, or a PayloadError reason."""
+
+    reason: str
+    detail: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    location_id: str | None = None
+
+
+def prepare(raw: bytes, source: Source, verification: Verification | None) -> NewEvent | Rejection:
+    """The pure half of ingest, shared with `import`: bytes to an event, or why not."""
+    try:
+        document, raw_text = parse_json_object(raw)
+    except NotJSONError as error:
+        return Rejection("not_json", error.detail)
+    try:
+        payload = parse_payload(document)
+    except PayloadError as error:
+        location = document.get("locationId")
+        return Rejection(
+            error.reason,
+            error.detail,
+            list(error.errors),
+            location if isinstance(location, str) and location.strip() else None,
+        )
+    return to_new_event(payload, document, raw, raw_text, _metadata(verification, document, source))
+
+
 def _quarantined(qid: int, reason: str, detail: str) -> Outcome:
     return Outcome(
         202, {"outcome": "quarantined", "quarantineId": qid, "reason": reason, "detail": detail}
@@ -220,12 +242,12 @@ def _quarantined(qid: int, reason: str, detail: str) -> Outcome:
 
 
 def _metadata(
-    verification: Verification, document: Mapping[str, Any], source: Source
+    verification: Verification | None, document: Mapping[str, Any], source: Source
 ) -> dict[str, Any]:
     webhook_id = document.get("webhookId")
     return {
         "source": source,
-        "signature": verification.header,
-        "signatureValid": verification.valid,
+        "signature": verification.header if verification else None,
+        "signatureValid": verification.valid if verification else None,
         "webhookId": webhook_id if isinstance(webhook_id, str) else None,
     }

@@ -89,6 +89,8 @@ class Proxy:
         self._links: set[_Link] = set()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.connections = 0
         """Connections accepted so far (a restore keeps counting)."""
 
@@ -129,8 +131,18 @@ class Proxy:
         for link in links:
             link.close(reset=True)
 
+    def stall(self) -> None:
+        """Stop forwarding bytes, either way, but keep every connection open and accept new
+        ones: a network that silently drops packets (no reset, no refusal)."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        """Forward again what a stall held back."""
+        self._flowing.set()
+
     def stop(self) -> None:
         self.cut()
+        self.flow()
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
@@ -175,6 +187,7 @@ class Proxy:
     def _pump(self, link: _Link, source: socket.socket, sink: socket.socket) -> None:
         try:
             while chunk := source.recv(_CHUNK):
+                self._flowing.wait()
                 sink.sendall(chunk)
         except OSError:
             pass

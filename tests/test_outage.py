@@ -9,6 +9,7 @@ it is back the service recovers by itself; and every acknowledged (2xx) event is
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -188,6 +189,7 @@ def test_outage_answers_503_then_recovers_and_loses_nothing(
             retried.append(send(client, server, answer.raw))
     assert {a.status for a in retried} <= {200, 201}, [a for a in retried if a.status >= 300]
 
+    print("STATS", len(answers), len(unavailable), recovery, collections.Counter(a.status for a in retried), time.monotonic() - restored_at)
     acknowledged = [a for a in answers if a.status in (200, 201)] + retried
     rows = stored(engine, [a.webhook_id for a in answers])
     for answer in acknowledged:

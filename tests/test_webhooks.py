@@ -874,6 +874,10 @@ def test_id_that_postgresql_cannot_hold_is_quarantined_not_retried(
     assert row["id"] == response.json()["quarantineId"]
     assert row["body"] == raw
     assert row["reason"] == "rejected_by_database"
+    # The quarantine keeps the location it can: the character PostgreSQL cannot hold
+    # becomes U+FFFD there (the body keeps the original).
+    location = document["locationId"] + ("\ufffd" if field == "locationId" else "")
+    assert row["location_id"] == location
     assert events_in(engine, document["locationId"]) == []
 
 

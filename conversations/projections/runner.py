@@ -1,0 +1,336 @@
+"""Running projections: live catch-up, rebuild into side tables with an atomic switch, and
+verification against a fresh rebuild. One fold per projection (`apply`) serves all three.
+
+Coordination goes through the database, so any number of `serve` processes and CLI
+commands can run at once:
+- A catch-up transaction locks its projection's checkpoint row (`FOR UPDATE SKIP
+  LOCKED`): one worker folds a projection at a time; another one that finds the row
+  locked leaves the work to it. The rows and the checkpoint commit together, so a batch
+  is applied exactly once, whatever crashes.
+- A rebuild folds every event into side tables without holding anything, then takes the
+  same row lock (live workers wait), folds what arrived meanwhile, swaps the tables and
+  moves the checkpoint in one transaction. Interrupted before that, it leaves the live
+  tables untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, MetaData, Table, text
+
+from conversations.projections.base import EventBatch, Projection, Tables
+from conversations.store import head_position, read_range
+
+log = logging.getLogger("conversations.projections")
+
+CATCH_UP_BATCH = 1_000
+REBUILD_BATCH = 5_000
+
+Progress = Callable[[int], None]
+"""Called with the position a rebuild has reached."""
+
+
+class ReplayBusy(RuntimeError):
+    """Another rebuild of the same projection is running."""
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    name: str
+    position: int
+    head: int
+    updated_at: datetime | None
+    lag_seconds: float
+    """Age of the oldest event not yet applied (0 when caught up)."""
+
+    @property
+    def lag_events(self) -> int:
+        """Positions behind the head (an upper bound: positions can have gaps)."""
+        return max(0, self.head - self.position)
+
+
+def ensure_checkpoints(conn: Connection, projections: Sequence[Projection]) -> None:
+    for projection in projections:
+        conn.execute(
+            text(
+                "INSERT INTO projection_checkpoints (name) VALUES (:name)"
+                " ON CONFLICT (name) DO NOTHING"
+            ),
+            {"name": projection.name},
+        )
+
+
+def _checkpoint(conn: Connection, name: str, *, wait: bool) -> int | None:
+    """Lock the projection's checkpoint row; None if another worker holds it."""
+    lock = "FOR UPDATE" if wait else "FOR UPDATE SKIP LOCKED"
+    position = conn.scalar(
+        text(f"SELECT position FROM projection_checkpoints WHERE name = :name {lock}"),
+        {"name": name},
+    )
+    return None if position is None else int(position)
+
+
+def _advance(conn: Connection, name: str, position: int) -> None:
+    conn.execute(
+        text(
+            "UPDATE projection_checkpoints SET position = :position, updated_at = clock_timestamp()"
+            " WHERE name = :name AND position < :position"
+        ),
+        {"name": name, "position": position},
+    )
+
+
+def _fold(
+    conn: Connection,
+    projection: Projection,
+    tables: Tables,
+    after: int,
+    until: int,
+    batch_size: int,
+) -> int:
+    """Fold events in (after, until] batch by batch in `conn`; returns the position reached."""
+    while True:
+        events = read_range(conn, after, until, batch_size)
+        if not events:
+            return after
+        after = events[-1].position
+        projection.apply(conn, EventBatch(events, after), tables)
+
+
+def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_BATCH) -> int:
+    """Apply every committed event the projection has not seen; returns how many batches.
+
+    Returns at once if another worker is folding this projection: it will get there.
+    """
+    batches = 0
+    while True:
+        with engine.begin() as conn:
+            position = _checkpoint(conn, projection.name, wait=False)
+            if position is None:
+                return batches
+            events = read_range(conn, position, 2**63 - 1, batch_size)
+            if not events:
+                return batches
+            end = events[-1].position
+            projection.apply(conn, EventBatch(events, end), Tables())
+            _advance(conn, projection.name, end)
+        batches += 1
+
+
+def status(conn: Connection, projections: Sequence[Projection]) -> list[ProjectionStatus]:
+    head = head_position(conn)
+    rows = conn.execute(
+        text(
+            """
+            SELECT c.name, c.position, c.updated_at,
+                   coalesce(extract(epoch FROM clock_timestamp() - (
+                       SELECT recorded_at FROM events
+                        WHERE position > c.position ORDER BY position LIMIT 1)), 0) AS lag
+              FROM projection_checkpoints c WHERE c.name = ANY(:names)
+            """
+        ),
+        {"names": [p.name for p in projections]},
+    )
+    found = {row.name: row for row in rows}
+    result = []
+    for projection in projections:
+        row = found.get(projection.name)
+        result.append(
+            ProjectionStatus(
+                projection.name,
+                int(row.position) if row else 0,
+                head,
+                row.updated_at if row else None,
+                float(row.lag) if row else 0.0,
+            )
+        )
+    return result
+
+
+# --- side tables ---------------------------------------------------------------------------
+
+
+def _side_tables(projection: Projection, suffix: str) -> dict[str, Table]:
+    metadata = MetaData()
+    return {t.name: t.to_metadata(metadata, name=f"{t.name}__{suffix}") for t in projection.tables}
+
+
+def _quote(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def _create_side_tables(conn: Connection, sides: dict[str, Table]) -> None:
+    for live, side in sides.items():
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_quote(conn, side.name)}")
+        conn.exec_driver_sql(
+            f"CREATE TABLE {_quote(conn, side.name)}"
+            f" (LIKE {_quote(conn, live)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+            " INCLUDING INDEXES INCLUDING GENERATED)"
+        )
+
+
+def _drop_side_tables(conn: Connection, sides: dict[str, Table]) -> None:
+    for side in sides.values():
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_quote(conn, side.name)}")
+
+
+_INDEX_NAMES = text(
+    """
+    SELECT c.relname AS name,
+           i.indisprimary::text || i.indisunique::text || i.indkey::text
+             || coalesce(pg_get_expr(i.indexprs, i.indrelid), '')
+             || coalesce(pg_get_expr(i.indpred, i.indrelid), '') AS shape
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indrelid = CAST(:table AS regclass)
+    """
+)
+
+
+def _swap(conn: Connection, live: str, side: str) -> None:
+    """Put `side` in the place of `live`, keeping the live index and constraint names
+    (they are what the migrations and `alembic check` know)."""
+    names = {row.shape: row.name for row in conn.execute(_INDEX_NAMES, {"table": live})}
+    renames = [
+        (row.name, names[row.shape])
+        for row in conn.execute(_INDEX_NAMES, {"table": side})
+        if row.shape in names
+    ]
+    conn.exec_driver_sql(f"DROP TABLE {_quote(conn, live)}")
+    conn.exec_driver_sql(f"ALTER TABLE {_quote(conn, side)} RENAME TO {_quote(conn, live)}")
+    for old, new in renames:
+        # Renaming an index that backs a primary key or unique constraint renames the
+        # constraint with it.
+        conn.exec_driver_sql(f"ALTER INDEX {_quote(conn, old)} RENAME TO {_quote(conn, new)}")
+
+
+@contextmanager
+def _exclusive(engine: Engine, purpose: str, name: str) -> Iterator[None]:
+    """A session-level advisory lock so two rebuilds of one projection never overlap."""
+    key = int.from_bytes(
+        hashlib.sha256(f"{purpose}:{name}".encode()).digest()[:8], "big", signed=True
+    )
+    with engine.connect() as conn:
+        if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+            raise ReplayBusy(f"another {purpose} of projection {name!r} is running")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()
+
+
+def _build(
+    engine: Engine,
+    projection: Projection,
+    suffix: str,
+    until: int,
+    progress: Progress | None,
+    batch_size: int,
+) -> tuple[dict[str, Table], int]:
+    """Fresh side tables folded up to `until`, one committed batch at a time (memory and
+    transaction size stay bounded whatever the store's size)."""
+    sides = _side_tables(projection, suffix)
+    with engine.begin() as conn:
+        _create_side_tables(conn, sides)
+    tables = Tables(sides)
+    position = 0
+    while position < until:
+        with engine.begin() as conn:
+            events = read_range(conn, position, until, batch_size)
+            if not events:
+                break
+            position = events[-1].position
+            projection.apply(conn, EventBatch(events, position), tables)
+        if progress:
+            progress(position)
+    return sides, position
+
+
+def rebuild(
+    engine: Engine,
+    projection: Projection,
+    progress: Progress | None = None,
+    batch_size: int = REBUILD_BATCH,
+) -> int:
+    """Rebuild a projection from the first event while the live one keeps serving, then
+    switch over atomically. Returns the position the new tables start from."""
+    with _exclusive(engine, "replay", projection.name):
+        with engine.begin() as conn:
+            ensure_checkpoints(conn, [projection])
+            head = head_position(conn)
+        try:
+            sides, position = _build(engine, projection, "rebuild", head, progress, batch_size)
+            with engine.begin() as conn:
+                _checkpoint(conn, projection.name, wait=True)  # live workers wait from here
+                position = _fold(conn, projection, Tables(sides), position, 2**63 - 1, batch_size)
+                for live, side in sides.items():
+                    _swap(conn, live, side.name)
+                conn.execute(
+                    text(
+                        "UPDATE projection_checkpoints"
+                        " SET position = :position, updated_at = clock_timestamp()"
+                        " WHERE name = :name"
+                    ),
+                    {"name": projection.name, "position": position},
+                )
+        except BaseException:
+            with engine.begin() as conn:
+                _drop_side_tables(conn, _side_tables(projection, "rebuild"))
+            raise
+    if progress:
+        progress(position)
+    log.info("projection rebuilt", extra={"projection": projection.name, "position": position})
+    return position
+
+
+@dataclass(frozen=True)
+class Difference:
+    table: str
+    side: str
+    """"live only": a row the live table has and a rebuild does not; "rebuild only": the reverse."""
+    row: dict[str, object]
+
+
+def verify(
+    engine: Engine,
+    projection: Projection,
+    progress: Progress | None = None,
+    batch_size: int = REBUILD_BATCH,
+    limit: int = 20,
+) -> list[Difference]:
+    """Rebuild aside up to the live checkpoint and compare, row for row; live tables are
+    not touched. Returns at most `limit` differences per table and direction."""
+    with _exclusive(engine, "verify", projection.name):
+        with engine.begin() as conn:
+            ensure_checkpoints(conn, [projection])
+            start = _checkpoint(conn, projection.name, wait=True) or 0
+        differences: list[Difference] = []
+        try:
+            sides, position = _build(engine, projection, "verify", start, progress, batch_size)
+            with engine.begin() as conn:
+                live_position = _checkpoint(conn, projection.name, wait=True) or 0
+                _fold(conn, projection, Tables(sides), position, live_position, batch_size)
+                for live, side in sides.items():
+                    differences += _compare(conn, live, side.name, limit)
+        finally:
+            with engine.begin() as conn:
+                _drop_side_tables(conn, _side_tables(projection, "verify"))
+    return differences
+
+
+def _compare(conn: Connection, live: str, side: str, limit: int) -> list[Difference]:
+    found = []
+    for label, left, right in (("live only", live, side), ("rebuild only", side, live)):
+        rows = conn.exec_driver_sql(
+            f"SELECT * FROM (SELECT * FROM {_quote(conn, left)}"
+            f" EXCEPT ALL SELECT * FROM {_quote(conn, right)}) AS d LIMIT {int(limit)}"
+        )
+        found += [Difference(live, label, dict(row._mapping)) for row in rows]
+    return found
