@@ -81,6 +81,12 @@ SETTINGS: tuple[Setting, ...] = (
         "500",
         "Most webhooks committed together in one transaction (group commit).",
     ),
+    Setting(
+        "CONVERSATIONS_PROJECTION_WORKER",
+        "true",
+        "`serve` keeps the projections current in a background worker woken by new events "
+        "(`false` to leave that to other processes).",
+    ),
     Setting("CONVERSATIONS_LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`."),
     Setting("CONVERSATIONS_LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
 )
@@ -165,6 +171,7 @@ class Settings:
     db_timeout: float
     retry_after: int
     batch_max: int
+    projection_worker: bool
     log_level: str
     log_format: str
 
@@ -186,6 +193,7 @@ class Settings:
             db_timeout=_float(env, "CONVERSATIONS_DB_TIMEOUT"),
             retry_after=_int(env, "CONVERSATIONS_RETRY_AFTER"),
             batch_max=_int(env, "CONVERSATIONS_BATCH_MAX"),
+            projection_worker=_bool(env, "CONVERSATIONS_PROJECTION_WORKER"),
             log_level=_choice(
                 env, "CONVERSATIONS_LOG_LEVEL", ("debug", "info", "warning", "error")
             ).upper(),

@@ -3,6 +3,7 @@ database engine and the group-commit writer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conversations.api import health, webhooks
 from conversations.api.problems import http_exception, server_error
 from conversations.api.state import AppState
-from conversations.database import create_async_engine
+from conversations.database import create_async_engine, create_engine
+from conversations.projections.registry import PROJECTIONS
+from conversations.projections.worker import CatchUpWorker
 from conversations.ingest import Ingestor
 from conversations.logs import access_log
 from conversations.metrics import Metrics
@@ -38,6 +41,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             engine, batch_max=settings.batch_max, timeout=settings.db_timeout
         )
         await writer.start()
+        worker = None
+        if settings.projection_worker:
+            sync_engine = create_engine(database_url, pool_size=2)
+            worker = CatchUpWorker(sync_engine, database_url, PROJECTIONS)
+            worker.start()
         app.state.conversations = AppState(
             settings=settings,
             engine=engine,
@@ -57,6 +65,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         finally:
             await writer.stop()
             await engine.dispose()
+            if worker is not None:
+                await asyncio.to_thread(worker.stop)
+                sync_engine.dispose()
 
     return Starlette(
         routes=[

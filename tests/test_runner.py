@@ -1,0 +1,283 @@
+"""The projection runner on real PostgreSQL, with a small projection of its own: events
+counted per location, and every applied position recorded under a primary key, so an
+event applied twice fails loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy import BigInteger, Column, MetaData, Table, Text, insert, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from conversations.database import create_async_engine
+from conversations.projections import runner
+from conversations.projections.base import EventBatch, Tables
+from conversations.store import append_events, head_position
+from tests.helpers import message, new_id
+from tests.test_store import new_event
+
+
+class CountingProjection:
+    """Per location: how many events up to the batch end (recomputed, so order free)."""
+
+    def __init__(self, suffix: str) -> None:
+        self.name = f"test_counting_{suffix}"
+        metadata = MetaData()
+        self.counts = Table(
+            f"test_counts_{suffix}",
+            metadata,
+            Column("location_id", Text, primary_key=True),
+            Column("events", BigInteger, nullable=False),
+        )
+        self.applied = Table(
+            f"test_applied_{suffix}", metadata, Column("position", BigInteger, primary_key=True)
+        )
+        self.tables = (self.counts, self.applied)
+        self.metadata = metadata
+        self.fail_after: int | None = None
+
+    def apply(self, conn: sqlalchemy.Connection, batch: EventBatch, tables: Tables) -> None:
+        if self.fail_after is not None and batch.end > self.fail_after:
+            raise RuntimeError("the projection crashed")
+        conn.execute(insert(tables[self.applied]), [{"position": e.position} for e in batch.events])
+        locations = sorted({e.location_id for e in batch.events})
+        rows = conn.execute(
+            text(
+                "SELECT location_id, count(*) AS n FROM events"
+                " WHERE location_id = ANY(:l) AND position <= :end GROUP BY location_id"
+            ),
+            {"l": locations, "end": batch.end},
+        )
+        values = [{"location_id": r.location_id, "events": r.n} for r in rows]
+        statement = pg_insert(tables[self.counts]).values(values)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["location_id"], set_={"events": statement.excluded.events}
+            )
+        )
+
+
+@pytest.fixture
+def projection(engine: sqlalchemy.Engine) -> Iterator[CountingProjection]:
+    projection = CountingProjection(uuid.uuid4().hex[:8])
+    projection.metadata.create_all(engine)
+    yield projection
+    projection.metadata.drop_all(engine)
+
+
+def append(database_url: str, documents: list[dict[str, Any]]) -> None:
+    async def work() -> None:
+        engine = create_async_engine(database_url, pool_size=2, timeout=10)
+        async with engine.begin() as conn:
+            await append_events(conn, [new_event(d) for d in documents])
+        await engine.dispose()
+
+    asyncio.run(work())
+
+
+def expected_counts(conn: sqlalchemy.Connection, until: int) -> dict[str, int]:
+    rows = conn.execute(
+        text(
+            "SELECT location_id, count(*) AS n FROM events WHERE position <= :until"
+            " GROUP BY location_id"
+        ),
+        {"until": until},
+    )
+    return {r.location_id: r.n for r in rows}
+
+
+def counts(conn: sqlalchemy.Connection, projection: CountingProjection) -> dict[str, int]:
+    return {r.location_id: r.events for r in conn.execute(projection.counts.select())}
+
+
+def checkpoint(conn: sqlalchemy.Connection, name: str) -> int:
+    value = conn.scalar(
+        text("SELECT position FROM projection_checkpoints WHERE name = :n"), {"n": name}
+    )
+    return int(value or 0)
+
+
+def assert_consistent(engine: sqlalchemy.Engine, projection: CountingProjection) -> int:
+    """The projection's rows are exactly what the events up to its checkpoint give."""
+    with engine.connect() as conn:
+        position = checkpoint(conn, projection.name)
+        assert counts(conn, projection) == expected_counts(conn, position)
+        applied = conn.scalar(text(f"SELECT count(*) FROM {projection.applied.name}"))
+        in_range = conn.scalar(
+            text("SELECT count(*) FROM events WHERE position <= :p"), {"p": position}
+        )
+        assert applied == in_range
+    return position
+
+
+@pytest.mark.smoke
+def test_catch_up_applies_everything_once(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    append(database_url, [message() for _ in range(30)])
+    with engine.begin() as conn:
+        runner.ensure_checkpoints(conn, [projection])
+    assert runner.catch_up(engine, projection, batch_size=7) > 0
+    assert runner.catch_up(engine, projection) == 0
+    with engine.connect() as conn:
+        head = head_position(conn)
+    assert assert_consistent(engine, projection) == head
+
+
+def test_a_crash_mid_catch_up_neither_skips_nor_repeats(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    with engine.begin() as conn:
+        runner.ensure_checkpoints(conn, [projection])
+        start = head_position(conn)
+    location = new_id("loc")
+    append(database_url, [message(locationId=location) for _ in range(40)])
+    projection.fail_after = start + 20
+    with pytest.raises(RuntimeError, match="crashed"):
+        runner.catch_up(engine, projection, batch_size=6)
+    stopped_at = assert_consistent(engine, projection)
+    assert start < stopped_at <= start + 20
+    projection.fail_after = None
+    runner.catch_up(engine, projection, batch_size=6)
+    assert assert_consistent(engine, projection) >= start + 40
+
+
+_WORKER = """
+import sys
+from conversations.database import create_engine
+from conversations.projections import runner
+from tests.test_runner import CountingProjection
+projection = CountingProjection(sys.argv[2])
+engine = create_engine(sys.argv[1])
+for _ in range(400):
+    runner.catch_up(engine, projection, batch_size=3)
+"""
+
+
+def test_several_processes_catch_up_together(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    """Processes folding one projection while events keep coming: no event is applied
+    twice (the primary key would refuse it) and none is skipped."""
+    with engine.begin() as conn:
+        runner.ensure_checkpoints(conn, [projection])
+    suffix = projection.name.removeprefix("test_counting_")
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, database_url, suffix]) for _ in range(3)
+    ]
+    for _ in range(10):
+        append(database_url, [message() for _ in range(10)])
+    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
+    runner.catch_up(engine, projection)
+    with engine.connect() as conn:
+        head = head_position(conn)
+    assert assert_consistent(engine, projection) == head
+
+
+def test_rebuild_while_events_arrive_switches_over_with_nothing_missing(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    append(database_url, [message() for _ in range(50)])
+    with engine.begin() as conn:
+        runner.ensure_checkpoints(conn, [projection])
+    runner.catch_up(engine, projection)
+    with engine.begin() as conn:  # damage the live rows: the rebuild must not keep them
+        conn.execute(text(f"UPDATE {projection.counts.name} SET events = -1"))
+    stop = threading.Event()
+
+    def keep_appending() -> None:
+        while not stop.is_set():
+            append(database_url, [message() for _ in range(5)])
+
+    appender = threading.Thread(target=keep_appending)
+    appender.start()
+    seen: list[int] = []
+    try:
+        position = runner.rebuild(engine, projection, seen.append, batch_size=10)
+    finally:
+        stop.set()
+        appender.join()
+    assert seen and seen == sorted(seen)
+    with engine.connect() as conn:
+        assert checkpoint(conn, projection.name) == position
+        assert counts(conn, projection) == expected_counts(conn, position)
+        names = set(sqlalchemy.inspect(conn).get_table_names())
+    assert not any(name.endswith("__rebuild") for name in names)
+    runner.catch_up(engine, projection)
+    with engine.connect() as conn:
+        assert assert_consistent(engine, projection) == head_position(conn)
+        indexes = {
+            r.indexname
+            for r in conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = :t"),
+                {"t": projection.counts.name},
+            )
+        }
+    assert indexes == {f"{projection.counts.name}_pkey"}
+
+
+def test_an_interrupted_rebuild_leaves_the_live_projection_untouched(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    append(database_url, [message() for _ in range(20)])
+    with engine.begin() as conn:
+        runner.ensure_checkpoints(conn, [projection])
+    runner.catch_up(engine, projection)
+    with engine.connect() as conn:
+        before = counts(conn, projection), checkpoint(conn, projection.name)
+
+    def interrupt(position: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.rebuild(engine, projection, interrupt, batch_size=5)
+    with engine.connect() as conn:
+        assert (counts(conn, projection), checkpoint(conn, projection.name)) == before
+        names = set(sqlalchemy.inspect(conn).get_table_names())
+    assert not any(name.endswith("__rebuild") for name in names)
+
+
+def test_verify_finds_a_corrupted_row(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    location = new_id("loc")
+    append(database_url, [message(locationId=location) for _ in range(3)])
+    with engine.begin() as conn:
+        runner.ensure_checkpoints(conn, [projection])
+    runner.catch_up(engine, projection)
+    assert runner.verify(engine, projection) == []
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"UPDATE {projection.counts.name} SET events = 99 WHERE location_id = :l"),
+            {"l": location},
+        )
+    differences = runner.verify(engine, projection)
+    assert {(d.side, json.dumps(d.row, sort_keys=True)) for d in differences} == {
+        ("live only", json.dumps({"events": 99, "location_id": location}, sort_keys=True)),
+        ("rebuild only", json.dumps({"events": 3, "location_id": location}, sort_keys=True)),
+    }
+
+
+def test_two_rebuilds_of_one_projection_do_not_overlap(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    append(database_url, [message() for _ in range(3)])
+    errors: list[BaseException] = []
+
+    def nested(position: int) -> None:
+        try:
+            runner.rebuild(engine, projection)
+        except runner.ReplayBusy as error:
+            errors.append(error)
+
+    runner.rebuild(engine, projection, nested, batch_size=1_000_000)
+    assert errors and "another replay" in str(errors[0])
