@@ -39,7 +39,9 @@ class CountingProjection:
             Column("events", BigInteger, nullable=False),
         )
         self.applied = Table(
-            f"test_applied_{suffix}", metadata, Column("position", BigInteger, primary_key=True)
+            f"test_applied_{suffix}",
+            metadata,
+            Column("position", BigInteger, primary_key=True, autoincrement=False),
         )
         self.tables = (self.counts, self.applied)
         self.metadata = metadata
