@@ -1,0 +1,51 @@
+"""Settings come from the environment, fail clearly, and the README documents each one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conversations.settings import SETTINGS, Settings, SettingsError
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url is None
+    assert settings.webhook_verify == "enforce"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.port == 8000
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CONVERSATIONS_PORT", "eighty", "not an integer"),
+        ("CONVERSATIONS_MAX_BODY_BYTES", "0", "at least 1"),
+        ("CONVERSATIONS_WEBHOOK_VERIFY", "maybe", "not one of enforce, off"),
+        ("CONVERSATIONS_AUTO_MIGRATE", "perhaps", "not a boolean"),
+        ("CONVERSATIONS_DB_TIMEOUT", "-1", "must be positive"),
+        ("CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY", "/no/such/key.pem", "neither PEM"),
+    ],
+)
+def test_bad_values_name_the_setting(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=message) as error:
+        Settings.from_env({name: value})
+    assert name in str(error.value)
+
+
+def test_a_pem_can_be_given_as_a_path(tmp_path: Path) -> None:
+    pem = "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----\n"
+    (tmp_path / "key.pem").write_text(pem)
+    settings = Settings.from_env(
+        {"CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY": str(tmp_path / "key.pem")}
+    )
+    assert settings.rsa_public_key == pem
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = README.read_text()
+    for setting in SETTINGS:
+        assert f"| `{setting.name}` |" in readme, setting.name
