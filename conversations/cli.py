@@ -58,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("status", help="events, projection positions and lag, quarantine")
 
+    keys = commands.add_parser("keys", help="API keys for the read API, scoped to locations")
+    key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = key_actions.add_parser(
+        "create", help="make a key; prints it alone on stdout, once and never again"
+    )
+    scope = create.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "--location", action="append", metavar="ID", help="a location it may read (repeatable)"
+    )
+    scope.add_argument("--all-locations", action="store_true", help="every location")
+    create.add_argument("--label", help="a note to recognise the key by in `keys list`")
+    key_actions.add_parser("list", help="every key: id, scope, label, created, revoked")
+    revoke = key_actions.add_parser("revoke", help="revoke a key (by its id or the key itself)")
+    revoke.add_argument("key")
+
     quarantine = commands.add_parser("quarantine", help="bodies kept aside, and their retry")
     actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="what is kept aside")
@@ -96,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _import(args, settings, handle)
     if command == "quarantine":
         return _quarantine(args, settings, handle)
+    if command == "keys":
+        return _keys(args, handle)
     if command in ("replay", "verify", "status"):
         from conversations import operations
 
@@ -108,12 +125,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(command)
 
 
+def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
+    from conversations import keys
+
+    engine = create_engine(handle.url)
+    created = None
+    try:
+        with engine.begin() as conn:
+            if args.action == "create":
+                created = keys.create_key(
+                    conn, args.location or [], all_locations=args.all_locations, label=args.label
+                )
+            elif args.action == "list":
+                print(f"{'key id':<14} {'created':<20} {'revoked':<20} {'label':<16} locations")
+                for key in keys.list_keys(conn):
+                    where = "(all locations)" if key.all_locations else ", ".join(key.locations)
+                    revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
+                    print(
+                        f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<20}"
+                        f" {revoked:<20} {key.label or '':<16} {where}"
+                    )
+            elif not keys.revoke_key(conn, args.key):
+                print(f"conversations: no live key {args.key!r}", file=sys.stderr)
+                return 1
+    except ValueError as error:
+        print(f"conversations: {error}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if created:  # only once it is committed
+        print(created)
+    return 0
+
+
 def _import(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
-    raise NotImplementedError  # written by the import helper
+    from conversations import importer
+
+    return importer.run(
+        args.files, handle.url, limit=settings.max_body_bytes, db_timeout=settings.db_timeout
+    )
 
 
 def _quarantine(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
-    raise NotImplementedError  # written by the import helper
+    from conversations import quarantine
+
+    timeout = settings.db_timeout
+    if args.action == "list":
+        return quarantine.list_bodies(handle.url, timeout, everything=args.all, limit=args.limit)
+    if args.action == "show":
+        return quarantine.show(handle.url, timeout, args.id)
+    return quarantine.retry(handle.url, timeout, None if args.all else args.id)
 
 
 def _migrate(args: argparse.Namespace, handle: DatabaseHandle) -> int:

@@ -114,3 +114,12 @@ quarantine = Table(
     UniqueConstraint("body_sha256"),
     Index(None, "status", "id"),
 )
+
+# Secrets the service makes for itself at migration time (e.g. the key that signs
+# pagination cursors), shared by every process on the database.
+service_secrets = Table(
+    "service_secrets",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)

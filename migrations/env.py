@@ -7,6 +7,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, pool
 
+import conversations.keys
+import conversations.projections.registry  # noqa: F401  (their tables join the metadata)
 from conversations.database import create_engine, open_database
 from conversations.schema import metadata
 from conversations.settings import Settings

@@ -10,6 +10,8 @@ import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import conversations.keys
+import conversations.projections.registry  # noqa: F401  (their tables join the metadata)
 from conversations import migrate
 from conversations.database import create_database, create_engine, drop_database
 from conversations.schema import metadata

@@ -14,15 +14,17 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conversations.api import health, webhooks
+from conversations.api import contacts, conversations, feed, health, openapi, webhooks
+from conversations.api.cursors import Cursors
 from conversations.api.problems import http_exception, server_error
 from conversations.api.state import AppState
 from conversations.database import create_async_engine, create_engine
-from conversations.projections.registry import PROJECTIONS
-from conversations.projections.worker import CatchUpWorker
 from conversations.ingest import Ingestor
+from conversations.keys import KeyCache
 from conversations.logs import access_log
 from conversations.metrics import Metrics
+from conversations.projections.registry import PROJECTIONS
+from conversations.projections.worker import CatchUpWorker
 from conversations.settings import Settings
 from conversations.signatures import SignatureVerifier
 from conversations.writer import GroupCommitWriter
@@ -41,10 +43,15 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             engine, batch_max=settings.batch_max, timeout=settings.db_timeout
         )
         await writer.start()
+        read_engine = create_engine(
+            database_url,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_timeout,
+            connect_args={"connect_timeout": int(max(2, settings.db_timeout))},
+        )
         worker = None
         if settings.projection_worker:
-            sync_engine = create_engine(database_url, pool_size=2)
-            worker = CatchUpWorker(sync_engine, database_url, PROJECTIONS)
+            worker = CatchUpWorker(read_engine, database_url, PROJECTIONS)
             worker.start()
         app.state.conversations = AppState(
             settings=settings,
@@ -59,6 +66,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 metrics=metrics,
             ),
             metrics=metrics,
+            read_engine=read_engine,
+            keys=KeyCache(read_engine),
+            cursors=Cursors(read_engine),
         )
         try:
             yield
@@ -67,7 +77,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             await engine.dispose()
             if worker is not None:
                 await asyncio.to_thread(worker.stop)
-                sync_engine.dispose()
+            read_engine.dispose()
 
     return Starlette(
         routes=[
@@ -75,6 +85,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
+            *conversations.ROUTES,
+            *contacts.ROUTES,
+            *feed.ROUTES,
+            *openapi.ROUTES,
         ],
         exception_handlers={HTTPException: http_exception, Exception: server_error},
         middleware=[Middleware(RequestLog, metrics=metrics)],

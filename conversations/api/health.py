@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from conversations.api.problems import problem_response
 from conversations.api.state import app_state
+from conversations.deadline import within
 from conversations.migrate import head_revision
 
 
@@ -17,11 +18,15 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
-    try:
+
+    async def migration() -> str | None:
         async with state.engine.connect() as conn:
-            current = (
-                await conn.execute(text("SELECT version_num FROM alembic_version"))
-            ).scalar_one_or_none()
+            result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+            version: str | None = result.scalar_one_or_none()
+            return version
+
+    try:
+        current = await within(migration(), state.settings.db_timeout)
     except Exception as error:
         return problem_response(
             503,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from conversations.api.cursors import Cursors
 from conversations.ingest import Ingestor
+from conversations.keys import KeyCache
 from conversations.metrics import Metrics
 from conversations.settings import Settings
 from conversations.writer import GroupCommitWriter
@@ -20,6 +23,10 @@ class AppState:
     writer: GroupCommitWriter
     ingestor: Ingestor
     metrics: Metrics
+    read_engine: Engine
+    """Sync engine of the read API (its endpoints run in a thread pool)."""
+    keys: KeyCache
+    cursors: Cursors
 
 
 def app_state(request: Request) -> AppState:

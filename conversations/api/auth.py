@@ -1,0 +1,27 @@
+"""Every read needs `Authorization: Bearer <key>`; the key's scope limits what it sees."""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from conversations.api.state import app_state
+from conversations.keys import Scope
+
+
+def require_scope(request: Request) -> Scope:
+    """The caller's scope; 401 (problem+json, with WWW-Authenticate) otherwise.
+
+    Call from sync endpoints: the key lookup may query the database.
+    """
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "An API key is required: Authorization: Bearer <key>.", _CHALLENGE)
+    scope = app_state(request).keys.scope(token.strip())
+    if scope is None:
+        raise HTTPException(401, "The API key is unknown or revoked.", _CHALLENGE)
+    return scope
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="conversations"'}

@@ -1,0 +1,61 @@
+"""Opaque, signed keyset cursors.
+
+A cursor carries the sort key of the last row a page returned, bound to the endpoint,
+its filters and the caller's key, and signed with the service's secret (made by a
+migration, shared by every process). A cursor that was altered, or replayed against
+other filters or by another key, is refused with 400: it can never select another
+tenant's rows or crash a query.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from sqlalchemy import Engine, text
+from starlette.exceptions import HTTPException
+
+
+class Cursors:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._secret: bytes | None = None
+
+    @property
+    def secret(self) -> bytes:
+        """Read once, on first use (so the service starts even if the database is late)."""
+        if self._secret is None:
+            with self._engine.connect() as conn:
+                value = conn.scalar(text("SELECT value FROM service_secrets WHERE name = 'cursor'"))
+            if not value:
+                raise RuntimeError("no cursor secret: run `conversations migrate`")
+            self._secret = bytes.fromhex(value)
+        return self._secret
+
+    def _mac(self, body: bytes, context: str) -> bytes:
+        return hmac.new(self.secret, body + b"\x00" + context.encode(), hashlib.sha256).digest()[
+            :16
+        ]
+
+    def encode(self, position: list[Any], context: str) -> str:
+        body = json.dumps(position, separators=(",", ":"), default=str).encode()
+        token = base64.urlsafe_b64encode(body + self._mac(body, context)).rstrip(b"=")
+        return token.decode()
+
+    def decode(self, token: str, context: str, name: str = "cursor") -> list[Any]:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            body, mac = raw[:-16], raw[-16:]
+            if len(raw) <= 16 or not hmac.compare_digest(mac, self._mac(body, context)):
+                raise ValueError
+            position = json.loads(body)
+            if not isinstance(position, list):
+                raise ValueError
+        except ValueError:
+            raise HTTPException(
+                400, f"query parameter {name!r}: not a cursor this service gave for this query"
+            ) from None
+        return position

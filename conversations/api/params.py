@@ -1,0 +1,79 @@
+"""Query parameters, validated: a bad value is a 400 problem naming the parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+
+class Params:
+    def __init__(self, request: Request, allowed: Sequence[str]) -> None:
+        self._query = request.query_params
+        unknown = sorted(set(self._query.keys()) - set(allowed))
+        if unknown:
+            raise bad(unknown[0], f"unknown parameter; allowed: {', '.join(allowed)}")
+
+    def text(self, name: str, *, max_length: int = 256) -> str | None:
+        values = self._query.getlist(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise bad(name, "given more than once")
+        value = values[0]
+        if value == "":
+            return None
+        if len(value) > max_length or "\x00" in value:
+            raise bad(name, f"longer than {max_length} characters or not text")
+        return value
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        raw = self.text(name, max_length=20)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise bad(name, f"{raw!r} is not an integer") from None
+        if not minimum <= value <= maximum:
+            raise bad(name, f"{value} is not between {minimum} and {maximum}")
+        return value
+
+    def choice(self, name: str, choices: Sequence[str], default: str | None = None) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw not in choices:
+            raise bad(name, f"{raw!r} is not one of {', '.join(choices)}")
+        return raw
+
+    def choices(self, name: str, choices: Sequence[str]) -> list[str] | None:
+        """A comma-separated list of choices (each validated)."""
+        raw = self.text(name, max_length=1024)
+        if raw is None:
+            return None
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        for value in values:
+            if value not in choices:
+                raise bad(name, f"{value!r} is not one of {', '.join(choices)}")
+        return values or None
+
+    def timestamp(self, name: str) -> datetime | None:
+        """ISO-8601 (a naive time is UTC) or epoch milliseconds, as HighLevel takes."""
+        raw = self.text(name, max_length=40)
+        if raw is None:
+            return None
+        try:
+            if raw.isdigit():
+                value = datetime.fromtimestamp(int(raw) / 1000, UTC)
+            else:
+                value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        except (ValueError, OverflowError, OSError):
+            raise bad(name, f"{raw!r} is not an ISO-8601 time or epoch milliseconds") from None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def bad(name: str, message: str) -> HTTPException:
+    return HTTPException(400, f"query parameter {name!r}: {message}")

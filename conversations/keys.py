@@ -1,0 +1,169 @@
+"""Location-scoped API keys: created once, stored only as hashes, revocable.
+
+A key reads as `cvk_<key id>_<secret>`. The key id is public (it names the key in `keys
+list` and `keys revoke`); the secret is 256 random bits, so a plain SHA-256 is a sound
+hash for it (no password stretching needed for machine-generated secrets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from conversations.schema import metadata
+
+PREFIX = "cvk"
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("secret_sha256", Text, nullable=False),
+    Column("locations", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("all_locations", Boolean, nullable=False, server_default=text("false")),
+    Column("label", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What one key may read."""
+
+    key_id: str
+    locations: frozenset[str]
+    all_locations: bool
+
+    def allows(self, location_id: str) -> bool:
+        return self.all_locations or location_id in self.locations
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key_id: str
+    locations: tuple[str, ...]
+    all_locations: bool
+    label: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _split(token: str) -> tuple[str, str] | None:
+    prefix, _, rest = token.strip().partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != PREFIX or not key_id or not secret or not key_id.isalnum():
+        return None
+    return key_id, secret
+
+
+def create_key(
+    conn: Connection,
+    locations: Sequence[str],
+    *,
+    all_locations: bool = False,
+    label: str | None = None,
+) -> str:
+    """Store a new key's hash; returns the key itself, which is never shown again."""
+    if not all_locations and not [loc for loc in locations if loc.strip()]:
+        raise ValueError("a key needs at least one location, or all locations")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    conn.execute(
+        insert(api_keys).values(
+            key_id=key_id,
+            secret_sha256=_hash(secret),
+            locations=sorted({loc.strip() for loc in locations if loc.strip()}),
+            all_locations=all_locations,
+            label=label,
+        )
+    )
+    return f"{PREFIX}_{key_id}_{secret}"
+
+
+def list_keys(conn: Connection) -> list[KeyInfo]:
+    rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at, api_keys.c.key_id))
+    return [
+        KeyInfo(
+            r.key_id,
+            tuple(r.locations),
+            r.all_locations,
+            r.label,
+            r.created_at,
+            r.revoked_at,
+        )
+        for r in rows
+    ]
+
+
+def revoke_key(conn: Connection, key: str) -> bool:
+    """Revoke by key id (or by the whole key); False if there is no such live key."""
+    parts = _split(key)
+    key_id = parts[0] if parts else key.strip()
+    result = conn.execute(
+        update(api_keys)
+        .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )
+    return result.rowcount == 1
+
+
+def lookup(conn: Connection, token: str) -> Scope | None:
+    """The scope of a presented key, or None when it is unknown, wrong or revoked."""
+    parts = _split(token)
+    if parts is None:
+        return None
+    key_id, secret = parts
+    row = conn.execute(
+        select(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+    ).one_or_none()
+    if row is None or not hmac.compare_digest(row.secret_sha256, _hash(secret)):
+        return None
+    return Scope(row.key_id, frozenset(row.locations), row.all_locations)
+
+
+class KeyCache:
+    """Remembers looked-up keys for a few seconds so a read costs no extra query; a
+    revocation takes effect within `ttl` seconds in every process."""
+
+    def __init__(self, engine: Engine, ttl: float = 2.0) -> None:
+        self._engine = engine
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, Scope | None]] = {}
+
+    def scope(self, token: str) -> Scope | None:
+        now = time.monotonic()
+        cached = self._entries.get(token)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        with self._engine.connect() as conn:
+            scope = lookup(conn, token)
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[token] = (now, scope)
+        return scope
