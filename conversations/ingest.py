@@ -18,6 +18,7 @@ from typing import Any, Literal
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conversations.deadline import within
 from conversations.events import NewEvent, NotJSONError, parse_json_object, to_new_event
 from conversations.metrics import Metrics
 from conversations.payloads import PayloadError, parse_payload
@@ -188,9 +189,9 @@ class Ingestor:
         errors: Any = (),
         location_id: str | None = None,
     ) -> int:
-        try:
+        async def store() -> int:
             async with self._engine.begin() as conn:
-                qid = await quarantine_body(
+                return await quarantine_body(
                     conn,
                     body=raw,
                     reason=reason,
@@ -200,6 +201,12 @@ class Ingestor:
                     source=source,
                     location_id=location_id,
                 )
+
+        try:
+            # Bounded like an append; if it commits after all, a retry is another attempt.
+            qid = await within(store(), self._writer.timeout)
+        except TimeoutError:
+            raise StoreUnavailable("the database did not confirm the quarantine in time") from None
         except Exception as error:
             raise StoreUnavailable(f"quarantine failed: {type(error).__name__}") from error
         log.info("webhook quarantined", extra={"reason": reason, "quarantine_id": qid})

@@ -127,6 +127,16 @@ _READ_MESSAGES = text(
     """
 )
 
+_READ_STREAMS = text(
+    f"""
+    SELECT {_FOLD_COLUMNS} FROM events
+      JOIN unnest(CAST(:locations AS text[]), CAST(:streams AS text[])) AS k(l, s)
+        ON events.location_id = k.l AND events.stream_id = k.s
+     WHERE events.event_type = :event_type AND events.position <= :until
+     ORDER BY position
+    """
+)
+
 
 def head_position(conn: Connection) -> int:
     """The highest committed position (0 for an empty store)."""
@@ -149,6 +159,23 @@ def read_message_events(
         return []
     params = {"locations": [k[0] for k in keys], "messages": [k[1] for k in keys], "until": until}
     return [StoredEvent(**row._mapping) for row in conn.execute(_READ_MESSAGES, params)]
+
+
+def read_stream_events(
+    conn: Connection, keys: Sequence[tuple[str, str]], event_type: str, until: int
+) -> list[StoredEvent]:
+    """Every event of type `event_type` in the given (location_id, stream_id) streams up to
+    `until`, without raw bytes: e.g. all ConversationUnreadUpdate events of some
+    conversations, to recompute their flags from scratch."""
+    if not keys:
+        return []
+    params = {
+        "locations": [k[0] for k in keys],
+        "streams": [k[1] for k in keys],
+        "event_type": event_type,
+        "until": until,
+    }
+    return [StoredEvent(**row._mapping) for row in conn.execute(_READ_STREAMS, params)]
 
 
 async def append_events(conn: AsyncConnection, batch: Sequence[NewEvent]) -> list[AppendResult]:

@@ -46,6 +46,12 @@ class GroupCommitWriter:
         self._timeout = timeout
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a webhook waits for the database before it is answered 503."""
+        return self._timeout
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
@@ -128,11 +134,17 @@ class GroupCommitWriter:
 
     async def _append(self, events: list[NewEvent]) -> list[AppendResult]:
         async with self._engine.begin() as conn:
-            return await append_events(conn, events)
+            results = await append_events(conn, events)
+        if self._failing:
+            log.warning("database available again")
+            self._failing = False
+        return results
 
     def _fail(self, batch: Sequence[_Pending], error: Exception) -> None:
         if is_unavailable(error):
-            log.warning("append failed, database unavailable: %s", _first_line(error))
+            if not self._failing:  # one line per outage, not one per batch
+                log.warning("database unavailable, answering 503: %s", _first_line(error))
+            self._failing = True
             failure: Exception = StoreUnavailable(_first_line(error))
         else:
             failure = EventRejected(_first_line(error))

@@ -1,9 +1,11 @@
 """A TCP proxy in front of PostgreSQL that a test can cut and restore, to stage an outage.
 
 `cut()` closes the listening socket (new connections are refused) and resets every open
-connection, as a database crash or a network failure would; `restore()` listens again on
-the same port. The proxy forwards to the host and port of a database URL, or to the unix
-socket the URL names with `?host=/dir` (as the embedded PostgreSQL does).
+connection, as a database crash or restart would; `restore()` listens again on the same
+port. `stall()` holds every byte back without closing anything, as a hung database
+would; `flow()` lets them through again. The proxy forwards to the host and port of a
+database URL, or to the unix socket the URL names with `?host=/dir` (as the embedded
+PostgreSQL does).
 """
 
 from __future__ import annotations
@@ -131,9 +133,24 @@ class Proxy:
         for link in links:
             link.close(reset=True)
 
+    @property
+    def open(self) -> int:
+        """Connections open through the proxy now."""
+        with self._lock:
+            return len(self._links)
+
+    def heal(self) -> None:
+        """Back to normal, whatever was cut or stalled."""
+        self.flow()
+        with self._lock:
+            listening = self._listener is not None
+        if not listening:
+            self.start()
+
     def stall(self) -> None:
         """Stop forwarding bytes, either way, but keep every connection open and accept new
-        ones: a network that silently drops packets (no reset, no refusal)."""
+        ones: a database that hangs rather than fails (an overloaded or frozen server, a
+        commit waiting for a lost synchronous standby). Nothing is refused or reset."""
         self._flowing.clear()
 
     def flow(self) -> None:

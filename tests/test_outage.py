@@ -1,5 +1,5 @@
-"""A database outage, end to end: `conversations serve` reaches PostgreSQL through a proxy
-the test cuts and restores.
+"""A database outage, end to end: `conversations serve` reaches PostgreSQL only through a
+proxy the test cuts and restores (or stalls and lets flow again).
 
 The contract: while the database is unreachable a webhook is answered 503 with
 `Retry-After` and a problem document, in bounded time (never a 500, never a hang); once
@@ -9,13 +9,13 @@ it is back the service recovers by itself; and every acknowledged (2xx) event is
 
 from __future__ import annotations
 
-import collections
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -29,9 +29,13 @@ pytestmark = pytest.mark.e2e
 
 DB_TIMEOUT = 2
 RETRY_AFTER = 1
-# A 503 must come within the database timeout, plus this for everything else.
+# An answer must come within the database timeout, plus this for everything else.
 SLACK = 3.0
 CLIENT_TIMEOUT = DB_TIMEOUT + SLACK + 5
+SENDERS = 8
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -40,9 +44,9 @@ class Outage:
     server: Server
 
 
-@pytest.fixture
-def outage(database_url: str, keys: KeyPair) -> Iterator[Outage]:
-    """A server whose only way to the database is a proxy the test controls."""
+@pytest.fixture(scope="module")
+def through_proxy(database_url: str, keys: KeyPair) -> Iterator[Outage]:
+    """A server whose only way to the database is a proxy the tests control."""
     with Proxy.to(database_url).running() as proxy:
         server = start_server(
             proxy.url_for(database_url),
@@ -56,15 +60,29 @@ def outage(database_url: str, keys: KeyPair) -> Iterator[Outage]:
             server.stop()
 
 
+@pytest.fixture
+def outage(through_proxy: Outage) -> Iterator[Outage]:
+    """The shared server; whatever a test does to the proxy is undone after it. Each test
+    starts by storing a webhook, so it also proves the previous one left no damage."""
+    try:
+        yield through_proxy
+    finally:
+        through_proxy.proxy.heal()
+
+
 @dataclass
 class Answer:
     raw: bytes
-    webhook_id: str
     sent: float
     received: float
     status: int
     headers: httpx.Headers
     document: dict[str, Any]
+
+    @property
+    def webhook_id(self) -> str:
+        webhook_id: str = json.loads(self.raw)["webhookId"]
+        return webhook_id
 
     @property
     def seconds(self) -> float:
@@ -81,15 +99,27 @@ def send(client: httpx.Client, server: Server, raw: bytes) -> Answer:
         document = response.json()
     except ValueError:
         document = {"unparsable": response.text}
-    return Answer(
-        raw,
-        json.loads(raw)["webhookId"],
-        sent,
-        received,
-        response.status_code,
-        response.headers,
-        document,
-    )
+    return Answer(raw, sent, received, response.status_code, response.headers, document)
+
+
+def in_parallel(work: Callable[[httpx.Client, T], R], items: Sequence[T]) -> list[R]:
+    """`work(client, item)` for every item, from SENDERS threads with a client each."""
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def run(item: T) -> R:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=CLIENT_TIMEOUT)
+            clients.append(local.client)
+        client: httpx.Client = local.client
+        return work(client, item)
+
+    try:
+        with ThreadPoolExecutor(SENDERS) as pool:
+            return list(pool.map(run, items))
+    finally:
+        for client in clients:
+            client.close()
 
 
 def assert_unavailable(answer: Answer) -> None:
@@ -117,6 +147,19 @@ def stored(engine: sqlalchemy.Engine, webhook_ids: list[str]) -> dict[str, list[
     return rows
 
 
+def assert_stored_once(engine: sqlalchemy.Engine, acknowledged: list[Answer]) -> None:
+    """Every acknowledged body is in `events` exactly once, at the position answered."""
+    rows = stored(engine, [answer.webhook_id for answer in acknowledged])
+    for answer in acknowledged:
+        assert answer.status in (200, 201), answer
+        found = rows[answer.webhook_id]
+        assert len(found) == 1, f"{answer.webhook_id} stored {len(found)} times"
+        (row,) = found
+        assert row.position == answer.document["position"], answer
+        assert row.dedup_key == f"webhook:{answer.webhook_id}"
+        assert bytes(row.raw) == answer.raw
+
+
 def test_outage_answers_503_then_recovers_and_loses_nothing(
     outage: Outage, engine: sqlalchemy.Engine
 ) -> None:
@@ -132,30 +175,37 @@ def test_outage_answers_503_then_recovers_and_loses_nothing(
                 raw = json.dumps(message()).encode()
                 try:
                     answer = send(client, server, raw)
-                except httpx.HTTPError as error:  # a hang or a dropped connection
+                except httpx.HTTPError as error:  # a hang, or a dropped connection
                     with lock:
                         failures.append(error)
                     continue
                 with lock:
                     answers.append(answer)
+                if answer.status == 503:
+                    time.sleep(0.05)  # enough 503s without thousands of retries later
 
-    def resumed_after(moment: float) -> list[Answer]:
+    def stored_since(moment: float, count: int = 1) -> bool:
         with lock:
-            return [a for a in answers if a.sent >= moment and a.status == 201]
+            return sum(a.sent >= moment and a.status == 201 for a in answers) >= count
 
-    threads = [threading.Thread(target=sender, daemon=True) for _ in range(8)]
+    def wait_until_stored(moment: float, count: int) -> None:
+        deadline = time.monotonic() + 10
+        while not stored_since(moment, count) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(SENDERS)]
+    started_at = time.monotonic()
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.5)
+        wait_until_stored(started_at, 5 * SENDERS)
+        time.sleep(0.5)
         cut_at = time.monotonic()
         proxy.cut()
         time.sleep(3)
         restored_at = time.monotonic()
         proxy.restore()
-        deadline = restored_at + 10
-        while not resumed_after(restored_at) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_stored(restored_at, 1)
         time.sleep(1)
     finally:
         stop.set()
@@ -163,47 +213,35 @@ def test_outage_answers_503_then_recovers_and_loses_nothing(
             thread.join(timeout=CLIENT_TIMEOUT + 5)
 
     assert not failures, failures[:3]
-    statuses = {a.status for a in answers}
-    assert statuses <= {200, 201, 503}, [a for a in answers if a.status not in (200, 201, 503)][:3]
+    others = [a for a in answers if a.status not in (200, 201, 503)]
+    assert not others, others[:3]
 
-    before = [a for a in answers if a.received < cut_at]
-    assert any(a.status == 201 for a in before), "nothing was stored before the outage"
+    assert any(a.status == 201 for a in answers if a.received < cut_at), "none stored before"
     during = [a for a in answers if cut_at <= a.sent and a.received <= restored_at]
     assert any(a.status == 503 for a in during), "no 503 while the database was cut"
     unavailable = [a for a in answers if a.status == 503]
     for answer in unavailable:
         assert_unavailable(answer)
 
-    resumed = resumed_after(restored_at)
-    assert resumed, "no webhook stored after the database came back"
-    recovery = min(a.received for a in resumed) - restored_at
-    assert recovery < 5, f"the first 201 after the restore took {recovery:.2f} s"
-    # Recovered for good: nothing but 201s once the first one came back.
-    settled = min(a.received for a in resumed)
-    assert all(a.status == 201 for a in answers if a.sent > settled)
+    resumed = [a for a in answers if a.sent >= restored_at and a.status == 201]
+    assert resumed, "nothing stored after the database came back"
+    first = min(a.received for a in resumed)
+    assert first - restored_at < 5, f"the first 201 came {first - restored_at:.2f} s after"
+    # Recovered for good: only 201s for what was sent once the first came back.
+    assert all(a.status == 201 for a in answers if a.sent > first)
 
-    # HighLevel retries every non-2xx; the retries must all be acknowledged now.
-    retried: list[Answer] = []
-    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
-        for answer in unavailable:
-            retried.append(send(client, server, answer.raw))
-    assert {a.status for a in retried} <= {200, 201}, [a for a in retried if a.status >= 300]
-
-    print("STATS", len(answers), len(unavailable), recovery, collections.Counter(a.status for a in retried), time.monotonic() - restored_at)
+    # HighLevel retries every non-2xx answer; each retry is acknowledged now.
+    retried = in_parallel(lambda client, a: send(client, server, a.raw), unavailable)
     acknowledged = [a for a in answers if a.status in (200, 201)] + retried
+    assert_stored_once(engine, acknowledged)
+    # Nothing sent is missing from the store, and nothing is in it twice.
     rows = stored(engine, [a.webhook_id for a in answers])
-    for answer in acknowledged:
-        found = rows[answer.webhook_id]
-        assert len(found) == 1, f"{answer.webhook_id} stored {len(found)} times"
-        (row,) = found
-        assert row.position == answer.document["position"], answer
-        assert row.dedup_key == f"webhook:{answer.webhook_id}"
-        assert bytes(row.raw) == answer.raw
-    # Every body sent is stored exactly once, and none twice.
     assert all(len(found) == 1 for found in rows.values())
 
 
-def test_cut_database_answers_503_quickly_and_readyz_tells(outage: Outage) -> None:
+def test_cut_database_answers_503_quickly_and_readyz_tells(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
     proxy, server = outage.proxy, outage.server
     raw = json.dumps(message()).encode()
     with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
@@ -211,9 +249,7 @@ def test_cut_database_answers_503_quickly_and_readyz_tells(outage: Outage) -> No
 
         proxy.cut()
         try:
-            answer = send(client, server, raw)
-            assert_unavailable(answer)
-
+            assert_unavailable(send(client, server, raw))
             started = time.monotonic()
             ready = client.get(f"{server.url}/readyz")
             assert time.monotonic() - started < DB_TIMEOUT + SLACK
@@ -228,5 +264,59 @@ def test_cut_database_answers_503_quickly_and_readyz_tells(outage: Outage) -> No
         while (retry := send(client, server, raw)).status == 503:
             assert time.monotonic() < deadline, "still 503 five seconds after the restore"
             time.sleep(0.1)
-        assert retry.status in (200, 201), retry
+        assert retry.status == 201, retry
         assert client.get(f"{server.url}/readyz").status_code == 200
+    assert_stored_once(engine, [retry])
+
+
+def test_hung_database_is_answered_in_bounded_time(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
+    """A database that hangs (nothing refused, nothing reset) must not hold any answer,
+    whichever path the request takes: append, quarantine, or readiness probe."""
+    proxy, server = outage.proxy, outage.server
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        assert send(client, server, json.dumps(message()).encode()).status == 201
+    # Idle connections in the pool, so that requests meet hung ones, not only new ones.
+    in_parallel(lambda client, _: client.get(f"{server.url}/readyz"), range(3 * SENDERS))
+    assert proxy.open > 2
+
+    good = json.dumps(message()).encode()
+    unusable = json.dumps(message(messageId=..., conversationId=...)).encode()
+    not_json = b"this is not JSON " + json.dumps(message()).encode()
+
+    def request(client: httpx.Client, what: str) -> tuple[int, float, httpx.Response]:
+        started = time.monotonic()
+        if what == "readyz":
+            response = client.get(f"{server.url}/readyz")
+        else:
+            raw = {"good": good, "unusable": unusable, "not_json": not_json}[what]
+            headers = {"Content-Type": "application/json", **server.keys.headers(raw)}
+            response = client.post(f"{server.url}/webhooks/highlevel", content=raw, headers=headers)
+        return response.status_code, time.monotonic() - started, response
+
+    paths = ["good", "unusable", "not_json", "readyz"]
+    proxy.stall()
+    try:
+        answers = dict(zip(paths, in_parallel(request, paths), strict=True))
+        with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+            assert client.get(f"{server.url}/healthz").status_code == 200
+    finally:
+        proxy.flow()
+    for what, (status, seconds, response) in answers.items():
+        assert status == 503, (what, response.text)
+        assert seconds < DB_TIMEOUT + SLACK, f"{what} took {seconds:.2f} s"
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.headers.get("retry-after") == str(RETRY_AFTER), what
+
+    # Retried once the database answers again: stored (or found stored: the hung append
+    # may have committed after its 503), quarantined, and ready.
+    deadline = time.monotonic() + 5
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        while (retry := send(client, server, good)).status == 503:
+            assert time.monotonic() < deadline, "still 503 five seconds after the stall"
+            time.sleep(0.1)
+        assert request(client, "unusable")[0] == 202
+        assert request(client, "not_json")[0] == 400
+        assert request(client, "readyz")[0] == 200
+    assert_stored_once(engine, [retry])
