@@ -1,0 +1,531 @@
+"""The message model every projection shares: one channel vocabulary, a status precedence,
+and the folds of a message's events, a conversation's flags and its merges (pure).
+
+HighLevel sends several events about one message (a new status, a redelivery with more
+fields, WhatsApp media whose attachments arrive later) in no particular order, so every
+fold here depends only on the *set* of events: never on their order or on duplicates.
+
+Channels
+    `channel_of` maps `messageTypeString`, `messageType` and `messageTypeId` onto `CHANNELS`.
+    Names match case-insensitively, ignoring spaces, `_` and `-`, with the REST prefixes
+    `TYPE_`, `CAMPAIGN_`, `MANUAL_` and `INFO_` dropped (so `TYPE_CAMPAIGN_SMS` is SMS).
+    `messageTypeString` wins when recognised, then `messageType`, then `messageTypeId`
+    (1 Call, 2 SMS, 10 Voicemail, 22 Custom), except that the id refines a coarse
+    `messageType`: `CALL` with id 10 is a Voicemail, `SMS` with id 22 is Custom. Custom
+    providers (`Custom`, `TYPE_CUSTOM_*`) are Custom; `TYPE_ACTIVITY_*` and anything
+    unknown are Other.
+
+Status precedence (`status_rank`; a higher rank wins whatever the arrival order)
+    Messages: unknown/none 0 < pending 1 < scheduled = queued 2 < sent 3
+    < failed = undelivered = opt_out 4 < delivered 5 < read = opened 6 < clicked 7.
+    A failure report beats "sent", but positive evidence of delivery beats a failure:
+    HighLevel gives a user's retry of a failed message a new messageId, so a later
+    success under the same id means the failure report was stale.
+
+    Calls and voicemails rank by `callStatus` when it is a known value, else by `status`:
+    unknown 0 < pending = queued 1 < ringing = in-progress = initiated = connected 2
+    < canceled 3 < failed 4 < busy 5 < no-answer 6 < voicemail 7 < answered 8
+    < completed 9. (HighLevel: outbound answered = completed/completed, outbound to
+    voicemail = completed/voicemail, inbound missed = voicemail/voicemail.)
+
+    Values compare case-insensitively, ignoring spaces, `_` and `-` (`opt-out`, `No Answer`).
+
+Folding a message (`build_message`)
+    `status` and `call_status` come together from the dominant event; every other field
+    from the most dominant event that has a non-empty value for it (empty: None, "", []).
+    Dominance is (status rank, number of attachments, content), where content is the
+    canonical JSON of the payload without the envelope (`webhookId`, `timestamp`, `appId`,
+    `versionId`): a total order, so ties are deterministic and two events that tie on it
+    carry the same data.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from conversations.events import message_identity
+from conversations.payloads import (
+    ConversationUnreadUpdatePayload,
+    MessagePayload,
+    PayloadError,
+    parse_payload,
+)
+from conversations.store import StoredEvent
+
+__all__ = [
+    "CHANNELS",
+    "PREVIEW_LENGTH",
+    "ConversationFlags",
+    "MessageEntry",
+    "build_flags",
+    "build_message",
+    "channel_of",
+    "preview_of",
+    "resolve_merges",
+    "status_rank",
+]
+
+CHANNELS: tuple[str, ...] = (
+    "SMS",
+    "Email",
+    "Call",
+    "Voicemail",
+    "GMB",
+    "Facebook",
+    "Instagram",
+    "WhatsApp",
+    "LiveChat",
+    "InternalComment",
+    "Custom",
+    "Other",
+)
+
+_T = TypeVar("_T")
+
+# --- channels -------------------------------------------------------------------------------
+
+_SEPARATORS = re.compile(r"[\s_\-]+")
+_REST_PREFIXES = ("type", "campaign", "manual", "info")
+
+_EXACT_CHANNELS: dict[str, str] = {
+    "fb": "Facebook",
+    "messenger": "Facebook",
+    "ig": "Instagram",
+    "wa": "WhatsApp",
+}
+
+# Checked in order against the start of the normalised name.
+_PREFIX_CHANNELS: tuple[tuple[str, str], ...] = (
+    ("custom", "Custom"),
+    ("activity", "Other"),
+    ("internalcomment", "InternalComment"),
+    ("voicemail", "Voicemail"),
+    ("groupsms", "SMS"),
+    ("sms", "SMS"),
+    ("ivrcall", "Call"),
+    ("call", "Call"),
+    ("email", "Email"),
+    ("gmb", "GMB"),
+    ("googlemybusiness", "GMB"),
+    ("facebook", "Facebook"),
+    ("fb", "Facebook"),
+    ("instagram", "Instagram"),
+    ("whatsapp", "WhatsApp"),
+    ("livechat", "LiveChat"),
+    ("webchat", "LiveChat"),
+)
+
+_CHANNEL_IDS: dict[int, str] = {1: "Call", 2: "SMS", 10: "Voicemail", 22: "Custom"}
+
+# A coarse messageType the id makes precise: (messageType channel, id channel).
+_ID_REFINES: frozenset[tuple[str, str]] = frozenset({("Call", "Voicemail"), ("SMS", "Custom")})
+
+
+def _normalise(value: str) -> str:
+    return _SEPARATORS.sub("", value).lower()
+
+
+def _named_channel(value: str | None) -> str | None:
+    """The channel a type name means, or None when the name is not recognised."""
+    if not value:
+        return None
+    name = _normalise(value)
+    for prefix in _REST_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            name = name[len(prefix) :]
+    if name in _EXACT_CHANNELS:
+        return _EXACT_CHANNELS[name]
+    return next((channel for start, channel in _PREFIX_CHANNELS if name.startswith(start)), None)
+
+
+def channel_of(
+    message_type: str | None, message_type_string: str | None, message_type_id: int | None
+) -> str:
+    """One of `CHANNELS` for a message's three raw type fields (precedence: module doc)."""
+    from_string = _named_channel(message_type_string)
+    if from_string is not None:
+        return from_string
+    from_type = _named_channel(message_type)
+    from_id = _CHANNEL_IDS.get(message_type_id) if message_type_id is not None else None
+    if from_type is not None:
+        if from_id is not None and (from_type, from_id) in _ID_REFINES:
+            return from_id
+        return from_type
+    return from_id or "Other"
+
+
+# --- status precedence ----------------------------------------------------------------------
+
+_MESSAGE_RANKS: dict[str, int] = {
+    "pending": 1,
+    "scheduled": 2,
+    "queued": 2,
+    "sent": 3,
+    "failed": 4,
+    "undelivered": 4,
+    "optout": 4,
+    "delivered": 5,
+    "read": 6,
+    "opened": 6,
+    "clicked": 7,
+}
+
+_CALL_RANKS: dict[str, int] = {
+    "pending": 1,
+    "queued": 1,
+    "ringing": 2,
+    "inprogress": 2,
+    "initiated": 2,
+    "connected": 2,
+    "canceled": 3,
+    "cancelled": 3,
+    "failed": 4,
+    "busy": 5,
+    "noanswer": 6,
+    "voicemail": 7,
+    "answered": 8,
+    "completed": 9,
+}
+
+_CALL_CHANNELS = frozenset({"Call", "Voicemail"})
+
+
+def _rank_in(ranks: dict[str, int], value: str | None) -> int:
+    return ranks.get(_normalise(value), 0) if value else 0
+
+
+def status_rank(status: str | None, call_status: str | None, channel: str) -> int:
+    """How far a message got; the higher rank wins a fold (the scale: module doc)."""
+    if channel in _CALL_CHANNELS:
+        return _rank_in(_CALL_RANKS, call_status) or _rank_in(_CALL_RANKS, status)
+    return _rank_in(_MESSAGE_RANKS, status)
+
+
+# --- deterministic content order ------------------------------------------------------------
+
+_ENVELOPE = frozenset({"webhookId", "timestamp", "appId", "versionId"})
+
+
+def _content_key(document: dict[str, Any]) -> str:
+    """Canonical JSON of a payload without the envelope: the total order for ties."""
+    content = {key: value for key, value in document.items() if key not in _ENVELOPE}
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- one message ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageEntry:
+    """One message of a conversation timeline: the merged view of every event about it."""
+
+    location_id: str
+    message_key: str
+    conversation_id: str
+    contact_id: str | None
+    event_type: str
+    direction: str
+    channel: str
+    message_type: str | None
+    message_type_string: str | None
+    message_type_id: int | None
+    status: str | None
+    call_status: str | None
+    call_duration: int | float | None
+    body: str | None
+    plain_text: str | None
+    content_type: str | None
+    attachments: tuple[Any, ...]
+    from_: str | None
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    subject: str | None
+    thread_id: str | None
+    email_message_id: str | None
+    message_id: str | None
+    user_id: str | None
+    source: str | None
+    conversation_provider_id: str | None
+    date_added: datetime | None
+    preview: str
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    event: StoredEvent
+    payload: MessagePayload
+    content: str
+
+
+def _parsed_messages(events: Iterable[StoredEvent]) -> list[_Parsed]:
+    parsed: list[_Parsed] = []
+    for event in events:
+        try:
+            payload = parse_payload(event.payload)
+        except PayloadError:
+            continue
+        if isinstance(payload, MessagePayload):
+            parsed.append(_Parsed(event, payload, _content_key(event.payload)))
+    return parsed
+
+
+def _is_empty(value: object) -> bool:
+    return value is None or value == "" or value == [] or value == ()
+
+
+def _first(payloads: Sequence[MessagePayload], get: Callable[[MessagePayload], _T]) -> _T | None:
+    """The value of the first payload (most dominant first) that has a non-empty one."""
+    for payload in payloads:
+        value = get(payload)
+        if not _is_empty(value):
+            return value
+    return None
+
+
+def _merged_list(
+    payloads: Sequence[MessagePayload], get: Callable[[MessagePayload], list[_T]]
+) -> tuple[_T, ...]:
+    return tuple(_first(payloads, get) or ())
+
+
+def _distinct(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _message_key(item: _Parsed) -> tuple[str, str]:
+    key = item.event.message_id or message_identity(item.payload)
+    return item.event.location_id, key
+
+
+def _ranking_channel(items: Sequence[_Parsed]) -> str:
+    """The channel events are ranked by, chosen without knowing their ranks yet.
+
+    Each type field is taken from the event with the greatest content that has it; events
+    of one message agree on these fields (or lack them), so this is the entry's channel too.
+    """
+    payloads = [item.payload for item in sorted(items, key=lambda i: i.content, reverse=True)]
+    return channel_of(
+        _first(payloads, lambda p: p.messageType),
+        _first(payloads, lambda p: p.messageTypeString),
+        _first(payloads, lambda p: p.messageTypeId),
+    )
+
+
+def _direction(payloads: Sequence[MessagePayload]) -> str:
+    for payload in payloads:
+        direction = (payload.direction or "").strip().lower()
+        if direction in ("inbound", "outbound"):
+            return direction
+    return "inbound" if payloads[0].type == "InboundMessage" else "outbound"
+
+
+def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
+    """Fold every event about one message, in any order and with repeats (rules: module doc).
+
+    Raises ValueError when no event parses as a message, or when the events are about
+    more than one message.
+    """
+    items = _parsed_messages(events)
+    if not items:
+        raise ValueError("no usable message event to build a message from")
+    keys = {_message_key(item) for item in items}
+    if len(keys) > 1:
+        raise ValueError(f"events of {len(keys)} different messages given as one")
+    ((location_id, message_key),) = keys
+    channel = _ranking_channel(items)
+
+    def dominance(item: _Parsed) -> tuple[int, int, str]:
+        payload = item.payload
+        rank = status_rank(payload.status, payload.callStatus, channel)
+        return rank, len(payload.attachments), item.content
+
+    ordered = [item.payload for item in sorted(items, key=dominance, reverse=True)]
+    return _entry(location_id, message_key, ordered, sorted({i.event.position for i in items}))
+
+
+def _entry(
+    location_id: str, message_key: str, ordered: Sequence[MessagePayload], positions: list[int]
+) -> MessageEntry:
+    top = ordered[0]
+    message_type = _first(ordered, lambda p: p.messageType)
+    message_type_string = _first(ordered, lambda p: p.messageTypeString)
+    message_type_id = _first(ordered, lambda p: p.messageTypeId)
+    body = _first(ordered, lambda p: p.body)
+    plain_text = _first(ordered, lambda p: p.plainText)
+    return MessageEntry(
+        location_id=location_id,
+        message_key=message_key,
+        conversation_id=top.conversationId,
+        contact_id=_first(ordered, lambda p: p.contactId),
+        event_type=top.type,
+        direction=_direction(ordered),
+        channel=channel_of(message_type, message_type_string, message_type_id),
+        message_type=message_type,
+        message_type_string=message_type_string,
+        message_type_id=message_type_id,
+        status=top.status,
+        call_status=top.callStatus,
+        call_duration=_first(ordered, lambda p: p.callDuration),
+        body=body,
+        plain_text=plain_text,
+        content_type=_first(ordered, lambda p: p.contentType),
+        attachments=_merged_list(ordered, lambda p: p.attachments),
+        from_=_first(ordered, lambda p: p.from_),
+        to=_merged_list(ordered, lambda p: p.to),
+        cc=_merged_list(ordered, lambda p: _distinct([*p.cc, *p.ccList])),
+        bcc=_merged_list(ordered, lambda p: _distinct([*p.bcc, *p.bccList])),
+        subject=_first(ordered, lambda p: p.subject),
+        thread_id=_first(ordered, lambda p: p.threadId),
+        email_message_id=_first(ordered, lambda p: p.emailMessageId),
+        message_id=_first(ordered, lambda p: p.messageId),
+        user_id=_first(ordered, lambda p: p.userId),
+        source=_first(ordered, lambda p: p.source),
+        conversation_provider_id=_first(ordered, lambda p: p.conversationProviderId),
+        date_added=_first(ordered, lambda p: p.dateAdded),
+        preview=preview_of(plain_text, body),
+        positions=tuple(positions),
+    )
+
+
+# --- preview --------------------------------------------------------------------------------
+
+PREVIEW_LENGTH = 160
+
+# HighLevel marks internal-comment mentions up as "@Name<userId>ID</userId>": drop the id.
+_MENTION = re.compile(r"<userId>.*?</userId>", re.IGNORECASE | re.DOTALL)
+_INVISIBLE = re.compile(r"<(script|style|head|title)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
+_BLOCK_TAG = re.compile(
+    r"</?(?:br|p|div|li|ul|ol|tr|td|th|table|h[1-6]|blockquote|hr|section|article)\b[^<>]*>",
+    re.IGNORECASE,
+)
+# A tag must start with a letter (or be a declaration) so "a < b" or "<3" survive.
+_TAG = re.compile(r"<(?:/?[A-Za-z]|!)[^<>]*>")
+
+
+def _html_text(body: str) -> str:
+    text = _MENTION.sub("", body)
+    text = _INVISIBLE.sub(" ", text)
+    text = _COMMENT.sub(" ", text)
+    text = _BLOCK_TAG.sub(" ", text)
+    return html.unescape(_TAG.sub("", text))
+
+
+def preview_of(plain_text: str | None, body: str | None) -> str:
+    """A one-line text for lists: plainText, else the body's text; at most 160 characters
+    (the last one "…" when cut)."""
+    text = " ".join((plain_text or "").split())
+    if not text and body:
+        text = " ".join(_html_text(body).split())
+    if len(text) > PREVIEW_LENGTH:
+        text = text[: PREVIEW_LENGTH - 1].rstrip() + "…"
+    return text
+
+
+# --- conversation flags ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConversationFlags:
+    unread_count: int | None
+    starred: bool | None
+    inbox: bool | None
+    deleted: bool | None
+    contact_id: str | None
+
+
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _envelope_time(value: Any) -> datetime | None:
+    """The envelope `timestamp` (ISO-8601, naive = UTC, or epoch ms); None if unusable."""
+    try:
+        if isinstance(value, str) and value.strip():
+            text = value.strip()
+            if text[-1] in "zZ":
+                text = text[:-1] + "+00:00"
+            parsed = datetime.fromisoformat(text)
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return _EPOCH + timedelta(milliseconds=value)
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def _flags_order(
+    item: tuple[StoredEvent, ConversationUnreadUpdatePayload],
+) -> tuple[bool, datetime, str]:
+    event = item[0]
+    time = _envelope_time(event.payload.get("timestamp"))
+    return time is not None, time or _NO_TIME, _content_key(event.payload)
+
+
+def build_flags(events: Iterable[StoredEvent]) -> ConversationFlags:
+    """The flags of the latest ConversationUnreadUpdate (greatest envelope `timestamp`; none
+    sorts lowest; ties by content). Other and unparsable events are ignored."""
+    updates: list[tuple[StoredEvent, ConversationUnreadUpdatePayload]] = []
+    for event in events:
+        try:
+            payload = parse_payload(event.payload)
+        except PayloadError:
+            continue
+        if isinstance(payload, ConversationUnreadUpdatePayload):
+            updates.append((event, payload))
+    if not updates:
+        return ConversationFlags(None, None, None, None, None)
+    latest = max(updates, key=_flags_order)[1]
+    return ConversationFlags(
+        unread_count=latest.unreadCount,
+        starred=latest.starred,
+        inbox=latest.inbox,
+        deleted=latest.deleted,
+        contact_id=latest.contactId,
+    )
+
+
+# --- merges ---------------------------------------------------------------------------------
+
+
+def resolve_merges(merges: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """{conversation id: root id} for every id of the (old, new) merge pairs of one location.
+
+    Chains resolve transitively; an id merged into several targets follows the greatest;
+    a cycle's root is its smallest id (and ids leading into it share that root).
+    """
+    target: dict[str, str] = {}
+    ids: set[str] = set()
+    for old, new in merges:
+        ids.update((old, new))
+        if old not in target or new > target[old]:
+            target[old] = new
+    roots: dict[str, str] = {}
+    for start in sorted(ids):
+        path: list[str] = []
+        index: dict[str, int] = {}
+        node = start
+        while node not in roots:
+            if node in index:
+                cycle = path[index[node] :]
+                roots.update(dict.fromkeys(cycle, min(cycle)))
+                break
+            index[node] = len(path)
+            path.append(node)
+            following = target.get(node)
+            if following is None:
+                roots[node] = node
+                break
+            node = following
+        for member in path:
+            roots.setdefault(member, roots[node])
+    return roots
