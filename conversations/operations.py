@@ -11,9 +11,10 @@ from sqlalchemy import Engine, text
 
 from conversations.database import DatabaseHandle, create_engine
 from conversations.progress import Progress
-from conversations.projections.registry import select
 from conversations.projections.base import Projection
-from conversations.projections.runner import ReplayBusy, rebuild, status as projection_status
+from conversations.projections.registry import select
+from conversations.projections.runner import ReplayBusy, rebuild
+from conversations.projections.runner import status as projection_status
 from conversations.projections.runner import verify as verify_projection
 from conversations.settings import Settings
 from conversations.store import head_position
@@ -39,19 +40,19 @@ def replay(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     if projections is None:
         return 2
     engine = create_engine(handle.url)
+    names = ", ".join(p.name for p in projections)
     try:
-        for projection in projections:
-            bar, report = _progress(engine, f"replay {projection.name}")
-            try:
-                position = rebuild(engine, projection, report)
-            except ReplayBusy as error:
-                bar.close()
-                print(f"conversations: {error}", file=sys.stderr)
-                return 1
+        bar, report = _progress(engine, f"replay {names}")
+        try:
+            position = rebuild(engine, projections, report)
+        except ReplayBusy as error:
+            print(f"conversations: {error}", file=sys.stderr)
+            return 1
+        finally:
             bar.close()
-            print(f"{projection.name}: rebuilt up to position {position}, switched over")
     finally:
         engine.dispose()
+    print(f"{names}: rebuilt up to position {position}, switched over")
     return 0
 
 

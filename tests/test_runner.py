@@ -29,6 +29,8 @@ from tests.test_store import new_event
 class CountingProjection:
     """Per location: how many events up to the batch end (recomputed, so order free)."""
 
+    tables: tuple[Table, ...]
+
     def __init__(self, suffix: str) -> None:
         self.name = f"test_counting_{suffix}"
         metadata = MetaData()
@@ -204,7 +206,7 @@ def test_rebuild_while_events_arrive_switches_over_with_nothing_missing(
     appender.start()
     seen: list[int] = []
     try:
-        position = runner.rebuild(engine, projection, seen.append, batch_size=10)
+        position = runner.rebuild(engine, [projection], seen.append, batch_size=10)
     finally:
         stop.set()
         appender.join()
@@ -241,7 +243,7 @@ def test_an_interrupted_rebuild_leaves_the_live_projection_untouched(
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        runner.rebuild(engine, projection, interrupt, batch_size=5)
+        runner.rebuild(engine, [projection], interrupt, batch_size=5)
     with engine.connect() as conn:
         assert (counts(conn, projection), checkpoint(conn, projection.name)) == before
         names = set(sqlalchemy.inspect(conn).get_table_names())
@@ -277,9 +279,9 @@ def test_two_rebuilds_of_one_projection_do_not_overlap(
 
     def nested(position: int) -> None:
         try:
-            runner.rebuild(engine, projection)
+            runner.rebuild(engine, [projection])
         except runner.ReplayBusy as error:
             errors.append(error)
 
-    runner.rebuild(engine, projection, nested, batch_size=1_000_000)
+    runner.rebuild(engine, [projection], nested, batch_size=1_000_000)
     assert errors and "another replay" in str(errors[0])

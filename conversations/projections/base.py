@@ -16,13 +16,19 @@ Rules for `apply` (the runner and the property tests rely on them):
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Table
 
-from conversations.store import StoredEvent
+from conversations.messages import MessageEntry, build_message
+from conversations.payloads import MESSAGE_EVENT_TYPES
+from conversations.store import StoredEvent, read_message_events
+
+MessageKey = tuple[str, str]
+"""(location_id, message key)"""
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,39 @@ class EventBatch:
     """Ordered by position; every position is in (start, end]."""
     end: int
     """The position the projection has reached once this batch is applied."""
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Work shared by the projections folding this same batch (see `messages`)."""
+
+
+def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEntry]:
+    """Every message the batch touches, rebuilt from all of its events up to `batch.end`.
+
+    Computed once per batch: a rebuild of several projections hands them the same batch,
+    and reading and folding the messages is the bulk of the work. A message none of whose
+    events can be folded any more (a payload model changed) is left out.
+    """
+    cached: dict[MessageKey, MessageEntry] | None = batch.memo.get("messages")
+    if cached is not None:
+        return cached
+    keys = sorted(
+        {
+            (e.location_id, e.message_id)
+            for e in batch.events
+            if e.event_type in MESSAGE_EVENT_TYPES and e.message_id
+        }
+    )
+    grouped: defaultdict[MessageKey, list[StoredEvent]] = defaultdict(list)
+    for event in read_message_events(conn, keys, batch.end):
+        if event.message_id:
+            grouped[(event.location_id, event.message_id)].append(event)
+    cached = {}
+    for key, events in grouped.items():
+        try:
+            cached[key] = build_message(events)
+        except ValueError:
+            continue
+    batch.memo["messages"] = cached
+    return cached
 
 
 class Tables:

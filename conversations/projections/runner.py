@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -88,19 +88,26 @@ def _advance(conn: Connection, name: str, position: int) -> None:
 
 def _fold(
     conn: Connection,
-    projection: Projection,
-    tables: Tables,
+    projections: Sequence[Projection],
+    sides: Mapping[str, Mapping[str, Table]],
     after: int,
     until: int,
     batch_size: int,
+    max_batches: int | None = None,
 ) -> int:
-    """Fold events in (after, until] batch by batch in `conn`; returns the position reached."""
-    while True:
+    """Fold events in (after, until] batch by batch in `conn` into each projection's
+    tables (`sides[name]`, or the live ones); returns the position reached."""
+    while max_batches is None or max_batches > 0:
+        if max_batches is not None:
+            max_batches -= 1
         events = read_range(conn, after, until, batch_size)
         if not events:
             return after
         after = events[-1].position
-        projection.apply(conn, EventBatch(events, after), tables)
+        batch = EventBatch(events, after)  # shared: its messages are folded once for all
+        for projection in projections:
+            projection.apply(conn, batch, Tables(sides.get(projection.name, {})))
+    return after
 
 
 def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_BATCH) -> int:
@@ -210,83 +217,100 @@ def _swap(conn: Connection, live: str, side: str) -> None:
 
 
 @contextmanager
-def _exclusive(engine: Engine, purpose: str, name: str) -> Iterator[None]:
-    """A session-level advisory lock so two rebuilds of one projection never overlap."""
-    key = int.from_bytes(
-        hashlib.sha256(f"{purpose}:{name}".encode()).digest()[:8], "big", signed=True
-    )
+def _exclusive(engine: Engine, purpose: str, projections: Sequence[Projection]) -> Iterator[None]:
+    """Session-level advisory locks so two rebuilds of one projection never overlap."""
+    names = sorted(p.name for p in projections)
+    keys = [
+        int.from_bytes(hashlib.sha256(f"{purpose}:{n}".encode()).digest()[:8], "big", signed=True)
+        for n in names
+    ]
     with engine.connect() as conn:
-        if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
-            raise ReplayBusy(f"another {purpose} of projection {name!r} is running")
-        conn.commit()
+        taken = []
         try:
+            for name, key in zip(names, keys, strict=True):
+                if not conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}):
+                    raise ReplayBusy(f"another {purpose} of projection {name!r} is running")
+                taken.append(key)
+            conn.commit()
             yield
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            for key in taken:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             conn.commit()
 
 
 def _build(
     engine: Engine,
-    projection: Projection,
+    projections: Sequence[Projection],
     suffix: str,
     until: int,
     progress: Progress | None,
     batch_size: int,
-) -> tuple[dict[str, Table], int]:
+) -> tuple[dict[str, dict[str, Table]], int]:
     """Fresh side tables folded up to `until`, one committed batch at a time (memory and
-    transaction size stay bounded whatever the store's size)."""
-    sides = _side_tables(projection, suffix)
+    transaction size stay bounded whatever the store's size). Every event is read once
+    for all the projections."""
+    sides = {p.name: _side_tables(p, suffix) for p in projections}
     with engine.begin() as conn:
-        _create_side_tables(conn, sides)
-    tables = Tables(sides)
+        for tables in sides.values():
+            _create_side_tables(conn, tables)
     position = 0
     while position < until:
         with engine.begin() as conn:
-            events = read_range(conn, position, until, batch_size)
-            if not events:
-                break
-            position = events[-1].position
-            projection.apply(conn, EventBatch(events, position), tables)
+            reached = _fold(conn, projections, sides, position, until, batch_size, max_batches=1)
+        if reached == position:
+            break
+        position = reached
         if progress:
             progress(position)
     return sides, position
 
 
+def _drop_all(engine: Engine, projections: Sequence[Projection], suffix: str) -> None:
+    with engine.begin() as conn:
+        for projection in projections:
+            _drop_side_tables(conn, _side_tables(projection, suffix))
+
+
 def rebuild(
     engine: Engine,
-    projection: Projection,
+    projections: Sequence[Projection],
     progress: Progress | None = None,
     batch_size: int = REBUILD_BATCH,
 ) -> int:
-    """Rebuild a projection from the first event while the live one keeps serving, then
-    switch over atomically. Returns the position the new tables start from."""
-    with _exclusive(engine, "replay", projection.name):
+    """Rebuild projections from the first event while the live ones keep serving, then
+    switch all of them over in one transaction. Returns the position they start from."""
+    ordered = sorted(projections, key=lambda p: p.name)  # one lock order: no deadlock
+    with _exclusive(engine, "replay", ordered):
         with engine.begin() as conn:
-            ensure_checkpoints(conn, [projection])
+            ensure_checkpoints(conn, ordered)
             head = head_position(conn)
         try:
-            sides, position = _build(engine, projection, "rebuild", head, progress, batch_size)
+            sides, position = _build(engine, ordered, "rebuild", head, progress, batch_size)
             with engine.begin() as conn:
-                _checkpoint(conn, projection.name, wait=True)  # live workers wait from here
-                position = _fold(conn, projection, Tables(sides), position, 2**63 - 1, batch_size)
-                for live, side in sides.items():
-                    _swap(conn, live, side.name)
-                conn.execute(
-                    text(
-                        "UPDATE projection_checkpoints"
-                        " SET position = :position, updated_at = clock_timestamp()"
-                        " WHERE name = :name"
-                    ),
-                    {"name": projection.name, "position": position},
-                )
+                for projection in ordered:  # live workers wait from here
+                    _checkpoint(conn, projection.name, wait=True)
+                position = _fold(conn, ordered, sides, position, 2**63 - 1, batch_size)
+                for projection in ordered:
+                    for live, side in sides[projection.name].items():
+                        _swap(conn, live, side.name)
+                    conn.execute(
+                        text(
+                            "UPDATE projection_checkpoints"
+                            " SET position = :position, updated_at = clock_timestamp()"
+                            " WHERE name = :name"
+                        ),
+                        {"name": projection.name, "position": position},
+                    )
         except BaseException:
-            with engine.begin() as conn:
-                _drop_side_tables(conn, _side_tables(projection, "rebuild"))
+            _drop_all(engine, ordered, "rebuild")
             raise
     if progress:
         progress(position)
-    log.info("projection rebuilt", extra={"projection": projection.name, "position": position})
+    log.info(
+        "projections rebuilt",
+        extra={"projections": [p.name for p in ordered], "position": position},
+    )
     return position
 
 
@@ -307,21 +331,20 @@ def verify(
 ) -> list[Difference]:
     """Rebuild aside up to the live checkpoint and compare, row for row; live tables are
     not touched. Returns at most `limit` differences per table and direction."""
-    with _exclusive(engine, "verify", projection.name):
+    with _exclusive(engine, "verify", [projection]):
         with engine.begin() as conn:
             ensure_checkpoints(conn, [projection])
             start = _checkpoint(conn, projection.name, wait=True) or 0
         differences: list[Difference] = []
         try:
-            sides, position = _build(engine, projection, "verify", start, progress, batch_size)
+            sides, position = _build(engine, [projection], "verify", start, progress, batch_size)
             with engine.begin() as conn:
                 live_position = _checkpoint(conn, projection.name, wait=True) or 0
-                _fold(conn, projection, Tables(sides), position, live_position, batch_size)
-                for live, side in sides.items():
+                _fold(conn, [projection], sides, position, live_position, batch_size)
+                for live, side in sides[projection.name].items():
                     differences += _compare(conn, live, side.name, limit)
         finally:
-            with engine.begin() as conn:
-                _drop_side_tables(conn, _side_tables(projection, "verify"))
+            _drop_all(engine, [projection], "verify")
     return differences
 
 

@@ -1,0 +1,389 @@
+"""Per contact and channel: how many messages, which way, and what the last one was.
+
+Two tables. `contact_channel_messages` is a ledger with one row per message (not per
+delivery: the status updates of one message are one row), rebuilt from every event of the
+message with `build_message`. `contact_channels` summarises the ledger per location,
+contact and channel; a batch recomputes the summary of every group it touches from the
+ledger, so the result depends only on the set of events, never on their order or cutting.
+
+"Last" is the message with the greatest `(date_added, message_key)`, a missing
+`date_added` sorting lowest; "first" is the least `date_added`. A later event may change a
+message's contact or channel: the message then leaves its old group, which is recomputed
+too (and deleted once it has no messages left).
+
+Messages without a contact id stay in the ledger with `contact_id` NULL but count in no
+summary row: there is no contact to show them under. Should a later event name the
+contact, the message joins that contact's summary then.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    Table,
+    Text,
+    and_,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql import TableValuedAlias
+from sqlalchemy.sql.elements import FunctionFilter, Over
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeEngine
+
+from conversations.messages import MessageEntry, build_message
+from conversations.payloads import MESSAGE_EVENT_TYPES
+from conversations.projections.base import EventBatch, Tables
+from conversations.schema import metadata
+from conversations.store import StoredEvent, read_message_events
+
+__all__ = [
+    "PROJECTION",
+    "ChannelSummary",
+    "ContactChannelsProjection",
+    "ContactSummary",
+    "contact_channel_messages",
+    "contact_channel_summaries",
+    "contact_channels",
+    "contact_locations",
+]
+
+contact_channel_messages = Table(
+    "contact_channel_messages",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("message_key", Text, primary_key=True),
+    Column("contact_id", Text, nullable=True),
+    Column("channel", Text, nullable=False),
+    Column("direction", Text, nullable=False),
+    Column("status", Text, nullable=True),
+    Column("date_added", DateTime(timezone=True), nullable=True),
+    Column("preview", Text, nullable=False),
+    # The summary of a group is recomputed from its ledger rows.
+    Index(None, "location_id", "contact_id", "channel"),
+)
+
+contact_channel_summaries = Table(
+    "contact_channels",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("contact_id", Text, primary_key=True),
+    Column("channel", Text, primary_key=True),
+    Column("message_count", Integer, nullable=False),
+    Column("inbound_count", Integer, nullable=False),
+    Column("outbound_count", Integer, nullable=False),
+    Column("first_message_at", DateTime(timezone=True), nullable=True),
+    Column("last_message_at", DateTime(timezone=True), nullable=True),
+    Column("last_direction", Text, nullable=False),
+    Column("last_status", Text, nullable=True),
+    Column("last_preview", Text, nullable=False),
+    Column("last_message_key", Text, nullable=False),
+    # Where a contact has messages, for keys that read every location.
+    Index(None, "contact_id"),
+)
+
+_LEDGER_VALUES = ("contact_id", "channel", "direction", "status", "date_added", "preview")
+
+MessageKey = tuple[str, str]
+"""(location_id, message_key)"""
+Group = tuple[str, str, str]
+"""(location_id, contact_id, channel)"""
+
+
+class ContactChannelsProjection:
+    name: str = "contact_channels"
+    tables: tuple[Table, ...] = (contact_channel_messages, contact_channel_summaries)
+
+    def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
+        keys = _message_keys(batch.events)
+        if not keys:
+            return
+        ledger, summary = tables[contact_channel_messages], tables[contact_channel_summaries]
+        new = _ledger_rows(read_message_events(conn, keys, batch.end))
+        old = _load_ledger(conn, ledger, keys)
+        changed = [key for key in keys if old.get(key) != new.get(key)]
+        if not changed:  # redeliveries, or events that change nothing shown here
+            return
+        _upsert_ledger(conn, ledger, [row for key in changed if (row := new.get(key))])
+        _delete_ledger(conn, ledger, [key for key in changed if key not in new])
+        groups = {
+            (row["location_id"], row["contact_id"], row["channel"])
+            for key in changed
+            for row in (old.get(key), new.get(key))
+            if row is not None and row["contact_id"] is not None
+        }
+        _recompute(conn, ledger, summary, sorted(groups))
+
+
+PROJECTION = ContactChannelsProjection()
+
+
+# --- apply ----------------------------------------------------------------------------------
+
+
+def _message_keys(events: Iterable[StoredEvent]) -> list[MessageKey]:
+    keys = {
+        (event.location_id, event.message_id)
+        for event in events
+        if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES
+    }
+    return sorted(keys)
+
+
+def _ledger_rows(events: Iterable[StoredEvent]) -> dict[MessageKey, dict[str, Any]]:
+    """The ledger row of every message the events are about.
+
+    A message none of whose events parses any more (possible only after a change of the
+    payload models) gets no row, so it leaves the ledger rather than stopping the fold.
+    """
+    by_message: dict[MessageKey, list[StoredEvent]] = defaultdict(list)
+    for event in events:
+        if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES:
+            by_message[(event.location_id, event.message_id)].append(event)
+    rows = {}
+    for key, group in by_message.items():
+        try:
+            rows[key] = _ledger_row(key, build_message(group))
+        except ValueError:
+            continue
+    return rows
+
+
+def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
+    # Keyed by the events' message_id, the key every other step looks messages up by.
+    return {
+        "location_id": key[0],
+        "message_key": key[1],
+        "contact_id": entry.contact_id or None,
+        "channel": entry.channel,
+        "direction": entry.direction,
+        "status": entry.status,
+        "date_added": entry.date_added,
+        "preview": entry.preview,
+    }
+
+
+def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
+    """`unnest(CAST(:a AS t[]), ...) AS anon(a, ...)`: a whole batch as one table and a
+    fixed number of parameters, so the statement is compiled once and stays small."""
+    columns = [
+        cast(literal(list(values), ARRAY(kind)), ARRAY(kind)) for values, kind in arrays.values()
+    ]
+    return func.unnest(*columns).table_valued(*arrays).render_derived()
+
+
+def _key_table(keys: Sequence[MessageKey]) -> TableValuedAlias:
+    return _unnest(
+        location_id=([k[0] for k in keys], Text()), message_key=([k[1] for k in keys], Text())
+    )
+
+
+def _load_ledger(
+    conn: Connection, ledger: Table, keys: Sequence[MessageKey]
+) -> dict[MessageKey, dict[str, Any]]:
+    wanted = _key_table(keys)
+    query = select(ledger).join(
+        wanted,
+        and_(
+            ledger.c.location_id == wanted.c.location_id,
+            ledger.c.message_key == wanted.c.message_key,
+        ),
+    )
+    return {(row.location_id, row.message_key): dict(row._mapping) for row in conn.execute(query)}
+
+
+def _upsert_ledger(conn: Connection, ledger: Table, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    source = _unnest(
+        **{
+            name: ([row[name] for row in rows], ledger.c[name].type)
+            for name in ("location_id", "message_key", *_LEDGER_VALUES)
+        }
+    )
+    names = list(source.c.keys())
+    statement = pg_insert(ledger).from_select(names, select(*source.c))
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[ledger.c.location_id, ledger.c.message_key],
+            set_={name: statement.excluded[name] for name in _LEDGER_VALUES},
+        )
+    )
+
+
+def _delete_ledger(conn: Connection, ledger: Table, keys: Sequence[MessageKey]) -> None:
+    if not keys:
+        return
+    gone = _key_table(keys)
+    conn.execute(
+        delete(ledger).where(
+            tuple_(ledger.c.location_id, ledger.c.message_key).in_(
+                select(gone.c.location_id, gone.c.message_key)
+            )
+        )
+    )
+
+
+def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence[Group]) -> None:
+    """Rewrite the summary rows of `groups` from the ledger; drop those left empty."""
+    if not groups:
+        return
+    wanted = _unnest(
+        location_id=([g[0] for g in groups], Text()),
+        contact_id=([g[1] for g in groups], Text()),
+        channel=([g[2] for g in groups], Text()),
+    )
+    in_group = and_(
+        ledger.c.location_id == wanted.c.location_id,
+        ledger.c.contact_id == wanted.c.contact_id,
+        ledger.c.channel == wanted.c.channel,
+    )
+    group_columns = (ledger.c.location_id, ledger.c.contact_id, ledger.c.channel)
+
+    newest_first = (
+        ledger.c.date_added.desc().nulls_last(),
+        ledger.c.message_key.collate("C").desc(),
+    )
+
+    def per_group(aggregate: FunctionElement[Any] | FunctionFilter[Any]) -> Over[Any]:
+        return aggregate.over(partition_by=group_columns)
+
+    # One sort of the groups' rows: window aggregates see the whole group, and the row
+    # numbered 1 (newest first) carries the "last" fields.
+    ranked = (
+        select(
+            *group_columns,
+            per_group(func.count()).label("message_count"),
+            per_group(func.count().filter(ledger.c.direction == "inbound")).label("inbound_count"),
+            per_group(func.count().filter(ledger.c.direction == "outbound")).label(
+                "outbound_count"
+            ),
+            per_group(func.min(ledger.c.date_added)).label("first_message_at"),
+            ledger.c.date_added.label("last_message_at"),
+            ledger.c.direction.label("last_direction"),
+            ledger.c.status.label("last_status"),
+            ledger.c.preview.label("last_preview"),
+            ledger.c.message_key.label("last_message_key"),
+            func.row_number()
+            .over(partition_by=group_columns, order_by=newest_first)
+            .label("newest"),
+        )
+        .join(wanted, in_group)
+        .subquery()
+    )
+    recomputed = select(*[ranked.c[c.name] for c in summary.columns]).where(ranked.c.newest == 1)
+    names = [column.name for column in summary.columns]
+    statement = pg_insert(summary).from_select(names, recomputed)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[summary.c.location_id, summary.c.contact_id, summary.c.channel],
+            set_={name: statement.excluded[name] for name in names[3:]},
+        )
+    )
+
+    emptied = tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
+        select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
+    )
+    still_used = exists().where(
+        ledger.c.location_id == summary.c.location_id,
+        ledger.c.contact_id == summary.c.contact_id,
+        ledger.c.channel == summary.c.channel,
+    )
+    conn.execute(delete(summary).where(emptied, ~still_used))
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelSummary:
+    channel: str
+    message_count: int
+    inbound_count: int
+    outbound_count: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    last_direction: str
+    last_status: str | None
+    last_preview: str
+    last_message_key: str
+
+
+@dataclass(frozen=True)
+class ContactSummary:
+    location_id: str
+    contact_id: str
+    message_count: int
+    inbound_count: int
+    outbound_count: int
+    first_message_at: datetime | None
+    last_message_at: datetime | None
+    channels: list[ChannelSummary]
+    """Most recent first (by last message time, then last message key)."""
+
+
+def contact_channels(conn: Connection, location_id: str, contact_id: str) -> ContactSummary | None:
+    """A contact's messages in one location, per channel and in total; None when the
+    contact has no message there."""
+    summary = contact_channel_summaries
+    query = (
+        select(summary)
+        .where(summary.c.location_id == location_id, summary.c.contact_id == contact_id)
+        .order_by(
+            summary.c.last_message_at.desc().nulls_last(),
+            summary.c.last_message_key.collate("C").desc(),
+            summary.c.channel,
+        )
+    )
+    channels = [
+        ChannelSummary(**{k: v for k, v in row._mapping.items() if k in _CHANNEL_FIELDS})
+        for row in conn.execute(query)
+    ]
+    if not channels:
+        return None
+    firsts = [c.first_message_at for c in channels if c.first_message_at is not None]
+    lasts = [c.last_message_at for c in channels if c.last_message_at is not None]
+    return ContactSummary(
+        location_id=location_id,
+        contact_id=contact_id,
+        message_count=sum(c.message_count for c in channels),
+        inbound_count=sum(c.inbound_count for c in channels),
+        outbound_count=sum(c.outbound_count for c in channels),
+        first_message_at=min(firsts, default=None),
+        last_message_at=max(lasts, default=None),
+        channels=channels,
+    )
+
+
+_CHANNEL_FIELDS = frozenset(ChannelSummary.__dataclass_fields__)
+
+
+def contact_locations(
+    conn: Connection, contact_id: str, locations: Sequence[str] | None
+) -> list[str]:
+    """The locations where a contact has messages, sorted: among `locations` only, or
+    anywhere when `locations` is None (an all-locations key)."""
+    summary = contact_channel_summaries
+    query = select(summary.c.location_id).where(summary.c.contact_id == contact_id).distinct()
+    if locations is not None:
+        if not locations:
+            return []
+        query = query.where(summary.c.location_id.in_(sorted(set(locations))))
+    return sorted(conn.scalars(query))
