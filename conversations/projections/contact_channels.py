@@ -18,7 +18,6 @@ contact, the message joins that contact's summary then.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,11 +47,11 @@ from sqlalchemy.sql.elements import FunctionFilter, Over
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
 
-from conversations.messages import MessageEntry, build_message
+from conversations.messages import MessageEntry
 from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables
+from conversations.projections.base import EventBatch, Tables, messages
 from conversations.schema import metadata
-from conversations.store import StoredEvent, read_message_events
+from conversations.store import StoredEvent
 
 __all__ = [
     "PROJECTION",
@@ -116,7 +115,7 @@ class ContactChannelsProjection:
         if not keys:
             return
         ledger, summary = tables[contact_channel_messages], tables[contact_channel_summaries]
-        new = _ledger_rows(read_message_events(conn, keys, batch.end))
+        new = {key: _ledger_row(key, entry) for key, entry in messages(conn, batch).items()}
         old = _load_ledger(conn, ledger, keys)
         changed = [key for key in keys if old.get(key) != new.get(key)]
         if not changed:  # redeliveries, or events that change nothing shown here
@@ -145,25 +144,6 @@ def _message_keys(events: Iterable[StoredEvent]) -> list[MessageKey]:
         if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES
     }
     return sorted(keys)
-
-
-def _ledger_rows(events: Iterable[StoredEvent]) -> dict[MessageKey, dict[str, Any]]:
-    """The ledger row of every message the events are about.
-
-    A message none of whose events parses any more (possible only after a change of the
-    payload models) gets no row, so it leaves the ledger rather than stopping the fold.
-    """
-    by_message: dict[MessageKey, list[StoredEvent]] = defaultdict(list)
-    for event in events:
-        if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES:
-            by_message[(event.location_id, event.message_id)].append(event)
-    rows = {}
-    for key, group in by_message.items():
-        try:
-            rows[key] = _ledger_row(key, build_message(group))
-        except ValueError:
-            continue
-    return rows
 
 
 def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
