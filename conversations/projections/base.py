@@ -16,6 +16,7 @@ Rules for `apply` (the runner and the property tests rely on them):
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from sqlalchemy import Connection, Table
 from conversations.messages import MessageEntry, build_message
 from conversations.payloads import MESSAGE_EVENT_TYPES
 from conversations.store import StoredEvent, read_message_events
+
+log = logging.getLogger("conversations.projections")
 
 MessageKey = tuple[str, str]
 """(location_id, message key)"""
@@ -66,8 +69,8 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
     for key, events in grouped.items():
         try:
             cached[key] = build_message(events)
-        except ValueError:
-            continue
+        except ValueError as error:
+            log.warning("message left out of the projections: %s", error, extra={"key": key})
     batch.memo["messages"] = cached
     return cached
 

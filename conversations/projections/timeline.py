@@ -58,11 +58,11 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql import ColumnElement
 
-from conversations.messages import MessageEntry, build_message, resolve_merges
+from conversations.messages import MessageEntry, resolve_merges
 from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables
+from conversations.projections.base import EventBatch, Tables, messages
 from conversations.schema import metadata
-from conversations.store import StoredEvent, read_message_events
+from conversations.store import StoredEvent
 
 __all__ = [
     "PROJECTION",
@@ -260,14 +260,9 @@ def _upsert_messages(conn: Connection, table: Table, entries: Iterable[MessageEn
 
 
 def _apply_messages(conn: Connection, batch: EventBatch, tables: Tables) -> None:
-    keys = _message_keys(batch.events)
-    if not keys:
-        return
-    grouped: dict[tuple[str, str], list[StoredEvent]] = defaultdict(list)
-    for event in read_message_events(conn, keys, batch.end):
-        if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES:
-            grouped[(event.location_id, event.message_id)].append(event)
-    _upsert_messages(conn, tables[timeline_messages], map(build_message, grouped.values()))
+    entries = messages(conn, batch)
+    if entries:
+        _upsert_messages(conn, tables[timeline_messages], entries.values())
 
 
 def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
