@@ -85,6 +85,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
+            Route("/projections", health.projections, methods=["GET"]),
             *conversations.ROUTES,
             *contacts.ROUTES,
             *feed.ROUTES,

@@ -10,6 +10,8 @@ from conversations.api.problems import problem_response
 from conversations.api.state import app_state
 from conversations.deadline import within
 from conversations.migrate import head_revision
+from conversations.projections.registry import PROJECTIONS
+from conversations.projections.runner import status as projection_status
 
 
 async def healthz(request: Request) -> Response:
@@ -47,4 +49,26 @@ async def metrics(request: Request) -> Response:
     state = app_state(request)
     return PlainTextResponse(
         state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+def projections(request: Request) -> Response:
+    """How far behind each projection is (operators' view, like /metrics)."""
+    state = app_state(request)
+    with state.read_engine.connect() as conn:
+        rows = projection_status(conn, PROJECTIONS)
+    return JSONResponse(
+        {
+            "projections": [
+                {
+                    "name": row.name,
+                    "position": row.position,
+                    "head": row.head,
+                    "behindEvents": row.lag_events,
+                    "lagSeconds": round(row.lag_seconds, 3),
+                    "updatedAt": row.updated_at.isoformat() if row.updated_at else None,
+                }
+                for row in rows
+            ]
+        }
     )

@@ -1,0 +1,165 @@
+"""Projections kept current by `conversations serve` processes, rebuilt and verified by
+the operator's CLI while webhooks keep arriving."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+
+from conversations.cli import main
+from tests.conftest import start_server
+from tests.helpers import KeyPair, Server, message, new_id
+
+pytestmark = pytest.mark.e2e
+
+
+def caught_up(server: Server, timeout: float = 20.0) -> float:
+    """Seconds until every projection reached the head (fails after `timeout`)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        body = httpx.get(f"{server.url}/projections", timeout=5).json()
+        if all(p["behindEvents"] == 0 for p in body["projections"]):
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"projections still behind after {timeout} s: {body}")
+
+
+@pytest.fixture
+def servers(database_url: str, keys: KeyPair) -> Iterator[tuple[Server, Server]]:
+    first, second = start_server(database_url, keys), start_server(database_url, keys)
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+def cli(database_url: str, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return main(list(argv))
+
+
+def timeline_rows(engine: sqlalchemy.Engine, location: str) -> int:
+    with engine.connect() as conn:
+        count = conn.scalar(
+            text("SELECT count(*) FROM timeline_messages WHERE location_id = :l"), {"l": location}
+        )
+    return int(count or 0)
+
+
+@pytest.mark.smoke
+def test_a_stored_webhook_is_readable_promptly(server: Server, engine: sqlalchemy.Engine) -> None:
+    location = new_id("loc")
+    assert server.post(message(locationId=location)).status_code == 201
+    caught_up(server)
+    assert timeline_rows(engine, location) == 1
+
+
+def test_two_servers_fold_concurrent_webhooks_exactly_once(
+    servers: tuple[Server, Server],
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    location = new_id("loc")
+    conversation = new_id("cnv")
+    bodies = [
+        message(locationId=location, conversationId=conversation, status=status)
+        for status in ("sent", "delivered")
+        for _ in range(40)
+    ]
+
+    def send(server: Server, part: list[dict[str, object]]) -> None:
+        for body in part:
+            assert server.post(body).status_code == 201
+
+    threads = [threading.Thread(target=send, args=(servers[n % 2], bodies[n::4])) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for server in servers:
+        caught_up(server)
+    assert timeline_rows(engine, location) == len(bodies)
+    assert cli(database_url, monkeypatch, "verify") == 0
+
+
+def test_replay_while_webhooks_arrive_loses_nothing(
+    server: Server,
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    location = new_id("loc")
+    for _ in range(30):
+        assert server.post(message(locationId=location)).status_code == 201
+    stop = threading.Event()
+    sent = [30]
+
+    def keep_sending() -> None:
+        while not stop.is_set():
+            assert server.post(message(locationId=location)).status_code == 201
+            sent[0] += 1
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    try:
+        assert cli(database_url, monkeypatch, "replay") == 0
+    finally:
+        stop.set()
+        sender.join()
+    assert "switched over" in capsys.readouterr().out
+    caught_up(server)
+    assert timeline_rows(engine, location) == sent[0]
+    assert cli(database_url, monkeypatch, "verify") == 0
+
+
+def test_verify_reports_a_corrupted_row(
+    server: Server,
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    location = new_id("loc")
+    assert server.post(message(locationId=location, body="original")).status_code == 201
+    caught_up(server)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE timeline_messages SET body = 'forged' WHERE location_id = :l"),
+            {"l": location},
+        )
+    capsys.readouterr()
+    assert cli(database_url, monkeypatch, "verify", "--projection", "timeline") == 1
+    out = capsys.readouterr().out
+    assert "timeline: DIFFERS" in out
+    assert "forged" in out and "original" in out
+    assert cli(database_url, monkeypatch, "replay", "--projection", "timeline") == 0
+    assert cli(database_url, monkeypatch, "verify", "--projection", "timeline") == 0
+
+
+def test_status_shows_events_projections_and_quarantine(
+    server: Server,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert server.post(message()).status_code == 201
+    caught_up(server)
+    capsys.readouterr()
+    assert cli(database_url, monkeypatch, "status") == 0
+    out = capsys.readouterr().out
+    for expected in ("database:", "events:", "quarantine:", "timeline", "contact_channels"):
+        assert expected in out
+
+
+def test_unknown_projection_is_refused(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(database_url, monkeypatch, "replay", "--projection", "nope") == 2
+    assert "unknown projection 'nope'" in capsys.readouterr().err
