@@ -178,6 +178,94 @@ def read_stream_events(
     return [StoredEvent(**row._mapping) for row in conn.execute(_READ_STREAMS, params)]
 
 
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """An event as the public feed shows it: the body exactly as received (`raw`) and the
+    metadata as JSON text, both unparsed."""
+
+    position: int
+    event_id: uuid.UUID
+    location_id: str
+    stream_id: str
+    version: int
+    event_type: str
+    occurred_at: datetime | None
+    recorded_at: datetime
+    raw: bytes
+    metadata_json: str
+
+
+# The positions to read come first (from the index alone); the rows are fetched after,
+# keeping only as many as fit in `budget` bytes of raw bodies (the first row always).
+_FEED_COLUMNS = (
+    "e.position, e.event_id, e.location_id, e.stream_id, e.version, e.event_type, "
+    "e.occurred_at, e.recorded_at, e.raw, e.metadata::text AS metadata_json"
+)
+
+_FEED_FETCH = f"""
+    , sized AS (
+        SELECT e.position,
+               sum(octet_length(e.raw)) OVER (ORDER BY e.position) - octet_length(e.raw)
+                 AS before
+          FROM events e JOIN picked p ON p.position = e.position
+    )
+    SELECT {_FEED_COLUMNS}
+      FROM events e JOIN sized s ON s.position = e.position
+     WHERE s.before < :budget
+     ORDER BY e.position
+"""
+
+# One ordered, limited index scan on (location_id, position) per location, then the
+# first `limit` of them: PostgreSQL cannot walk one index in position order for several
+# locations at once.
+_FEED_IN_LOCATIONS = text(
+    """
+    WITH picked AS (
+        SELECT p.position
+          FROM unnest(CAST(:locations AS text[])) AS l(location_id)
+         CROSS JOIN LATERAL (
+               SELECT position FROM events
+                WHERE events.location_id = l.location_id AND events.position > :after
+                ORDER BY position LIMIT :limit
+         ) AS p
+         ORDER BY p.position LIMIT :limit
+    )"""
+    + _FEED_FETCH
+)
+
+_FEED_ALL = text(
+    """
+    WITH picked AS (
+        SELECT position FROM events WHERE position > :after ORDER BY position LIMIT :limit
+    )"""
+    + _FEED_FETCH
+)
+
+FEED_PAGE_BYTES = 4 * 1024 * 1024
+"""Raw bytes a feed page carries at most (beyond its first event)."""
+
+
+def read_feed(
+    conn: Connection,
+    after: int,
+    limit: int,
+    locations: Sequence[str] | None,
+    budget: int = FEED_PAGE_BYTES,
+) -> list[FeedEvent]:
+    """Events above position `after` in position order, at most `limit`, of `locations`
+    only (of every location when None), with their raw bodies; fewer when the bodies
+    would exceed `budget` bytes (but always the first). Gap-safe: see the module doc; a
+    filter by location keeps that true, since the positions committed form a prefix."""
+    if limit <= 0 or (locations is not None and not locations):
+        return []
+    params: dict[str, Any] = {"after": after, "limit": limit, "budget": budget}
+    if locations is None:
+        result = conn.execute(_FEED_ALL, params)
+    else:
+        result = conn.execute(_FEED_IN_LOCATIONS, {**params, "locations": sorted(set(locations))})
+    return [FeedEvent(**row._mapping) for row in result]
+
+
 async def append_events(conn: AsyncConnection, batch: Sequence[NewEvent]) -> list[AppendResult]:
     """Append a batch in the caller's transaction, absorbing duplicates.
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,31 +157,41 @@ def test_a_crash_mid_catch_up_neither_skips_nor_repeats(
 
 
 _WORKER = """
-import sys
+import os, sys, time
 from conversations.database import create_engine
 from conversations.projections import runner
 from tests.test_runner import CountingProjection
 projection = CountingProjection(sys.argv[2])
 engine = create_engine(sys.argv[1])
-for _ in range(400):
-    runner.catch_up(engine, projection, batch_size=3)
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    finished = os.path.exists(sys.argv[3])
+    if runner.catch_up(engine, projection, batch_size=3) == 0 and finished:
+        break
+    time.sleep(0.01)
 """
 
 
 def test_several_processes_catch_up_together(
-    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+    database_url: str,
+    engine: sqlalchemy.Engine,
+    projection: CountingProjection,
+    tmp_path: Path,
 ) -> None:
     """Processes folding one projection while events keep coming: no event is applied
     twice (the primary key would refuse it) and none is skipped."""
     with engine.begin() as conn:
         runner.ensure_checkpoints(conn, [projection])
     suffix = projection.name.removeprefix("test_counting_")
+    finished = tmp_path / "finished"
     workers = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, database_url, suffix]) for _ in range(3)
+        subprocess.Popen([sys.executable, "-c", _WORKER, database_url, suffix, str(finished)])
+        for _ in range(3)
     ]
     for _ in range(10):
         append(database_url, [message() for _ in range(10)])
-    assert [w.wait(timeout=120) for w in workers] == [0, 0, 0]
+    finished.touch()
+    assert [w.wait(timeout=180) for w in workers] == [0, 0, 0]
     runner.catch_up(engine, projection)
     with engine.connect() as conn:
         head = head_position(conn)

@@ -34,8 +34,9 @@ class Params:
         if raw is None:
             return default
         try:
-            value = int(raw)
-        except ValueError:
+            # "20.0" too: HighLevel's SDKs type their limits as floats.
+            value = int(raw) if raw.lstrip("-").isdigit() else _whole(float(raw))
+        except (ValueError, OverflowError):
             raise bad(name, f"{raw!r} is not an integer") from None
         if not minimum <= value <= maximum:
             raise bad(name, f"{value} is not between {minimum} and {maximum}")
@@ -73,6 +74,12 @@ class Params:
         except (ValueError, OverflowError, OSError):
             raise bad(name, f"{raw!r} is not an ISO-8601 time or epoch milliseconds") from None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _whole(value: float) -> int:
+    if not value.is_integer():
+        raise ValueError(value)
+    return int(value)
 
 
 def bad(name: str, message: str) -> HTTPException:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import importlib
-
+from conversations.projections import contact_channels, location_conversations, timeline
 from conversations.projections.base import Projection
 
-# TEMPORARY-WIP: tolerate modules not written yet
-PROJECTIONS: tuple[Projection, ...] = ()
-for _name in ("timeline", "contact_channels", "location_conversations"):
-    try:
-        PROJECTIONS += (importlib.import_module(f"conversations.projections.{_name}").PROJECTION,)
-    except Exception:
-        pass
+PROJECTIONS: tuple[Projection, ...] = (
+    timeline.PROJECTION,
+    contact_channels.PROJECTION,
+    location_conversations.PROJECTION,
+)
 
 
 def select(names: Sequence[str] | None) -> tuple[Projection, ...]:

@@ -42,7 +42,10 @@ CREATE TRIGGER events_serialize_appends BEFORE INSERT ON events
 
 -- Versions are assigned here, under the append lock, so every stream counts 1, 2, 3 ...
 -- whatever the application sends. Rows inserted earlier in the same statement are visible.
-CREATE FUNCTION events_assign_version() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Planned for each row (force_custom_plan): a plan cached by a connection while the table
+-- was small would scan the whole table for every row once it is large.
+CREATE FUNCTION events_assign_version() RETURNS trigger LANGUAGE plpgsql
+    SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
     SELECT coalesce(max(version), 0) + 1 INTO NEW.version
       FROM events

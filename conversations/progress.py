@@ -1,0 +1,117 @@
+"""A progress line on stderr for long commands: a redrawn bar on a terminal, else a plain
+line now and then (logs and CI output stay readable)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+_TTY_INTERVAL = 0.1
+_PLAIN_INTERVAL = 5.0
+_BAR_WIDTH = 24
+
+
+def size(count: float) -> str:
+    """A byte count for people: 512 B, 1.5 KiB, 12.3 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError(count)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as 0:07, 3:25 or 1:02:03."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """How far a long command is: `done` of `total` in `unit` ("bytes" are shown as sizes;
+    `total` None when unknown, e.g. a pipe), and optionally a count of `items` done.
+
+    `update_to` is cheap enough to call per item: it redraws at most every 0.1 s on a
+    terminal and writes a line at most every 5 s elsewhere; `close` writes the last state.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        *,
+        unit: str = "bytes",
+        items: str = "events",
+        stream: TextIO | None = None,
+    ) -> None:
+        self._label = label
+        self._total = total
+        self._unit = unit
+        self._items_name = items
+        self._stream = stream if stream is not None else sys.stderr
+        self._tty = self._stream.isatty()
+        self._start = time.monotonic()
+        self._next = self._start + (_TTY_INTERVAL if self._tty else _PLAIN_INTERVAL)
+        self._done = 0
+        self._items: int | None = None
+        self._width = 0
+        self._closed = False
+
+    def update_to(self, done: int, items: int | None = None) -> None:
+        self._done, self._items = done, items
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + (_TTY_INTERVAL if self._tty else _PLAIN_INTERVAL)
+            self._draw(now, final=False)
+
+    def close(self) -> None:
+        """Write the final state, once."""
+        if not self._closed:
+            self._closed = True
+            self._draw(time.monotonic(), final=True)
+
+    def _draw(self, now: float, *, final: bool) -> None:
+        text = self._text(now - self._start, final)
+        if self._tty:
+            padding = " " * max(0, self._width - len(text))
+            self._width = len(text)
+            self._stream.write(f"\r{text}{padding}" + ("\n" if final else ""))
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def _amount(self, count: float) -> str:
+        return size(count) if self._unit == "bytes" else f"{count:,.0f}"
+
+    def _text(self, elapsed: float, final: bool) -> str:
+        parts = [self._label]
+        if self._total:
+            fraction = min(1.0, self._done / self._total)
+            if self._tty:
+                filled = round(fraction * _BAR_WIDTH)
+                parts.append("[" + "#" * filled + "." * (_BAR_WIDTH - filled) + "]")
+            parts.append(f"{fraction:4.0%}")
+            parts.append(f"{self._amount(self._done)} of {self._amount(self._total)}")
+        else:
+            parts.append(self._amount(self._done))
+        if self._unit != "bytes":
+            parts[-1] += f" {self._unit}"
+        if self._items is not None:
+            parts.append(f"{self._items:,} {self._items_name}")
+        if elapsed > 0:
+            parts.append(self._rate(elapsed))
+        if final:
+            parts.append(f"in {duration(elapsed)}")
+        elif self._total and self._done and elapsed > 0:
+            left = (self._total - self._done) * elapsed / self._done
+            parts.append(f"{duration(left)} left")
+        return "  ".join(parts)
+
+    def _rate(self, elapsed: float) -> str:
+        if self._items is not None:
+            return f"{self._items / elapsed:,.0f} {self._items_name}/s"
+        if self._unit == "bytes":
+            return f"{size(self._done / elapsed)}/s"
+        return f"{self._done / elapsed:,.0f} {self._unit}/s"

@@ -1,0 +1,735 @@
+"""Conversations per location: one row per conversation, as HighLevel's conversation
+search and conversation endpoints show them (last message, counts, unread/starred flags).
+
+Four working tables feed the summary `location_conversations`:
+
+- `location_conversation_messages`, a ledger with one row per message (not per
+  delivery), rebuilt from every event of the message with `build_message`. It keeps the
+  conversation id *as sent*: merges are applied when summarising, so a merge arriving
+  before or after the messages gives the same result.
+- `location_conversation_flags`, one row per conversation that had a
+  ConversationUnreadUpdate, rebuilt with `build_flags` from all of them (the greatest
+  envelope `timestamp` wins, whatever the arrival order).
+- `location_conversation_merges`, every (old, new) pair of ConversationUpdate events, and
+  `location_conversation_roots`, `resolve_merges` over a location's pairs: the root each
+  merged id ends up in (chains resolve transitively). An id that is in no pair is its own
+  root.
+
+A summary row belongs to each root with anything to show: messages (of the root or of any
+conversation merged into it) or flags of its own. The flags are the root's only: once a
+conversation is merged away, HighLevel reports the flags of the conversation it went
+into, so the merged conversation's last flags are stale. A merged id has no row of its
+own; `resolve` and `get` map it to its root.
+
+Every batch recomputes what it touches from its inputs (all events of a touched message,
+all unread updates of a touched conversation, all merge pairs of a touched location), and
+then the summary of every root whose inputs changed, from the working tables. So the
+tables depend only on the set of events, never on their order, cutting or duplicates.
+
+"Last message" is the one with the greatest `(date_added, message_key)`, a missing
+`date_added` sorting lowest. Lists order by `(last_message_at, conversation_id)`, a
+conversation without messages counting as the oldest; `sort_at` is that key with NULL
+replaced by the least timestamp, so the order has an index and keyset pages can seek.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    Table,
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+    union,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql import TableValuedAlias
+from sqlalchemy.types import TypeEngine
+
+from conversations.messages import MessageEntry, build_flags, resolve_merges
+from conversations.payloads import MESSAGE_EVENT_TYPES
+from conversations.projections.base import EventBatch, Tables
+from conversations.projections.base import messages as batch_messages
+from conversations.schema import metadata
+from conversations.store import StoredEvent, read_stream_events
+
+__all__ = [
+    "PROJECTION",
+    "ConversationSummary",
+    "LocationConversationsProjection",
+    "conversation_flags",
+    "conversation_locations",
+    "conversation_merges",
+    "conversation_messages",
+    "conversation_roots",
+    "conversations_summary",
+    "get",
+    "resolve",
+    "search",
+]
+
+UNREAD_UPDATE = "ConversationUnreadUpdate"
+MERGE = "ConversationUpdate"
+
+NO_TIME = datetime.min.replace(tzinfo=UTC)
+"""`sort_at` of a conversation without a dated message: before every real date."""
+
+conversation_messages = Table(
+    "location_conversation_messages",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("message_key", Text, primary_key=True),
+    Column("conversation_id", Text, nullable=False),
+    Column("contact_id", Text, nullable=True),
+    Column("channel", Text, nullable=False),
+    Column("direction", Text, nullable=False),
+    Column("status", Text, nullable=True),
+    Column("date_added", DateTime(timezone=True), nullable=True),
+    Column("preview", Text, nullable=False),
+    # A summary is recomputed from the messages of its conversations.
+    Index(None, "location_id", "conversation_id"),
+)
+
+conversation_flags = Table(
+    "location_conversation_flags",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("conversation_id", Text, primary_key=True),
+    Column("unread_count", Integer, nullable=True),
+    Column("starred", Boolean, nullable=True),
+    Column("inbox", Boolean, nullable=True),
+    Column("deleted", Boolean, nullable=True),
+    Column("contact_id", Text, nullable=True),
+)
+
+conversation_merges = Table(
+    "location_conversation_merges",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("old_conversation_id", Text, primary_key=True),
+    Column("new_conversation_id", Text, primary_key=True),
+)
+
+conversation_roots = Table(
+    "location_conversation_roots",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("conversation_id", Text, primary_key=True),
+    Column("root_id", Text, nullable=False),
+    # The members of a root, for its summary.
+    Index(None, "location_id", "root_id"),
+    # A conversation addressed by id alone (a key that may read every location).
+    Index(None, "conversation_id"),
+)
+
+conversations_summary = Table(
+    "location_conversations",
+    metadata,
+    Column("location_id", Text, primary_key=True),
+    Column("conversation_id", Text, primary_key=True),
+    Column("contact_id", Text, nullable=True),
+    Column("last_message_at", DateTime(timezone=True), nullable=True),
+    Column("last_message_channel", Text, nullable=True),
+    Column("last_message_direction", Text, nullable=True),
+    Column("last_message_status", Text, nullable=True),
+    Column("last_message_preview", Text, nullable=True),
+    Column("last_message_key", Text, nullable=True),
+    Column("message_count", Integer, nullable=False),
+    Column("channels", ARRAY(Text), nullable=False),
+    Column("unread_count", Integer, nullable=True),
+    Column("starred", Boolean, nullable=True),
+    Column("inbox", Boolean, nullable=True),
+    Column("deleted", Boolean, nullable=True),
+    Column("merged_ids", ARRAY(Text), nullable=False),
+    Column("first_message_at", DateTime(timezone=True), nullable=True),
+    # `last_message_at`, or NO_TIME when there is none: the list order.
+    Column("sort_at", DateTime(timezone=True), nullable=False),
+    # `unread_count > 0`, for the read/unread filters.
+    Column("unread", Boolean, nullable=False),
+    # Every list is scoped by location and ordered by (sort_at, conversation_id), either
+    # way (a b-tree scans both directions); each filter has an index in that order.
+    Index(None, "location_id", "sort_at", "conversation_id"),
+    Index(None, "location_id", "contact_id", "sort_at", "conversation_id"),
+    Index(
+        None,
+        "location_id",
+        "last_message_channel",
+        "last_message_direction",
+        "sort_at",
+        "conversation_id",
+    ),
+    Index(None, "location_id", "unread", "sort_at", "conversation_id"),
+    Index(None, "location_id", "starred", "sort_at", "conversation_id"),
+    # A conversation addressed by id alone (a key that may read every location).
+    Index(None, "conversation_id"),
+)
+
+Key = tuple[str, str]
+"""(location_id, message_key or conversation_id)"""
+
+_LEDGER_VALUES = (
+    "conversation_id",
+    "contact_id",
+    "channel",
+    "direction",
+    "status",
+    "date_added",
+    "preview",
+)
+_FLAG_VALUES = ("unread_count", "starred", "inbox", "deleted", "contact_id")
+
+
+@dataclass(frozen=True)
+class _Physical:
+    """The tables this run writes (live ones, or a rebuild's side copies)."""
+
+    messages: Table
+    flags: Table
+    merges: Table
+    roots: Table
+    summary: Table
+
+    @classmethod
+    def of(cls, tables: Tables) -> _Physical:
+        return cls(
+            tables[conversation_messages],
+            tables[conversation_flags],
+            tables[conversation_merges],
+            tables[conversation_roots],
+            tables[conversations_summary],
+        )
+
+
+class LocationConversationsProjection:
+    name = "location_conversations"
+    tables = (
+        conversation_messages,
+        conversation_flags,
+        conversation_merges,
+        conversation_roots,
+        conversations_summary,
+    )
+
+    def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
+        physical = _Physical.of(tables)
+        touched: set[Key] = set()
+        touched |= _update_ledger(
+            conn, physical.messages, _message_keys(batch.events), batch_messages(conn, batch)
+        )
+        touched |= _update_flags(conn, physical.flags, _flag_keys(batch.events), batch.end)
+        touched |= _update_merges(conn, physical, _merge_pairs(batch.events))
+        if touched:
+            _update_summaries(conn, physical, touched)
+
+
+PROJECTION = LocationConversationsProjection()
+
+
+# --- what a batch touches -------------------------------------------------------------------
+
+
+def _message_keys(events: Iterable[StoredEvent]) -> list[Key]:
+    keys = {
+        (event.location_id, event.message_id)
+        for event in events
+        if event.message_id and event.event_type in MESSAGE_EVENT_TYPES
+    }
+    return sorted(keys)
+
+
+def _flag_keys(events: Iterable[StoredEvent]) -> list[Key]:
+    # An unread update's stream is its conversation (payload `id`).
+    return sorted({(e.location_id, e.stream_id) for e in events if e.event_type == UNREAD_UPDATE})
+
+
+def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
+    pairs = set()
+    for event in events:
+        if event.event_type != MERGE:
+            continue
+        old, new = event.payload.get("oldConversationId"), event.payload.get("newConversationId")
+        if isinstance(old, str) and isinstance(new, str):  # always, once ingest accepted it
+            pairs.add((event.location_id, old, new))
+    return sorted(pairs)
+
+
+# --- set-based helpers ----------------------------------------------------------------------
+
+
+def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
+    """`unnest(CAST(:a AS t[]), ...) AS anon(a, ...)`: a whole batch as one table with a
+    fixed number of parameters."""
+    columns = [cast(literal(list(v), ARRAY(kind)), ARRAY(kind)) for v, kind in arrays.values()]
+    return func.unnest(*columns).table_valued(*arrays).render_derived()
+
+
+def _keys_table(keys: Iterable[Key], second: str) -> TableValuedAlias:
+    ordered = sorted(keys)
+    return _unnest(
+        location_id=([k[0] for k in ordered], Text()), **{second: ([k[1] for k in ordered], Text())}
+    )
+
+
+def _in_keys(table: Table, second: str, keys: Iterable[Key]) -> ColumnElement[bool]:
+    wanted = _keys_table(keys, second)
+    return tuple_(table.c.location_id, table.c[second]).in_(
+        select(wanted.c.location_id, wanted.c[second])
+    )
+
+
+def _load(conn: Connection, table: Table, second: str, keys: Iterable[Key]) -> dict[Key, Any]:
+    query = select(table).where(_in_keys(table, second, keys))
+    return {(row.location_id, row._mapping[second]): row._mapping for row in conn.execute(query)}
+
+
+def _upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """One multi-row INSERT ... ON CONFLICT DO UPDATE for rows keyed by the primary key."""
+    if not rows:
+        return
+    source = _unnest(**{c.name: ([row[c.name] for row in rows], c.type) for c in table.columns})
+    statement = pg_insert(table).from_select(list(source.c.keys()), select(*source.c))
+    keys = [c.name for c in table.primary_key.columns]
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
+        )
+    )
+
+
+def _changed(old: Any, new: dict[str, Any], names: Sequence[str]) -> bool:
+    return old is None or any(old[name] != new[name] for name in names)
+
+
+# --- working tables -------------------------------------------------------------------------
+
+
+def _ledger_row(entry: MessageEntry) -> dict[str, Any]:
+    return {
+        "location_id": entry.location_id,
+        "message_key": entry.message_key,
+        "conversation_id": entry.conversation_id,
+        "contact_id": entry.contact_id or None,
+        "channel": entry.channel,
+        "direction": entry.direction,
+        "status": entry.status,
+        "date_added": entry.date_added,
+        "preview": entry.preview,
+    }
+
+
+def _update_ledger(
+    conn: Connection, ledger: Table, keys: Sequence[Key], entries: Mapping[Key, MessageEntry]
+) -> set[Key]:
+    """Rewrite the touched messages (`entries`: each rebuilt from all of its events; a
+    message none of whose events folds any more has none, and leaves the ledger); returns
+    the conversations, old and new, of those that changed."""
+    if not keys:
+        return set()
+    # Keyed by the events' message_id, the key every other step looks messages up by.
+    new = {
+        key: _ledger_row(entries[key]) | {"message_key": key[1]} for key in keys if key in entries
+    }
+    old = _load(conn, ledger, "message_key", keys)
+    touched: set[Key] = set()
+    upserts, gone = [], []
+    for key in keys:
+        before, after = old.get(key), new.get(key)
+        if after is not None and _changed(before, after, _LEDGER_VALUES):
+            upserts.append(after)
+        elif after is None and before is not None:
+            gone.append(key)
+        else:
+            continue
+        for row in (before, after):
+            if row is not None:
+                touched.add((key[0], row["conversation_id"]))
+    _upsert(conn, ledger, upserts)
+    if gone:
+        conn.execute(delete(ledger).where(_in_keys(ledger, "message_key", gone)))
+    return touched
+
+
+def _update_flags(conn: Connection, flags: Table, keys: Sequence[Key], end: int) -> set[Key]:
+    """Rebuild the flags of the touched conversations; returns those that changed."""
+    if not keys:
+        return set()
+    by_stream: dict[Key, list[StoredEvent]] = defaultdict(list)
+    for event in read_stream_events(conn, keys, UNREAD_UPDATE, end):
+        by_stream[(event.location_id, event.stream_id)].append(event)
+    old = _load(conn, flags, "conversation_id", keys)
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        if key not in by_stream:
+            continue
+        found = build_flags(by_stream[key])
+        row = {
+            "location_id": key[0],
+            "conversation_id": key[1],
+            "unread_count": found.unread_count,
+            "starred": found.starred,
+            "inbox": found.inbox,
+            "deleted": found.deleted,
+            "contact_id": found.contact_id or None,
+        }
+        if _changed(old.get(key), row, _FLAG_VALUES):
+            rows.append(row)
+    _upsert(conn, flags, rows)
+    return {(row["location_id"], row["conversation_id"]) for row in rows}
+
+
+def _update_merges(
+    conn: Connection, tables: _Physical, pairs: Sequence[tuple[str, str, str]]
+) -> set[Key]:
+    """Record new merge pairs and re-resolve the roots of their locations; returns every id
+    whose root changed, with its old and new root."""
+    if not pairs:
+        return set()
+    merges, roots = tables.merges, tables.roots
+    inserted = conn.execute(
+        pg_insert(merges)
+        .values(
+            [
+                {"location_id": location, "old_conversation_id": old, "new_conversation_id": new}
+                for location, old, new in pairs
+            ]
+        )
+        .on_conflict_do_nothing()
+        .returning(merges.c.location_id)
+    )
+    locations = sorted(set(inserted.scalars()))
+    if not locations:  # every pair was known: nothing moves
+        return set()
+    known: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in conn.execute(select(merges).where(merges.c.location_id.in_(locations))):
+        known[row.location_id].append((row.old_conversation_id, row.new_conversation_id))
+    current: dict[Key, str] = {
+        (row.location_id, row.conversation_id): row.root_id
+        for row in conn.execute(select(roots).where(roots.c.location_id.in_(locations)))
+    }
+    touched: set[Key] = set()
+    rows = []
+    for location in locations:
+        for conversation, root in sorted(resolve_merges(known[location]).items()):
+            key = (location, conversation)
+            before = current.get(key, conversation)
+            if key in current and before == root:
+                continue
+            rows.append({"location_id": location, "conversation_id": conversation, "root_id": root})
+            touched |= {key, (location, before), (location, root)}
+    _upsert(conn, roots, rows)
+    return touched
+
+
+# --- the summary ----------------------------------------------------------------------------
+
+
+def _update_summaries(conn: Connection, tables: _Physical, touched: set[Key]) -> None:
+    """Recompute the summary of the roots of every touched conversation; delete the rows of
+    touched ids that are no longer roots or have nothing left to show."""
+    roots = tables.roots
+    root_of = {
+        (row.location_id, row.conversation_id): row.root_id
+        for row in conn.execute(
+            select(roots.c.location_id, roots.c.conversation_id, roots.c.root_id).where(
+                _in_keys(roots, "conversation_id", touched)
+            )
+        )
+    }
+    wanted = {(key[0], root_of.get(key, key[1])) for key in touched}
+    kept = _recompute(conn, tables, wanted)
+    stale = (touched | wanted) - kept
+    if stale:
+        summary = tables.summary
+        conn.execute(delete(summary).where(_in_keys(summary, "conversation_id", stale)))
+
+
+def _recompute(conn: Connection, tables: _Physical, wanted: set[Key]) -> set[Key]:
+    """Upsert the summary rows of the roots `wanted` from the working tables, in one
+    INSERT ... SELECT; returns the roots that got a row (those with anything to show)."""
+    messages, flags, roots, summary = tables.messages, tables.flags, tables.roots, tables.summary
+    affected = select(_keys_table(wanted, "root_id")).cte("affected")
+    members = union(
+        select(
+            affected.c.location_id,
+            affected.c.root_id,
+            affected.c.root_id.label("conversation_id"),
+        ),
+        select(roots.c.location_id, roots.c.root_id, roots.c.conversation_id).join(
+            affected,
+            and_(
+                roots.c.location_id == affected.c.location_id,
+                roots.c.root_id == affected.c.root_id,
+            ),
+        ),
+    ).cte("members")
+    of_member = and_(
+        messages.c.location_id == members.c.location_id,
+        messages.c.conversation_id == members.c.conversation_id,
+    )
+    newest_first = (messages.c.date_added.desc().nulls_last(), messages.c.message_key.desc())
+    totals = (
+        select(
+            members.c.location_id,
+            members.c.root_id,
+            func.count(messages.c.message_key).label("message_count"),
+            func.min(messages.c.date_added).label("first_message_at"),
+            func.array_agg(aggregate_order_by(messages.c.channel.distinct(), messages.c.channel))
+            .filter(messages.c.channel.is_not(None))
+            .label("channels"),
+            type_coerce(
+                func.array_agg(aggregate_order_by(messages.c.contact_id, *newest_first)).filter(
+                    messages.c.contact_id.is_not(None)
+                ),
+                ARRAY(Text),
+            )[1].label("contact_id"),
+            func.array_agg(
+                aggregate_order_by(members.c.conversation_id.distinct(), members.c.conversation_id)
+            )
+            .filter(members.c.conversation_id != members.c.root_id)
+            .label("merged_ids"),
+        )
+        .select_from(members.outerjoin(messages, of_member))
+        .group_by(members.c.location_id, members.c.root_id)
+        .cte("totals")
+    )
+    ranked = (
+        select(
+            members.c.location_id,
+            members.c.root_id,
+            messages.c.message_key,
+            messages.c.date_added,
+            messages.c.channel,
+            messages.c.direction,
+            messages.c.status,
+            messages.c.preview,
+            func.row_number()
+            .over(partition_by=(members.c.location_id, members.c.root_id), order_by=newest_first)
+            .label("rank"),
+        )
+        .select_from(members.join(messages, of_member))
+        .cte("ranked")
+    )
+    last = select(ranked).where(ranked.c.rank == 1).cte("last")
+    no_ids = cast(literal([], ARRAY(Text)), ARRAY(Text))
+    recomputed = (
+        select(
+            totals.c.location_id,
+            totals.c.root_id,
+            func.coalesce(totals.c.contact_id, flags.c.contact_id),
+            last.c.date_added,
+            last.c.channel,
+            last.c.direction,
+            last.c.status,
+            last.c.preview,
+            last.c.message_key,
+            totals.c.message_count,
+            func.coalesce(totals.c.channels, no_ids),
+            flags.c.unread_count,
+            flags.c.starred,
+            flags.c.inbox,
+            flags.c.deleted,
+            func.coalesce(totals.c.merged_ids, no_ids),
+            totals.c.first_message_at,
+            func.coalesce(last.c.date_added, literal(NO_TIME, DateTime(timezone=True))),
+            func.coalesce(flags.c.unread_count, 0) > 0,
+        )
+        .select_from(
+            totals.outerjoin(
+                last,
+                and_(
+                    last.c.location_id == totals.c.location_id, last.c.root_id == totals.c.root_id
+                ),
+            ).outerjoin(
+                flags,
+                and_(
+                    flags.c.location_id == totals.c.location_id,
+                    flags.c.conversation_id == totals.c.root_id,
+                ),
+            )
+        )
+        .where(or_(totals.c.message_count > 0, flags.c.conversation_id.is_not(None)))
+    )
+    names = [column.name for column in summary.columns]
+    statement = pg_insert(summary).from_select(names, recomputed)
+    result = conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[summary.c.location_id, summary.c.conversation_id],
+            set_={name: statement.excluded[name] for name in names[2:]},
+        ).returning(summary.c.location_id, summary.c.conversation_id)
+    )
+    return {(row.location_id, row.conversation_id) for row in result}
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+Status = Literal["all", "read", "unread", "starred"]
+STATUSES: tuple[Status, ...] = ("all", "read", "unread", "starred")
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    location_id: str
+    conversation_id: str
+    contact_id: str | None
+    last_message_at: datetime | None
+    last_message_channel: str | None
+    last_message_direction: str | None
+    last_message_status: str | None
+    last_message_preview: str | None
+    last_message_key: str | None
+    message_count: int
+    channels: tuple[str, ...]
+    """Every channel the conversation used, sorted."""
+    unread_count: int | None
+    starred: bool | None
+    inbox: bool | None
+    deleted: bool | None
+    merged_ids: tuple[str, ...]
+    """The conversations merged into this one, sorted."""
+    first_message_at: datetime | None
+
+    @property
+    def cursor(self) -> tuple[datetime | None, str]:
+        """The `after` that continues a `search` page ending with this conversation."""
+        return self.last_message_at, self.conversation_id
+
+
+_SUMMARY_FIELDS = tuple(ConversationSummary.__dataclass_fields__)
+
+
+def _summary(row: Any) -> ConversationSummary:
+    values = {name: row._mapping[name] for name in _SUMMARY_FIELDS}
+    values["channels"] = tuple(values["channels"])
+    values["merged_ids"] = tuple(values["merged_ids"])
+    return ConversationSummary(**values)
+
+
+def search(
+    conn: Connection,
+    location_id: str,
+    *,
+    contact_id: str | None = None,
+    last_message_channel: str | None = None,
+    last_message_direction: str | None = None,
+    status: Status = "all",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    descending: bool = True,
+    limit: int = 20,
+    after: tuple[datetime | None, str] | None = None,
+) -> tuple[list[ConversationSummary], int]:
+    """One page of a location's conversations and how many match in all.
+
+    Ordered by last message time then conversation id (newest first unless `descending`
+    is false; conversations without messages count as the oldest). `since` (inclusive)
+    and `until` (exclusive) bound the last message time and leave out conversations
+    without one. `status`: "read" is an unread count of zero or none, "unread" above zero,
+    "starred" starred. `after` is the `cursor` of the previous page's last conversation.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    s = conversations_summary
+    where: list[ColumnElement[bool]] = [s.c.location_id == location_id]
+    if contact_id is not None:
+        where.append(s.c.contact_id == contact_id)
+    if last_message_channel is not None:
+        where.append(s.c.last_message_channel == last_message_channel)
+    if last_message_direction is not None:
+        where.append(s.c.last_message_direction == last_message_direction)
+    if status == "read":
+        where.append(s.c.unread.is_(False))
+    elif status == "unread":
+        where.append(s.c.unread.is_(True))
+    elif status == "starred":
+        where.append(s.c.starred.is_(True))
+    if since is not None or until is not None:
+        where.append(s.c.last_message_at.is_not(None))
+    if since is not None:
+        where.append(s.c.sort_at >= since)
+    if until is not None:
+        where.append(s.c.sort_at < until)
+    total = int(conn.scalar(select(func.count()).select_from(s).where(*where)) or 0)
+    page = select(s).where(*where)
+    key = tuple_(s.c.sort_at, s.c.conversation_id)
+    if after is not None:
+        cursor = tuple_(literal(after[0] or NO_TIME, DateTime(timezone=True)), literal(after[1]))
+        page = page.where(key < cursor if descending else key > cursor)
+    if descending:
+        page = page.order_by(s.c.sort_at.desc(), s.c.conversation_id.desc())
+    else:
+        page = page.order_by(s.c.sort_at, s.c.conversation_id)
+    rows = conn.execute(page.limit(limit))
+    return [_summary(row) for row in rows], total
+
+
+def resolve(conn: Connection, location_id: str, conversation_id: str) -> str | None:
+    """The conversation an id stands for now: its root when it was merged, itself when it
+    is a conversation of its own, None when the location has never seen it."""
+    roots, s = conversation_roots, conversations_summary
+    root = conn.scalar(
+        select(roots.c.root_id).where(
+            roots.c.location_id == location_id, roots.c.conversation_id == conversation_id
+        )
+    )
+    if root is not None:
+        return str(root)
+    found = conn.scalar(
+        select(s.c.conversation_id).where(
+            s.c.location_id == location_id, s.c.conversation_id == conversation_id
+        )
+    )
+    return None if found is None else str(found)
+
+
+def get(conn: Connection, location_id: str, conversation_id: str) -> ConversationSummary | None:
+    """One conversation, looked up by its own id or by the id of one merged into it."""
+    root = resolve(conn, location_id, conversation_id)
+    if root is None:
+        return None
+    s = conversations_summary
+    row = conn.execute(
+        select(s).where(s.c.location_id == location_id, s.c.conversation_id == root)
+    ).first()
+    return None if row is None else _summary(row)
+
+
+def conversation_locations(
+    conn: Connection, conversation_id: str, within: Collection[str] | None = None
+) -> list[str]:
+    """The locations where an id names a conversation (one of its own, or one merged into
+    another), sorted; `within` limits the search to those locations (None: every one)."""
+    roots, s = conversation_roots, conversations_summary
+    parts = [
+        select(roots.c.location_id).where(roots.c.conversation_id == conversation_id),
+        select(s.c.location_id).where(s.c.conversation_id == conversation_id),
+    ]
+    if within is not None:
+        wanted = sorted(within)
+        parts = [
+            parts[0].where(roots.c.location_id.in_(wanted)),
+            parts[1].where(s.c.location_id.in_(wanted)),
+        ]
+    return sorted(set(conn.scalars(union(*parts))))

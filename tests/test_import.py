@@ -1,0 +1,474 @@
+"""`conversations import`: JSON lines and JSON arrays, plain or gzipped, from files or
+stdin, through the webhook's validation, idempotency and quarantine, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy import RowMapping, text
+from sqlalchemy.engine import make_url
+
+from conversations.cli import main
+from conversations.importer import Record, records
+from tests.helpers import message, new_id
+
+
+@dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str
+) -> Iterator[Run]:
+    """`conversations ARGS...` in this process, against the test database."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("CONVERSATIONS_LOG_LEVEL", "warning")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        status = main(list(argv))
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return Result(status, captured.out, captured.err)
+
+    yield run
+    root.handlers[:] = handlers  # main() configured logging to the captured stderr
+    root.setLevel(level)
+
+
+def events_in(engine: sqlalchemy.Engine, location_id: str) -> list[RowMapping]:
+    with engine.connect() as conn:
+        result = conn.execute(
+            text("SELECT * FROM events WHERE location_id = :l ORDER BY position"),
+            {"l": location_id},
+        )
+        return list(result.mappings())
+
+
+def kept(engine: sqlalchemy.Engine, file: Path | str) -> list[RowMapping]:
+    """The quarantine rows an import of `file` left, in file order."""
+    with engine.connect() as conn:
+        result = conn.execute(
+            text(
+                "SELECT * FROM quarantine WHERE headers->>'x-import-file' = :f"
+                " ORDER BY coalesce(headers->>'x-import-line', headers->>'x-import-element')::int"
+            ),
+            {"f": str(file)},
+        )
+        return list(result.mappings())
+
+
+def documents(count: int, **fields: Any) -> list[dict[str, Any]]:
+    location = new_id("loc")
+    return [message(locationId=location, body=f"héllo ✓ {i} 😀", **fields) for i in range(count)]
+
+
+def spaced(document: dict[str, Any]) -> bytes:
+    """Unusual but valid formatting, so a re-serialisation would be caught."""
+    return json.dumps(document, ensure_ascii=False, separators=(" , ", " :  ")).encode()
+
+
+def jsonl(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\n" for line in lines)
+
+
+def array(elements: list[bytes]) -> bytes:
+    return b"  [\n" + b" ,\n".join(elements) + b"\n]\n"
+
+
+def pretty(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2, ensure_ascii=False).encode()
+
+
+# --- reading: chunk boundaries cannot change what is read ----------------------------------
+
+
+def read_in_pieces(data: bytes, piece: int, limit: int = 1 << 20) -> tuple[str, list[Record]]:
+    chunks = iter([data[i : i + piece] for i in range(0, len(data), piece)])
+    kind, found = records(chunks, limit)
+    return kind, list(found)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 64, 1 << 20])
+def test_json_lines_are_read_whatever_the_chunk_size(piece: int) -> None:
+    data = b'\xef\xbb\xbf{"a": 1}\r\n\n   \n{"b": "\xc3\xa9"}\nnot json\n{"c": 3}'
+    kind, found = read_in_pieces(data, piece)
+    assert kind == "lines"
+    assert found == [
+        Record(1, b'{"a": 1}'),
+        Record(4, b'{"b": "\xc3\xa9"}'),
+        Record(5, b"not json"),
+        Record(6, b'{"c": 3}'),
+    ]
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 64, 1 << 20])
+def test_json_array_elements_are_read_whatever_the_chunk_size(piece: int) -> None:
+    data = (
+        b'\xef\xbb\xbf \n[ {"a": [1, {"b": "]"}]} ,12345,\n"x\\"y",'
+        b' {"\xc3\xa9": "\xe2\x9c\x93"}, -1.5e3 ]\n'
+    )
+    kind, found = read_in_pieces(data, piece)
+    assert kind == "array"
+    assert found == [
+        Record(0, b'{"a": [1, {"b": "]"}]}'),
+        Record(1, b"12345"),
+        Record(2, b'"x\\"y"'),
+        Record(3, b'{"\xc3\xa9": "\xe2\x9c\x93"}'),
+        Record(4, b"-1.5e3"),
+    ]
+
+
+def test_array_elements_keep_bytes_that_are_not_utf8() -> None:
+    _, found = read_in_pieces(b'[{"a": "\xff\xfe"}, {}]', 3)
+    assert found == [Record(0, b'{"a": "\xff\xfe"}'), Record(1, b"{}")]
+
+
+def test_lines_and_elements_over_the_limit_are_not_kept() -> None:
+    long = b'{"a": "' + b"x" * 100 + b'"}'
+    _, lines = read_in_pieces(b"{}\n" + long + b"\n{}\n", 16, limit=50)
+    assert lines == [Record(1, b"{}"), Record(2, None), Record(3, b"{}")]
+    tricky = b'{"a": ["]}\\"{[", {"b": "' + b"y" * 100 + b'"}], "c": 1}'
+    string = b'"' + b"z" * 100 + b'\\" ]"'
+    number = b"1" * 100
+    data = b"[{}, " + long + b", " + tricky + b",\n" + string + b", " + number + b", 7]"
+    _, elements = read_in_pieces(data, 16, limit=50)
+    assert elements == [
+        Record(0, b"{}"),
+        Record(1, None),
+        Record(2, None),
+        Record(3, None),
+        Record(4, None),
+        Record(5, b"7"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'[{"a": 1} {"b": 2}]', "expected ',' or ']' after element 0"),
+        (b'[{"a": 1}, {"b": ]', "element 1 is not valid JSON"),
+        (b'[{"a": 1}', "after element 0, found the end of the file"),
+        (b'[{"a": 1}] {"b": 2}', "data after the end of the JSON array"),
+    ],
+)
+def test_a_broken_array_stops_with_a_clear_error(data: bytes, message: str) -> None:
+    from conversations.importer import Unreadable
+
+    with pytest.raises(Unreadable, match=message):
+        read_in_pieces(data, 4)
+
+
+# --- importing -------------------------------------------------------------------------------
+
+
+@pytest.mark.smoke
+def test_json_lines_are_stored_with_their_exact_bytes(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(3)
+    lines = [spaced(d) for d in docs]
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(lines[0] + b"\r\n\n  \n" + lines[1] + b"\n" + lines[2])  # no final newline
+
+    result = cli("import", str(path))
+
+    assert result.status == 0, result
+    assert f"{path}: 3 stored, 0 duplicate, 0 quarantined" in result.out
+    stored = events_in(engine, docs[0]["locationId"])
+    assert [bytes(row["raw"]) for row in stored] == lines
+    assert [row["payload"]["body"] for row in stored] == [d["body"] for d in docs]
+    assert {row["metadata"]["source"] for row in stored} == {"import"}
+
+
+def test_importing_the_same_file_again_adds_nothing(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(5)
+    path = tmp_path / "again.jsonl"
+    path.write_bytes(jsonl([json.dumps(d).encode() for d in docs]))
+
+    first = cli("import", str(path))
+    second = cli("import", str(path))
+
+    assert first.status == second.status == 0
+    assert "5 stored, 0 duplicate, 0 quarantined" in first.out
+    assert "0 stored, 5 duplicate, 0 quarantined" in second.out
+    assert len(events_in(engine, docs[0]["locationId"])) == 5
+
+
+def test_the_same_payload_twice_in_one_file_is_stored_once(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    [doc] = documents(1)
+    without_id = {k: v for k, v in doc.items() if k != "webhookId"}
+    reordered = dict(reversed(list(without_id.items())))
+    path = tmp_path / "twice.jsonl"
+    path.write_bytes(jsonl([json.dumps(without_id).encode(), json.dumps(reordered).encode()]))
+
+    result = cli("import", str(path))
+
+    assert "1 stored, 1 duplicate, 0 quarantined" in result.out, result
+    assert len(events_in(engine, doc["locationId"])) == 1
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzipped"])
+def test_a_json_array_stores_each_element_with_its_exact_bytes(
+    compress: bool, cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(3)
+    elements = [pretty(d) for d in docs]
+    data = b"\xef\xbb\xbf" + array(elements)
+    path = tmp_path / ("export.json.gz" if compress else "export.json")
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+    result = cli("import", str(path))
+
+    assert result.status == 0, result
+    assert f"{path}: 3 stored, 0 duplicate, 0 quarantined" in result.out
+    assert [bytes(row["raw"]) for row in events_in(engine, docs[0]["locationId"])] == elements
+
+
+def test_gzipped_json_lines_are_stored(cli: Run, engine: sqlalchemy.Engine, tmp_path: Path) -> None:
+    docs = documents(4)
+    lines = [spaced(d) for d in docs]
+    path = tmp_path / "export.jsonl.gz"  # two gzip members, as `cat a.gz b.gz` makes
+    path.write_bytes(gzip.compress(jsonl(lines[:2])) + gzip.compress(jsonl(lines[2:])))
+
+    result = cli("import", str(path))
+
+    assert "4 stored, 0 duplicate, 0 quarantined" in result.out, result
+    assert [bytes(row["raw"]) for row in events_in(engine, docs[0]["locationId"])] == lines
+
+
+@pytest.mark.parametrize("shape", ["lines", "array", "gzipped lines"])
+def test_standard_input(
+    shape: str,
+    cli: Run,
+    engine: sqlalchemy.Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    docs = documents(3)
+    raws = [spaced(d) for d in docs]
+    data = array(raws) if shape == "array" else jsonl(raws)
+    if shape.startswith("gzipped"):
+        data = gzip.compress(data)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+
+    result = cli("import", "-")
+
+    assert result.status == 0, result
+    assert "<stdin>: 3 stored, 0 duplicate, 0 quarantined" in result.out
+    assert [bytes(row["raw"]) for row in events_in(engine, docs[0]["locationId"])] == raws
+
+
+def test_bad_lines_are_quarantined_with_their_line_numbers(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    good = documents(2)
+    not_json = f"not json {new_id()}".encode()
+    unknown = json.dumps(message(type="ContactCreate")).encode()
+    a_list = f'["{new_id()}"]'.encode()
+    path = tmp_path / "bad.jsonl"
+    lines = [json.dumps(good[0]).encode(), not_json, b"", unknown, a_list]
+    path.write_bytes(jsonl([*lines, json.dumps(good[1]).encode()]))
+
+    result = cli("import", str(path))
+
+    assert result.status == 1, result
+    assert f"{path}: 2 stored, 0 duplicate, 3 quarantined" in result.out
+    assert f"{path}:2: not_json: the body is not valid JSON" in result.out
+    assert f"{path}:4: unknown_type: " in result.out
+    assert f"{path}:5: not_json: the body is a JSON array, not an object" in result.out
+    rows = kept(engine, path)
+    assert [bytes(row["body"]) for row in rows] == [not_json, unknown, a_list]
+    assert [row["headers"] for row in rows] == [
+        {"x-import-file": str(path), "x-import-line": line} for line in ("2", "4", "5")
+    ]
+    assert [row["reason"] for row in rows] == ["not_json", "unknown_type", "not_json"]
+    assert {row["source"] for row in rows} == {"import"}
+    assert {row["status"] for row in rows} == {"pending"}
+    assert len(events_in(engine, good[0]["locationId"])) == 2
+    listed = [line for line in result.out.splitlines() if "quarantine id" in line]
+    ids = [str(row["id"]) for row in rows]
+    assert [line.rsplit(" ", 1)[-1].rstrip(")") for line in listed] == ids
+
+
+def test_array_elements_are_quarantined_with_their_index(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    [good] = documents(1)
+    bad = f'"just a string {new_id()}"'.encode()
+    path = tmp_path / "bad.json"
+    path.write_bytes(array([pretty(good), bad]))
+
+    result = cli("import", str(path))
+
+    assert result.status == 1, result
+    assert f"{path}[1]: not_json: the body is a JSON string, not an object" in result.out
+    [row] = kept(engine, path)
+    assert bytes(row["body"]) == bad
+    assert row["headers"] == {"x-import-file": str(path), "x-import-element": "1"}
+
+
+def test_a_payload_the_database_refuses_costs_only_itself(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    """NUL and lone surrogates are valid JSON escapes PostgreSQL text cannot hold: the
+    batch holding them is retried payload by payload."""
+    docs = documents(6)
+    lines = [json.dumps(d).encode() for d in docs]
+    lines[1] = lines[1].replace(b'"conversationId": "cnv', b'"conversationId": "\\u0000cnv')
+    lines[4] = lines[4].replace(b'"conversationId": "cnv', b'"conversationId": "\\ud800cnv')
+    path = tmp_path / "unstorable.jsonl"
+    path.write_bytes(jsonl(lines))
+
+    result = cli("import", str(path))
+
+    assert result.status == 1, result
+    assert "4 stored, 0 duplicate, 2 quarantined" in result.out
+    assert f"{path}:2: rejected_by_database: " in result.out
+    assert f"{path}:5: rejected_by_database: " in result.out
+    stored = events_in(engine, docs[0]["locationId"])
+    assert [bytes(row["raw"]) for row in stored] == [lines[i] for i in (0, 2, 3, 5)]
+    assert [bytes(row["body"]) for row in kept(engine, path)] == [lines[1], lines[4]]
+
+
+def test_too_large_lines_are_refused_like_the_webhook_does(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVERSATIONS_MAX_BODY_BYTES", "2000")
+    docs = documents(3)
+    docs[1]["body"] = "x" * 3000
+    path = tmp_path / "large.jsonl"
+    path.write_bytes(jsonl([json.dumps(d).encode() for d in docs]))
+
+    result = cli("import", str(path))
+
+    assert result.status == 1, result
+    assert "2 stored, 0 duplicate, 0 quarantined, 1 too large (not stored)" in result.out
+    assert f"{path}:2: too_large: over 2000 bytes (not stored)" in result.out
+    assert len(events_in(engine, docs[0]["locationId"])) == 2
+    assert kept(engine, path) == []
+
+
+def test_the_listing_of_problems_is_capped(cli: Run, tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    path.write_bytes(jsonl([f"bad {new_id()}".encode() for _ in range(25)]))
+
+    result = cli("import", str(path))
+
+    assert result.status == 1
+    assert "0 stored, 0 duplicate, 25 quarantined" in result.out
+    assert sum(line.startswith(f"  {path}:") for line in result.out.splitlines()) == 20
+    assert f"{path}:20: not_json" in result.out
+    assert f"{path}:21: not_json" not in result.out
+    assert "  ... and 5 more" in result.out
+
+
+def test_a_large_file_is_stored_in_batches(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(20_000)
+    lines = [json.dumps(d).encode() for d in docs]
+    path = tmp_path / "large.jsonl.gz"
+    # Repeats far apart (another batch) and close together (the same batch).
+    path.write_bytes(gzip.compress(jsonl([*lines, lines[5], lines[-1], lines[-1]])))
+
+    result = cli("import", str(path))
+
+    assert result.status == 0, result
+    assert f"{path}: 20000 stored, 3 duplicate, 0 quarantined" in result.out
+    stored = events_in(engine, docs[0]["locationId"])
+    assert len(stored) == 20_000
+    assert bytes(stored[12_345]["raw"]) == lines[12_345]
+
+
+def test_several_files_are_counted_apart_and_together(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(3)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.json"
+    first.write_bytes(jsonl([json.dumps(d).encode() for d in docs[:2]]))
+    second.write_bytes(array([pretty(d) for d in docs[1:]]))
+
+    result = cli("import", str(first), str(second))
+
+    assert result.status == 0, result
+    assert f"{first}: 2 stored, 0 duplicate, 0 quarantined" in result.out
+    assert f"{second}: 1 stored, 1 duplicate, 0 quarantined" in result.out
+    assert "total: 3 stored, 1 duplicate, 0 quarantined" in result.out
+
+
+def test_a_missing_file_stops_before_anything_is_imported(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(1)
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(jsonl([json.dumps(docs[0]).encode()]))
+
+    result = cli("import", str(good), str(tmp_path / "missing.jsonl"), str(tmp_path))
+
+    assert result.status == 2
+    assert f"cannot read {tmp_path / 'missing.jsonl'}: No such file or directory" in result.err
+    assert f"cannot read {tmp_path}: Is a directory" in result.err
+    assert events_in(engine, docs[0]["locationId"]) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated gzip", "not gzip after all", "broken array"])
+def test_an_unreadable_file_keeps_what_was_read_before_and_exits_2(
+    damage: str, cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(2)
+    path = tmp_path / "damaged"
+    if damage == "truncated gzip":
+        data = gzip.compress(jsonl([json.dumps(d).encode() for d in docs]))[:-12]
+    elif damage == "not gzip after all":
+        data = b"\x1f\x8b" + b"\x00" * 30
+    else:
+        data = b"[" + json.dumps(docs[0]).encode() + b", {oops}]"
+    path.write_bytes(data)
+
+    result = cli("import", str(path))
+
+    assert result.status == 2, result
+    assert f"conversations: {path}: " in result.err
+    assert "stopped reading it" in result.err
+    if damage == "broken array":
+        assert "element 1 is not valid JSON" in result.err
+        assert f"{path}: 1 stored, 0 duplicate, 0 quarantined" in result.out
+        assert len(events_in(engine, docs[0]["locationId"])) == 1
+
+
+def test_a_database_that_fails_stops_the_import_with_status_2(
+    cli: Run, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = make_url(database_url).set(database=f"missing_{new_id()}")
+    monkeypatch.setenv("DATABASE_URL", missing.render_as_string(hide_password=False))
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(jsonl([json.dumps(documents(1)[0]).encode()]))
+
+    result = cli("import", str(path))
+
+    assert result.status == 2
+    assert "conversations: import stopped, database error: " in result.err
+    assert "does not exist" in result.err

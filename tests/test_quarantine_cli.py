@@ -1,0 +1,403 @@
+"""`conversations quarantine list | show | retry`: the operator's view of the bodies kept
+aside, and their retry once the reason they failed for has gone away."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy import RowMapping, text
+from sqlalchemy.engine import make_url
+
+from conversations import migrate
+from conversations.cli import main
+from conversations.database import create_database, create_engine, drop_database
+from tests.helpers import Server, message, new_id
+
+
+@dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def fresh_url(server_url: str) -> Iterator[str]:
+    """A database of its own, migrated to head: `list` and `retry --all` see every row."""
+    name = f"conversations_test_q_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        migrate.upgrade(conn)
+    engine.dispose()
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture
+def fresh_engine(fresh_url: str) -> Iterator[sqlalchemy.Engine]:
+    engine = create_engine(fresh_url)
+    yield engine
+    engine.dispose()
+
+
+def _runner(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str
+) -> Iterator[Run]:
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("CONVERSATIONS_LOG_LEVEL", "warning")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        status = main(list(argv))
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return Result(status, captured.out, captured.err)
+
+    yield run
+    root.handlers[:] = handlers  # main() configured logging to the captured stderr
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str
+) -> Iterator[Run]:
+    """`conversations ARGS...` in this process, against the shared test database."""
+    yield from _runner(monkeypatch, capsys, database_url)
+
+
+@pytest.fixture
+def fresh_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fresh_url: str
+) -> Iterator[Run]:
+    """`conversations ARGS...` against a database of its own."""
+    yield from _runner(monkeypatch, capsys, fresh_url)
+
+
+def keep(
+    engine: sqlalchemy.Engine,
+    body: bytes,
+    reason: str = "internal_error",
+    *,
+    source: str = "webhook",
+    headers: dict[str, str] | None = None,
+) -> int:
+    """A quarantine row as ingest leaves it; `internal_error` with a valid body stands for
+    a bug fixed since."""
+    with engine.begin() as conn:
+        qid = conn.scalar(
+            text(
+                "INSERT INTO quarantine (source, reason, detail, headers, body, body_sha256)"
+                " VALUES (:source, :reason, 'RuntimeError: a bug', CAST(:headers AS jsonb),"
+                " :body, :sha) RETURNING id"
+            ),
+            {
+                "source": source,
+                "reason": reason,
+                "headers": json.dumps(headers or {}),
+                "body": body,
+                "sha": hashlib.sha256(body).hexdigest(),
+            },
+        )
+    assert isinstance(qid, int)
+    return qid
+
+
+def row(engine: sqlalchemy.Engine, qid: int) -> RowMapping:
+    with engine.connect() as conn:
+        return (
+            conn.execute(text("SELECT * FROM quarantine WHERE id = :id"), {"id": qid})
+            .mappings()
+            .one()
+        )
+
+
+def event_at(engine: sqlalchemy.Engine, position: int) -> RowMapping:
+    with engine.connect() as conn:
+        return (
+            conn.execute(text("SELECT * FROM events WHERE position = :p"), {"p": position})
+            .mappings()
+            .one()
+        )
+
+
+def event_count(engine: sqlalchemy.Engine, location_id: str) -> int:
+    with engine.connect() as conn:
+        count = conn.scalar(
+            text("SELECT count(*) FROM events WHERE location_id = :l"), {"l": location_id}
+        )
+    return int(count or 0)
+
+
+def body(**fields: Any) -> tuple[dict[str, Any], bytes]:
+    document = message(**fields)
+    return document, json.dumps(document, indent=1).encode()
+
+
+# --- a webhook kept aside, end to end ---------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_quarantined_webhook_is_listed_shown_and_still_fails_on_retry(
+    server: Server, cli: Run, engine: sqlalchemy.Engine
+) -> None:
+    document, raw = body(type="ContactCreate")
+    response = server.post(raw)
+    assert response.status_code == 202, response.text
+    qid = response.json()["quarantineId"]
+
+    listing = cli("quarantine", "list", "--limit", "1")
+    shown = cli("quarantine", "show", str(qid))
+    retried = cli("quarantine", "retry", str(qid))
+
+    assert listing.status == 0
+    header, first = listing.out.splitlines()[:2]
+    assert header.split() == [
+        "ID", "RECEIVED", "ATTEMPTS", "SOURCE", "REASON", "LOCATION", "SIZE", "STATUS"
+    ]  # fmt: skip
+    assert first.split()[0] == str(qid)
+    assert first.split()[4:] == [
+        "webhook", "unknown_type", document["locationId"], str(len(raw)), "B", "pending"
+    ]  # fmt: skip
+    assert shown.status == 0
+    assert f"id: {qid}\n" in shown.out
+    assert "status: pending\n" in shown.out
+    assert "reason: unknown_type\n" in shown.out
+    assert "attempts: 1\n" in shown.out
+    assert "  x-ghl-signature: " in shown.out
+    assert '"field": "type"' in shown.out
+    assert shown.out.endswith(f"body ({len(raw)} bytes, UTF-8):\n{raw.decode()}\n")
+    assert retried.status == 1
+    assert retried.out == (
+        f"quarantine {qid}: still failing: unknown_type: {row(engine, qid)['detail']}\n"
+    )
+    assert row(engine, qid)["status"] == "pending"
+    assert event_count(engine, document["locationId"]) == 0
+
+
+def test_show_of_an_unknown_id_exits_1(cli: Run) -> None:
+    result = cli("quarantine", "show", "987654321")
+    assert result.status == 1
+    assert result.err == "conversations: no quarantined body with id 987654321\n"
+
+
+def test_show_keeps_the_terminal_safe_and_dumps_what_is_not_utf8(
+    cli: Run, engine: sqlalchemy.Engine
+) -> None:
+    escape = keep(engine, f'{{"a": "\x1b[2J{new_id()}"}}'.encode(), "unknown_type")
+    binary = keep(engine, b"\xff\xfe" + new_id().encode(), "not_json")
+
+    escaped = cli("quarantine", "show", str(escape))
+    dumped = cli("quarantine", "show", str(binary))
+
+    assert "control characters escaped" in escaped.out
+    assert "\x1b" not in escaped.out
+    assert '{"a": "\\x1b[2J' in escaped.out
+    assert "not UTF-8, hex dump" in dumped.out
+    assert "00000000  ff fe " in dumped.out
+
+
+# --- retry ------------------------------------------------------------------------------------
+
+
+def test_retry_stores_a_body_whose_failure_went_away(cli: Run, engine: sqlalchemy.Engine) -> None:
+    document, raw = body()
+    qid = keep(engine, raw)
+
+    first = cli("quarantine", "retry", str(qid))
+    again = cli("quarantine", "retry", str(qid))
+
+    assert first.status == 0, first
+    kept = row(engine, qid)
+    assert kept["status"] == "ingested"
+    assert kept["resolved_at"] is not None
+    position = kept["resolved_position"]
+    assert first.out == f"quarantine {qid}: stored at position {position}\n"
+    event = event_at(engine, position)
+    assert bytes(event["raw"]) == raw
+    assert event["location_id"] == document["locationId"]
+    assert event["metadata"]["quarantineId"] == qid
+    assert event["metadata"]["source"] == "webhook"
+    assert again.status == 0
+    assert again.out == f"quarantine {qid}: already ingested (position {position})\n"
+    assert event_count(engine, document["locationId"]) == 1
+    assert row(engine, qid)["resolved_at"] == kept["resolved_at"]
+
+
+def test_retry_of_a_body_stored_meanwhile_is_a_duplicate(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    document, raw = body()
+    path = tmp_path / "first.jsonl"
+    path.write_bytes(json.dumps(document).encode() + b"\n")
+    assert cli("import", str(path)).status == 0
+    qid = keep(engine, raw, source="import", headers={"x-import-file": "old.jsonl"})
+
+    result = cli("quarantine", "retry", str(qid))
+
+    assert result.status == 0, result
+    position = int(result.out.rsplit(" ", 1)[1])
+    assert result.out == f"quarantine {qid}: duplicate of the event at position {position}\n"
+    assert row(engine, qid)["resolved_position"] == position
+    assert event_count(engine, document["locationId"]) == 1
+
+
+def test_retry_records_the_current_reason_of_a_body_that_still_fails(
+    cli: Run, engine: sqlalchemy.Engine
+) -> None:
+    """A body the database refuses: the savepoint keeps the row's update possible."""
+    document, raw = body()
+    raw = raw.replace(document["locationId"].encode(), document["locationId"].encode() + b"\\u0000")
+    qid = keep(engine, raw)
+
+    result = cli("quarantine", "retry", str(qid))
+
+    assert result.status == 1
+    assert f"quarantine {qid}: still failing: rejected_by_database: " in result.out
+    kept = row(engine, qid)
+    assert (kept["status"], kept["reason"]) == ("pending", "rejected_by_database")
+    assert kept["location_id"] == document["locationId"] + "\ufffd"  # as quarantine_body keeps it
+    assert kept["attempts"] == 1
+
+
+def test_retry_of_an_unknown_id_exits_1(cli: Run) -> None:
+    result = cli("quarantine", "retry", "987654321")
+    assert result.status == 1
+    assert result.err == "conversations: no quarantined body with id 987654321\n"
+
+
+def test_retry_all_reports_each_body(fresh_cli: Run, fresh_engine: sqlalchemy.Engine) -> None:
+    good = [body() for _ in range(2)]
+    good_ids = [keep(fresh_engine, raw) for _, raw in good]
+    stored_document, stored_raw = body()
+    duplicate_id = keep(fresh_engine, stored_raw)
+    assert fresh_cli("quarantine", "retry", str(duplicate_id)).status == 0
+    twin = json.dumps(stored_document).encode()  # other bytes, the same delivery
+    twin_id = keep(fresh_engine, twin)
+    _, bad_raw = body(type="ContactCreate")
+    bad_id = keep(fresh_engine, bad_raw)  # "internal_error", really an unknown type
+
+    result = fresh_cli("quarantine", "retry", "--all")
+
+    assert result.status == 1, result
+    lines = result.out.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == [
+        f"quarantine {qid}" for qid in (*good_ids, twin_id, bad_id)
+    ]
+    assert "stored at position" in lines[0] and "stored at position" in lines[1]
+    assert "duplicate of the event at position" in lines[2]
+    assert lines[3].startswith(f"quarantine {bad_id}: still failing: unknown_type: ")
+    assert lines[-1] == "retried 4: 2 stored, 1 duplicate, 1 still failing"
+    assert [row(fresh_engine, qid)["status"] for qid in (*good_ids, twin_id)] == ["ingested"] * 3
+    assert (
+        row(fresh_engine, twin_id)["resolved_position"]
+        == (row(fresh_engine, duplicate_id)["resolved_position"])
+    )
+    bad = row(fresh_engine, bad_id)
+    assert (bad["status"], bad["reason"]) == ("pending", "unknown_type")
+    assert bad["errors"] and bad["errors"][0]["field"] == "type"
+
+    again = fresh_cli("quarantine", "retry", "--all")
+
+    assert again.status == 1
+    assert again.out.splitlines()[-1] == "retried 1: 0 stored, 0 duplicate, 1 still failing"
+
+
+def test_retry_all_exits_0_when_every_body_is_ingested(
+    fresh_cli: Run, fresh_engine: sqlalchemy.Engine
+) -> None:
+    assert fresh_cli("quarantine", "retry", "--all").out == "nothing to retry: no pending bodies\n"
+    for _ in range(3):
+        keep(fresh_engine, body()[1])
+
+    result = fresh_cli("quarantine", "retry", "--all")
+    after = fresh_cli("quarantine", "list")
+
+    assert result.status == 0, result
+    assert result.out.splitlines()[-1] == "retried 3: 3 stored, 0 duplicate, 0 still failing"
+    assert after.out == "no pending bodies in the quarantine\n"
+
+
+# --- list -------------------------------------------------------------------------------------
+
+
+def test_list_shows_pending_bodies_newest_first(
+    fresh_cli: Run, fresh_engine: sqlalchemy.Engine
+) -> None:
+    assert fresh_cli("quarantine", "list").out == "no pending bodies in the quarantine\n"
+    assert fresh_cli("quarantine", "list", "--all").out == "the quarantine is empty\n"
+    imported = keep(
+        fresh_engine,
+        b"not json",
+        "not_json",
+        source="import",
+        headers={"x-import-file": "export.jsonl", "x-import-line": "7"},
+    )
+    element = keep(
+        fresh_engine,
+        b"[]",
+        "not_json",
+        source="import",
+        headers={"x-import-file": "export.json", "x-import-element": "3"},
+    )
+    ingested = keep(fresh_engine, body()[1])
+    assert fresh_cli("quarantine", "retry", str(ingested)).status == 0
+    newest = keep(fresh_engine, b"{}", "unknown_type")
+
+    pending = fresh_cli("quarantine", "list")
+    everything = fresh_cli("quarantine", "list", "--all")
+    limited = fresh_cli("quarantine", "list", "--limit", "2")
+
+    assert pending.status == 0
+    ids = [line.split()[0] for line in pending.out.splitlines()[1:-1]]
+    assert ids == [str(newest), str(element), str(imported)]
+    assert "import export.json[3]  not_json" in pending.out
+    assert "import export.jsonl:7  not_json" in pending.out
+    assert pending.out.splitlines()[-1] == "3 pending bodies"
+    assert [line.split()[0] for line in everything.out.splitlines()[1:-1]] == [
+        str(newest),
+        str(ingested),
+        str(element),
+        str(imported),
+    ]
+    assert everything.out.splitlines()[2].endswith("ingested")
+    assert everything.out.splitlines()[-1] == "4 bodies"
+    assert [line.split()[0] for line in limited.out.splitlines()[1:-1]] == [
+        str(newest),
+        str(element),
+    ]
+    assert limited.out.splitlines()[-1] == "2 of 3 pending bodies shown (--limit N for more)"
+
+
+def test_list_refuses_a_limit_below_1(fresh_cli: Run) -> None:
+    result = fresh_cli("quarantine", "list", "--limit", "0")
+    assert result.status == 2
+    assert "--limit must be at least 1" in result.err
+
+
+@pytest.mark.parametrize("action", [["list"], ["show", "1"], ["retry", "--all"]])
+def test_a_database_that_fails_exits_2(
+    action: list[str], cli: Run, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = make_url(database_url).set(database=f"missing_{new_id()}")
+    monkeypatch.setenv("DATABASE_URL", missing.render_as_string(hide_password=False))
+
+    result = cli("quarantine", *action)
+
+    assert result.status == 2
+    assert result.err.startswith("conversations: database error: ")
