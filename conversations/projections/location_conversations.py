@@ -221,8 +221,8 @@ class _Physical:
 
 
 class LocationConversationsProjection:
-    name = "location_conversations"
-    tables = (
+    name: str = "location_conversations"
+    tables: tuple[Table, ...] = (
         conversation_messages,
         conversation_flags,
         conversation_merges,
