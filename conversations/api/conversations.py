@@ -1,8 +1,439 @@
 """HighLevel-compatible conversation and message reads: the same paths,
-parameters and response shapes as HighLevel's Conversations API."""
+parameters and response shapes as HighLevel's Conversations API (shapes: `dialect`).
+
+- `GET /conversations/search` -> `{"conversations", "total", "nextCursor"}`
+- `GET /conversations/{conversationId}` -> GetConversationByIdResponse
+- `GET /conversations/{conversationId}/messages` ->
+  `{"messages": {"lastMessageId", "nextPage", "nextCursor", "messages"}}`
+- `GET /conversations/messages/{id}` -> GetMessageResponseDto
+- `GET /conversations/messages/email/{id}` -> GetEmailMessageResponseDto
+- `GET /conversations/messages/export` -> `{"messages", "nextCursor", "total"}`
+
+Pagination. Lists are keyset pages over a total order: conversations by (last message
+time, id), messages by (`dateAdded`, message key). HighLevel's own cursors work as
+HighLevel defines them: `lastMessageId` continues after that message (stable: it is the
+message's place in the order, not an offset); `startAfterDate` continues after that last
+message time in epoch ms (conversations sharing that millisecond are skipped, as at
+HighLevel). Our opaque `cursor` (returned as `nextCursor`) continues after the exact
+position, is bound to the endpoint, its filters and the key, and is the stable choice.
+
+Tenancy. A key reads only its locations: a conversation or message of another location
+answers the same 404 as an id that does not exist, and a `locationId` outside the key
+reads as a location without data (empty list, total 0).
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
-ROUTES: list[BaseRoute] = []
+from sqlalchemy import Connection
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from conversations.api import dialect
+from conversations.api.auth import require_scope
+from conversations.api.params import Params, bad
+from conversations.api.state import app_state
+from conversations.keys import Scope
+from conversations.projections import location_conversations as catalogue
+from conversations.projections import timeline
+from conversations.projections.location_conversations import ConversationSummary
+from conversations.projections.timeline import TimelineMessage
+
+Position = tuple[datetime | None, str]
+
+# HighLevel documents these search parameters; honouring them needs data the webhooks
+# never carry (assignment, followers, full text, scoring), so they are refused by name.
+_UNSUPPORTED_SEARCH = (
+    "assignedTo",
+    "followers",
+    "mentions",
+    "query",
+    "id",
+    "lastMessageAction",
+    "sortScoreProfile",
+    "scoreProfile",
+    "scoreProfileMin",
+    "scoreProfileMax",
+)
+_MAX_ID = 256
+_STATUSES: dict[str, catalogue.Status] = {status: status for status in catalogue.STATUSES}
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def _path_id(request: Request, name: str, kind: str) -> str:
+    value: str = request.path_params[name]
+    if not value or len(value) > _MAX_ID or "\x00" in value:
+        raise _not_found(kind, value)
+    return value
+
+
+def _not_found(kind: str, value: str) -> HTTPException:
+    # One detail for "does not exist" and "another location's": nothing tells them apart.
+    return HTTPException(404, f"no {kind} {value[:_MAX_ID]!r}")
+
+
+def _within(scope: Scope, location_id: str | None) -> frozenset[str] | None:
+    """The locations an id lookup searches (None: every location)."""
+    if location_id is not None:
+        return frozenset({location_id}) if scope.allows(location_id) else frozenset()
+    return None if scope.all_locations else scope.locations
+
+
+def _list_location(params: Params, scope: Scope) -> tuple[str, bool]:
+    """The location a list reads and whether the key may read it; `locationId` may be
+    left out when the key has exactly one location."""
+    given = params.text("locationId")
+    if given is None:
+        if not scope.all_locations and len(scope.locations) == 1:
+            return next(iter(scope.locations)), True
+        raise bad("locationId", "required (this key reads more than one location)")
+    return given, scope.allows(given)
+
+
+def _channels(params: Params, name: str) -> list[str] | None:
+    raw = params.text(name, max_length=1024)
+    if raw is None:
+        return None
+    found = []
+    for value in (v.strip() for v in raw.split(",")):
+        channel = dialect.channel_named(value) if value else None
+        if channel is None:
+            raise bad(name, f"{value!r} is not a channel")
+        found.append(channel)
+    return sorted(set(found))
+
+
+def _type_channels(params: Params, name: str) -> list[str] | None:
+    names = params.choices(name, list(dialect.TYPE_CHANNELS))
+    return None if names is None else sorted({dialect.TYPE_CHANNELS[n] for n in names})
+
+
+def _both(first: list[str] | None, second: list[str] | None) -> list[str] | None:
+    if first is None or second is None:
+        return first if second is None else second
+    return sorted(set(first) & set(second))
+
+
+def _date_range(params: Params) -> tuple[datetime | None, datetime | None]:
+    since, until = params.timestamp("startDate"), params.timestamp("endDate")
+    if since is not None and until is not None and until < since:
+        raise bad("endDate", "is before startDate")
+    return since, until
+
+
+def _encode(request: Request, position: Position, context: str) -> str:
+    date, key = position
+    return app_state(request).cursors.encode([date.isoformat() if date else None, key], context)
+
+
+def _decode(request: Request, token: str, context: str) -> Position:
+    body = app_state(request).cursors.decode(token, context, "cursor")
+    try:
+        date, key = body
+        if not isinstance(key, str) or not (date is None or isinstance(date, str)):
+            raise ValueError
+        return (datetime.fromisoformat(date) if date else None), key
+    except (TypeError, ValueError):
+        raise bad("cursor", "not a cursor this service gave for this query") from None
+
+
+def _context(*parts: object) -> str:
+    return "|".join("" if part is None else str(part) for part in parts)
+
+
+def _one_cursor(params: Params, native: str) -> tuple[str | None, str | None]:
+    token, other = params.text("cursor", max_length=2048), params.text(native)
+    if token is not None and other is not None:
+        raise bad("cursor", f"give either cursor or {native}, not both")
+    return token, other
+
+
+# --- GET /conversations/search --------------------------------------------------------------
+
+
+def search_conversations(request: Request) -> Response:
+    scope = require_scope(request)
+    for name in _UNSUPPORTED_SEARCH:
+        if name in request.query_params:
+            raise bad(name, "HighLevel's filter is not supported by this service")
+    params = Params(
+        request,
+        allowed=[
+            "locationId",
+            "contactId",
+            "limit",
+            "startAfterDate",
+            "cursor",
+            "sort",
+            "sortBy",
+            "lastMessageType",
+            "lastMessageDirection",
+            "status",
+            "startDate",
+            "endDate",
+        ],
+    )
+    location, visible = _list_location(params, scope)
+    contact = params.text("contactId")
+    limit = params.integer("limit", 20, 1, 100)
+    descending = params.choice("sort", ["asc", "desc"], "desc") == "desc"
+    params.choice("sortBy", ["last_message_date"])
+    last_type = params.choice("lastMessageType", list(dialect.TYPE_CHANNELS))
+    channel = dialect.TYPE_CHANNELS[last_type] if last_type else None
+    direction = params.choice("lastMessageDirection", ["inbound", "outbound"])
+    status = _STATUSES[params.choice("status", list(_STATUSES), "all") or "all"]
+    since, until = _date_range(params)
+    start_after = params.timestamp("startAfterDate")
+    token, _ = _one_cursor(params, "startAfterDate")
+    context = _context(
+        "search", scope.key_id, location, contact, channel, direction, status, since, until,
+        descending,
+    )  # fmt: skip
+    after: Position | None = _decode(request, token, context) if token else None
+    if start_after is not None:
+        # After (t, ""): descending reads what sorts before t, ascending what sorts at or
+        # after t (one ms past the given time): that millisecond is skipped, as at HighLevel.
+        bound = start_after if descending else start_after + timedelta(milliseconds=1)
+        after = (bound, "")
+    if not visible:
+        return JSONResponse({"conversations": [], "total": 0, "nextCursor": None})
+    with app_state(request).read_engine.connect() as conn:
+        page, total = catalogue.search(
+            conn,
+            location,
+            contact_id=contact,
+            last_message_channel=channel,
+            last_message_direction=direction,
+            status=status,
+            since=since,
+            until=until,
+            descending=descending,
+            limit=limit + 1,
+            after=after,
+        )
+    more = len(page) > limit
+    page = page[:limit]
+    return JSONResponse(
+        {
+            "conversations": [dialect.conversation_json(s) for s in page],
+            "total": total,
+            "nextCursor": _encode(request, page[-1].cursor, context) if more else None,
+        }
+    )
+
+
+# --- GET /conversations/{conversationId} ----------------------------------------------------
+
+
+def _find_conversation(
+    conn: Connection, scope: Scope, conversation_id: str, location_id: str | None
+) -> ConversationSummary:
+    within = _within(scope, location_id)
+    if within is None or within:
+        for location in catalogue.conversation_locations(conn, conversation_id, within):
+            summary = catalogue.get(conn, location, conversation_id)
+            if summary is not None:
+                return summary
+    raise _not_found("conversation", conversation_id)
+
+
+def get_conversation(request: Request) -> Response:
+    scope = require_scope(request)
+    conversation_id = _path_id(request, "conversationId", "conversation")
+    params = Params(request, allowed=["locationId"])
+    location = params.text("locationId")
+    with app_state(request).read_engine.connect() as conn:
+        summary = _find_conversation(conn, scope, conversation_id, location)
+    return JSONResponse(dialect.conversation_by_id_json(summary))
+
+
+# --- GET /conversations/{conversationId}/messages -------------------------------------------
+
+
+def _after_message(
+    conn: Connection, location: str, group: Sequence[str], message_id: str
+) -> Position:
+    message = timeline.get_message(conn, location, message_id)
+    if message is None or message.conversation_id not in group:
+        raise bad("lastMessageId", "not a message of this conversation")
+    return message.cursor
+
+
+def conversation_messages(request: Request) -> Response:
+    scope = require_scope(request)
+    conversation_id = _path_id(request, "conversationId", "conversation")
+    params = Params(
+        request,
+        allowed=[
+            "locationId",
+            "lastMessageId",
+            "cursor",
+            "limit",
+            "type",
+            "channel",
+            "startDate",
+            "endDate",
+            "sort",
+        ],
+    )
+    location_param = params.text("locationId")
+    limit = params.integer("limit", 20, 1, 100)
+    channels = _both(_type_channels(params, "type"), _channels(params, "channel"))
+    since, until = _date_range(params)
+    descending = params.choice("sort", ["asc", "desc"], "desc") == "desc"
+    token, last_id = _one_cursor(params, "lastMessageId")
+    context = _context(
+        "messages", scope.key_id, conversation_id, location_param, channels, since, until,
+        descending,
+    )  # fmt: skip
+    decoded = _decode(request, token, context) if token else None
+    with app_state(request).read_engine.connect() as conn:
+        summary = _find_conversation(conn, scope, conversation_id, location_param)
+        location, root = summary.location_id, summary.conversation_id
+        after = decoded
+        if last_id is not None:
+            group = timeline.conversation_ids(conn, location, root)
+            after = _after_message(conn, location, group, last_id)
+        page = timeline.list_messages(
+            conn,
+            location,
+            root,
+            limit=limit + 1,
+            after=after,
+            descending=descending,
+            channels=channels,
+            since=since,
+            until=until,
+        )
+    more = len(page) > limit
+    page = page[:limit]
+    shaped = [dialect.message_json(m, root) for m in page]
+    return JSONResponse(
+        {
+            "messages": {
+                "lastMessageId": shaped[-1]["id"] if shaped else None,
+                "nextPage": more,
+                "nextCursor": _encode(request, page[-1].cursor, context) if more else None,
+                "messages": shaped,
+            }
+        }
+    )
+
+
+# --- GET /conversations/messages/{id} and /conversations/messages/email/{id} ----------------
+
+
+def _find_message(
+    conn: Connection, scope: Scope, message_id: str, location_id: str | None
+) -> tuple[TimelineMessage, str] | None:
+    """The message and the conversation id it reads under."""
+    within = _within(scope, location_id)
+    if within is not None and not within:
+        return None
+    for location in timeline.message_locations(conn, message_id, within):
+        message = timeline.get_message(conn, location, message_id)
+        if message is not None:
+            roots = timeline.resolve_conversations(conn, location, [message.conversation_id])
+            return message, roots[message.conversation_id]
+    return None
+
+
+def get_message(request: Request) -> Response:
+    scope = require_scope(request)
+    message_id = _path_id(request, "id", "message")
+    location = Params(request, allowed=["locationId"]).text("locationId")
+    with app_state(request).read_engine.connect() as conn:
+        found = _find_message(conn, scope, message_id, location)
+    if found is None:
+        raise _not_found("message", message_id)
+    return JSONResponse(dialect.message_json(*found))
+
+
+def get_email(request: Request) -> Response:
+    scope = require_scope(request)
+    message_id = _path_id(request, "id", "email message")
+    location = Params(request, allowed=["locationId"]).text("locationId")
+    with app_state(request).read_engine.connect() as conn:
+        found = _find_message(conn, scope, message_id, location)
+    if found is None or found[0].channel != "Email":
+        raise _not_found("email message", message_id)
+    return JSONResponse(dialect.email_json(*found))
+
+
+# --- GET /conversations/messages/export -----------------------------------------------------
+
+
+def export_messages(request: Request) -> Response:
+    scope = require_scope(request)
+    params = Params(
+        request,
+        allowed=[
+            "locationId",
+            "conversationId",
+            "contactId",
+            "channel",
+            "startDate",
+            "endDate",
+            "sortBy",
+            "sortOrder",
+            "limit",
+            "cursor",
+        ],
+    )
+    location, visible = _list_location(params, scope)
+    conversation = params.text("conversationId")
+    contact = params.text("contactId")
+    channels = _channels(params, "channel")
+    since, until = _date_range(params)
+    if params.choice("sortBy", ["createdAt", "updatedAt"]) == "updatedAt":
+        raise bad("sortBy", "updatedAt is not supported; follow changes with GET /events")
+    descending = params.choice("sortOrder", ["asc", "desc"], "desc") == "desc"
+    limit = params.integer("limit", 100, 10, 500)
+    token = params.text("cursor", max_length=2048)
+    context = _context(
+        "export", scope.key_id, location, conversation, contact, channels, since, until,
+        descending,
+    )  # fmt: skip
+    after = _decode(request, token, context) if token else None
+    if not visible:
+        return JSONResponse({"messages": [], "nextCursor": None, "total": 0})
+    filters: dict[str, Any] = {
+        "conversation_id": conversation,
+        "contact_id": contact,
+        "channels": channels,
+        "since": since,
+        "until": until,
+    }
+    with app_state(request).read_engine.connect() as conn:
+        page = timeline.filter_messages(
+            conn, location, limit=limit + 1, after=after, descending=descending, **filters
+        )
+        total = timeline.count_messages(conn, location, **filters)
+        roots = timeline.resolve_conversations(conn, location, {m.conversation_id for m in page})
+    more = len(page) > limit
+    page = page[:limit]
+    return JSONResponse(
+        {
+            "messages": [dialect.message_json(m, roots[m.conversation_id]) for m in page],
+            "nextCursor": _encode(request, page[-1].cursor, context) if more else None,
+            "total": total,
+        }
+    )
+
+
+# Order matters: the literal paths before `/conversations/{conversationId}`.
+ROUTES: list[BaseRoute] = [
+    Route("/conversations/search", search_conversations, methods=["GET"]),
+    Route("/conversations/messages/export", export_messages, methods=["GET"]),
+    Route("/conversations/messages/email/{id}", get_email, methods=["GET"]),
+    Route("/conversations/messages/{id}", get_message, methods=["GET"]),
+    Route("/conversations/{conversationId}/messages", conversation_messages, methods=["GET"]),
+    Route("/conversations/{conversationId}", get_conversation, methods=["GET"]),
+]

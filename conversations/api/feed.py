@@ -1,8 +1,361 @@
-"""The raw event feed of the caller's locations: paged (GET /events) and
-live (Server-Sent Events)."""
+"""The raw event feed of the caller's locations: paged (GET /events) and live
+(Server-Sent Events, GET /events/stream).
+
+`GET /events?after=P&limit=N` answers `{"events": [...], "next": P'}`: the events of the
+key's locations with a position above `P`, in position order, at most `N` (default 100,
+1..1000; fewer when their bodies pass 4 MiB, but never none while any is there). Each
+event carries its `payload` exactly as HighLevel sent it: the response is built around
+the stored body's own text, never a re-serialisation, so numbers, key order and
+whitespace are what was received. `next` is the last returned event's position, or `P`
+itself when nothing matched (so it never hints at other tenants' events). Reading again
+with `after=next` is complete: positions become visible in order (docs/ordering.md), and
+filtering by location keeps that true. `locationId` narrows an all-locations key (or a
+multi-location one) to one location; a location outside the key reads as empty.
+
+`GET /events/stream` (text/event-stream) follows the same feed live:
+
+- It starts after the `Last-Event-ID` header (what a reconnecting EventSource sends),
+  else after the `after` parameter, else at 0 (the whole feed, then live).
+- Each event is one SSE message: `id: <position>`, `event: <type>`, `data: <the event
+  JSON as in GET /events>` on one line. SSE data is line-based, so a payload whose body
+  had line breaks between its JSON tokens has them sent as spaces (JSON strings cannot
+  hold raw line breaks, so the payload means the same; GET /events has the exact bytes).
+- The first thing sent is `retry: 1000` (reconnect after a second); when nothing happens
+  for `heartbeat` seconds (default 15, 1..300) a comment line `: heartbeat` is sent, which
+  keeps proxies from closing an idle connection and tells a client the stream is alive.
+- It wakes on PostgreSQL `NOTIFY conversations_events`, which every append sends when it
+  commits. One LISTEN connection per process is shared by all open streams (it opens with
+  the first stream and closes with the last); each stream re-reads the feed after every
+  wake-up and after every heartbeat, so a notification lost while that connection was
+  down costs at most one heartbeat of delay, never an event.
+- The stream is bounded by the key: only its locations, and it ends (the client
+  reconnects and gets 401) once the key is revoked.
+- A client that goes away ends its stream: its reads stop, its subscription to the
+  shared listener is dropped, nothing is left running (the listener's connection closes
+  with the last stream).
+- While the database is unreachable a stream stays open and keeps sending heartbeats; it
+  reads again at each heartbeat and catches up once the database is back.
+- When the server is told to stop (SIGTERM or SIGINT), every stream ends at once, so the
+  server does not wait out its graceful timeout on clients that never leave; they
+  reconnect (to another instance) with Last-Event-ID and miss nothing.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
+from types import FrameType
+from typing import Any
 
-ROUTES: list[BaseRoute] = []
+import anyio.to_thread
+import psycopg
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from conversations.api.auth import require_scope
+from conversations.api.dialect import iso
+from conversations.api.params import Params
+from conversations.api.state import AppState, app_state
+from conversations.keys import Scope as KeyScope
+from conversations.projections.worker import CHANNEL, libpq_url
+from conversations.store import FeedEvent, read_feed
+
+log = logging.getLogger("conversations.api.feed")
+
+APPLICATION_NAME = "conversations event feed"
+"""The listener connection's name in pg_stat_activity."""
+
+_Handler = Callable[[int, FrameType | None], Any]
+
+MAX_POSITION = 2**63 - 1
+STREAM_BATCH = 100
+"""Events a stream reads per query while catching up."""
+
+
+# --- the feed, as JSON text -----------------------------------------------------------------
+
+
+def payload_text(event: FeedEvent) -> str:
+    """The body as received. Ingest and import accept strict UTF-8 JSON only, so it
+    decodes; a row that does not (a damaged store) is sent as a JSON string with
+    replacement characters, so the response stays valid JSON."""
+    try:
+        return event.raw.decode("utf-8")
+    except UnicodeDecodeError:  # pragma: no cover - ingest and import refuse such bodies
+        return json.dumps(event.raw.decode("utf-8", "replace"))
+
+
+def event_json(event: FeedEvent) -> str:
+    """One feed event as JSON text, its payload spliced in verbatim."""
+    head = json.dumps(
+        {
+            "position": event.position,
+            "eventId": str(event.event_id),
+            "locationId": event.location_id,
+            "streamId": event.stream_id,
+            "version": event.version,
+            "type": event.event_type,
+            "occurredAt": iso(event.occurred_at),
+            "recordedAt": iso(event.recorded_at),
+        },
+        ensure_ascii=False,
+    )
+    return f'{head[:-1]}, "payload": {payload_text(event)}, "metadata": {event.metadata_json}}}'
+
+
+def _locations(scope: KeyScope, location_id: str | None) -> list[str] | None:
+    """The locations a read covers: None for every location, [] for none."""
+    if location_id is not None:
+        return [location_id] if scope.allows(location_id) else []
+    return None if scope.all_locations else sorted(scope.locations)
+
+
+# --- GET /events ----------------------------------------------------------------------------
+
+
+def list_events(request: Request) -> Response:
+    scope = require_scope(request)
+    params = Params(request, allowed=["after", "limit", "locationId"])
+    after = params.integer("after", 0, 0, MAX_POSITION)
+    limit = params.integer("limit", 100, 1, 1000)
+    locations = _locations(scope, params.text("locationId"))
+    with app_state(request).read_engine.connect() as conn:
+        events = read_feed(conn, after, limit, locations)
+    following = events[-1].position if events else after
+    body = '{"events": [' + ", ".join(map(event_json, events)) + f'], "next": {following}}}'
+    return Response(body, media_type="application/json")
+
+
+# --- the shared listener --------------------------------------------------------------------
+
+
+class EventNotifier:
+    """One `LISTEN conversations_events` connection per process, fanned out to every open
+    stream through an asyncio.Event each. It connects when the first stream subscribes
+    and disconnects when the last one leaves, so an idle process holds no connection."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = libpq_url(database_url)
+        self._waiters: set[asyncio.Event] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._watching = False
+        self.connected = False
+        """Whether LISTEN is active now (for diagnostics)."""
+        self.closing = False
+        """The server is shutting down: every stream ends."""
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._waiters)
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Event]:
+        """An Event set whenever appends may have committed (and once the listener is
+        up, in case one committed before). Clear it before reading, then wait on it."""
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        self._watch_shutdown()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._listen())
+        try:
+            yield waiter
+        finally:
+            self._waiters.discard(waiter)
+            if not self._waiters and self._task is not None:
+                task, self._task = self._task, None
+                task.cancel()
+                # Keep a reference until it has closed its connection.
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    def _watch_shutdown(self) -> None:
+        """End every stream as soon as the server is told to stop.
+
+        A stream never ends by itself, and uvicorn waits for open responses before it
+        shuts down (for its graceful timeout, then it cancels them with an error). So the
+        first stream chains a handler onto the server's SIGTERM and SIGINT handlers that
+        ends all streams at once; the server's own handler still runs. Only where the
+        server installed handlers (uvicorn does so in the main thread, which runs the
+        event loop); elsewhere streams end when they are cancelled.
+        """
+        if self._watching or threading.current_thread() is not threading.main_thread():
+            return
+        self._watching = True
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def handler(
+                number: int, frame: FrameType | None, previous: _Handler = previous
+            ) -> None:
+                loop.call_soon_threadsafe(self.close)
+                previous(number, frame)
+
+            signal.signal(signum, handler)
+
+    def close(self) -> None:
+        """End every stream (they see `closing` when woken)."""
+        self.closing = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name=APPLICATION_NAME,
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected = True
+                    backoff = 0.5
+                    self._wake_all()  # an append may have committed before LISTEN
+                    async for _ in conn.notifies():
+                        self._wake_all()
+            except Exception as error:
+                log.warning("event listener failed, reconnecting: %s", error)
+            finally:
+                self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+def notifier(app: Starlette, state: AppState) -> EventNotifier:
+    """The app's notifier, made on first use (in the event loop, so without a lock)."""
+    found: EventNotifier | None = getattr(app.state, "event_notifier", None)
+    if found is None:
+        url = state.read_engine.url.render_as_string(hide_password=False)
+        found = EventNotifier(url)
+        app.state.event_notifier = found
+    return found
+
+
+# --- GET /events/stream ---------------------------------------------------------------------
+
+
+def _frame(event: FeedEvent) -> str:
+    data = event_json(event).replace("\r", " ").replace("\n", " ")
+    kind = event.event_type.replace("\r", " ").replace("\n", " ")
+    return f"id: {event.position}\nevent: {kind}\ndata: {data}\n\n"
+
+
+def _start(request: Request, params: Params) -> int:
+    """Where a stream starts: `Last-Event-ID` (a reconnection) wins over `after`."""
+    after = params.integer("after", 0, 0, MAX_POSITION)
+    header = request.headers.get("last-event-id", "").strip()
+    if not header:
+        return after
+    if not (header.isascii() and header.isdigit() and len(header) <= 19) or (
+        int(header) > MAX_POSITION
+    ):
+        raise HTTPException(400, f"header 'Last-Event-ID': {header[:40]!r} is not a position")
+    return int(header)
+
+
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse that always closes its iterator, however the response ends
+    (a client gone mid-send leaves a plain async generator suspended until the garbage
+    collector finds it; its subscription must end now)."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
+async def _frames(
+    request: Request,
+    state: AppState,
+    token: str,
+    locations: Sequence[str] | None,
+    after: int,
+    heartbeat: float,
+) -> AsyncIterator[str]:
+    read = partial(_read_batch, state, locations)
+    shared = notifier(request.app, state)
+    with shared.subscribe() as wake:
+        yield "retry: 1000\n\n"
+        position = after
+        idle_since = time.monotonic()
+        while not shared.closing:
+            wake.clear()
+            try:
+                if await anyio.to_thread.run_sync(state.keys.scope, token) is None:
+                    return  # revoked: the client's reconnection is answered 401
+                events = await anyio.to_thread.run_sync(read, position)
+            except Exception as error:
+                # The database is away: keep the stream (heartbeats go on) and read again
+                # at the next wake-up or heartbeat.
+                log.warning("event stream read failed, retrying: %s", error)
+                events = []
+            for event in events:
+                yield _frame(event)
+                position = event.position
+            if events:
+                idle_since = time.monotonic()
+                if len(events) == STREAM_BATCH:
+                    continue
+            remaining = heartbeat - (time.monotonic() - idle_since)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(remaining, 0.0))
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+                idle_since = time.monotonic()
+
+
+def _read_batch(state: AppState, locations: Sequence[str] | None, after: int) -> list[FeedEvent]:
+    with state.read_engine.connect() as conn:
+        return read_feed(conn, after, STREAM_BATCH, locations)
+
+
+def _stream_setup(request: Request) -> tuple[str, list[str] | None, int, float]:
+    """Authentication and parameters (sync: the key lookup may query the database)."""
+    scope = require_scope(request)
+    params = Params(request, allowed=["after", "locationId", "heartbeat"])
+    after = _start(request, params)
+    heartbeat = params.integer("heartbeat", 15, 1, 300)
+    locations = _locations(scope, params.text("locationId"))
+    token = request.headers["authorization"].partition(" ")[2].strip()
+    return token, locations, after, float(heartbeat)
+
+
+async def stream_events(request: Request) -> Response:
+    token, locations, after, heartbeat = await anyio.to_thread.run_sync(_stream_setup, request)
+    state = app_state(request)
+    # A location outside the key (locations == []) streams heartbeats only, exactly as a
+    # location without events does.
+    return EventStreamResponse(
+        _frames(request, state, token, locations, after, heartbeat),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/events", list_events, methods=["GET"]),
+    Route("/events/stream", stream_events, methods=["GET"]),
+]

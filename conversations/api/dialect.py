@@ -1,0 +1,299 @@
+"""HighLevel's JSON for what the read models hold (pure): messages as
+`GetMessageResponseDto`, emails as `GetEmailMessageResponseDto`, conversations as
+`ConversationSchema` (search) and `GetConversationByIdResponse`.
+
+Message types. HighLevel names a message's type twice: `messageType` ("TYPE_SMS", ...)
+and a numeric `type`, the 1-based position of the name in its message type enum
+(`MESSAGE_TYPE_CODES`; the webhooks agree: `messageTypeId` 1 call, 2 SMS, 22 custom
+provider SMS, and 10 for `TYPE_VOICEMAIL`). A message shows the `messageTypeString` its
+webhook sent when it is a `TYPE_*` name, else the name of its channel (`CHANNEL_TYPES`);
+its `type` is the webhook's `messageTypeId`, else the code of that name. A message of
+channel "Other" without a `TYPE_*` name has neither (null).
+
+Filters on types (`type`, `lastMessageType`) select our channels, so they accept the one
+name per channel (`TYPE_CHANNELS`): `TYPE_SMS` selects every SMS-channel message
+(campaign and workflow SMS included).
+
+Fields. Every field of HighLevel's shape is present; a value the webhooks never gave is
+null (the store keeps no `chatWidgetId`, `provider`, `altId` or `replyToMessageId`).
+Conversation flags never reported by a ConversationUnreadUpdate read as HighLevel's
+defaults: unreadCount 0, starred false, inbox true, deleted false.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from conversations.projections.location_conversations import ConversationSummary
+from conversations.projections.timeline import TimelineMessage
+
+__all__ = [
+    "CHANNEL_TYPES",
+    "CONVERSATION_TYPE_CODES",
+    "MESSAGE_TYPE_CODES",
+    "TYPE_CHANNELS",
+    "channel_named",
+    "conversation_by_id_json",
+    "conversation_json",
+    "conversation_type",
+    "email_json",
+    "epoch_ms",
+    "iso",
+    "message_json",
+    "message_type",
+    "message_type_code",
+]
+
+_MESSAGE_TYPES = (
+    "TYPE_CALL",
+    "TYPE_SMS",
+    "TYPE_EMAIL",
+    "TYPE_SMS_REVIEW_REQUEST",
+    "TYPE_WEBCHAT",
+    "TYPE_SMS_NO_SHOW_REQUEST",
+    "TYPE_CAMPAIGN_SMS",
+    "TYPE_CAMPAIGN_CALL",
+    "TYPE_CAMPAIGN_EMAIL",
+    "TYPE_CAMPAIGN_VOICEMAIL",
+    "TYPE_FACEBOOK",
+    "TYPE_CAMPAIGN_FACEBOOK",
+    "TYPE_CAMPAIGN_MANUAL_CALL",
+    "TYPE_CAMPAIGN_MANUAL_SMS",
+    "TYPE_GMB",
+    "TYPE_CAMPAIGN_GMB",
+    "TYPE_REVIEW",
+    "TYPE_INSTAGRAM",
+    "TYPE_WHATSAPP",
+    "TYPE_CUSTOM_SMS",
+    "TYPE_CUSTOM_EMAIL",
+    "TYPE_CUSTOM_PROVIDER_SMS",
+    "TYPE_CUSTOM_PROVIDER_EMAIL",
+    "TYPE_IVR_CALL",
+    "TYPE_ACTIVITY_CONTACT",
+    "TYPE_ACTIVITY_INVOICE",
+    "TYPE_ACTIVITY_PAYMENT",
+    "TYPE_ACTIVITY_OPPORTUNITY",
+    "TYPE_LIVE_CHAT",
+    "TYPE_LIVE_CHAT_INFO_MESSAGE",
+    "TYPE_ACTIVITY_APPOINTMENT",
+    "TYPE_FACEBOOK_COMMENT",
+    "TYPE_INSTAGRAM_COMMENT",
+    "TYPE_CUSTOM_CALL",
+    "TYPE_GROUP_SMS",
+    "TYPE_INTERNAL_CHAT",
+    "TYPE_INTERNAL_COMMENT",
+    "TYPE_ACTIVITY_EMPLOYEE_ACTION_LOG",
+)
+
+MESSAGE_TYPE_CODES: dict[str, int] = {
+    **{name: code for code, name in enumerate(_MESSAGE_TYPES, start=1)},
+    "TYPE_VOICEMAIL": 10,
+}
+"""HighLevel's numeric message `type` of each `TYPE_*` name."""
+
+CHANNEL_TYPES: dict[str, str] = {
+    "Call": "TYPE_CALL",
+    "SMS": "TYPE_SMS",
+    "Email": "TYPE_EMAIL",
+    "Voicemail": "TYPE_VOICEMAIL",
+    "Facebook": "TYPE_FACEBOOK",
+    "GMB": "TYPE_GMB",
+    "Instagram": "TYPE_INSTAGRAM",
+    "WhatsApp": "TYPE_WHATSAPP",
+    "Custom": "TYPE_CUSTOM_PROVIDER_SMS",
+    "LiveChat": "TYPE_LIVE_CHAT",
+    "InternalComment": "TYPE_INTERNAL_COMMENT",
+}
+"""Our channel -> the `TYPE_*` name it shows as (channel "Other" has none)."""
+
+TYPE_CHANNELS: dict[str, str] = {name: channel for channel, name in CHANNEL_TYPES.items()}
+"""The `TYPE_*` names a type filter accepts -> the channel each selects."""
+
+CONVERSATION_TYPE_CODES: dict[str, int] = {
+    "TYPE_PHONE": 1,
+    "TYPE_EMAIL": 2,
+    "TYPE_FB_MESSENGER": 3,
+    "TYPE_REVIEW": 4,
+    "TYPE_GROUP_SMS": 5,
+}
+
+_CHANNEL_ALIASES: dict[str, str] = {
+    **{channel.lower(): channel for channel in (*CHANNEL_TYPES, "Other")},
+    "fb": "Facebook",
+    "ig": "Instagram",
+    "gmb": "GMB",
+    "custom": "Custom",
+}
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def channel_named(value: str) -> str | None:
+    """Our channel for a channel name as HighLevel or we spell it (`SMS`, `Call`,
+    `Live_Chat`, `FB`, `IG`, ..., any case), or None when it names none."""
+    return _CHANNEL_ALIASES.get(_SEPARATORS.sub("", value).lower())
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with milliseconds and `Z`, as HighLevel writes `dateAdded`."""
+    if value is None:
+        return None
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def epoch_ms(value: datetime | None) -> int | None:
+    """Milliseconds since the epoch (floored), as HighLevel writes conversation dates."""
+    if value is None:
+        return None
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+def _number(value: float | None) -> int | float | None:
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def message_type(message: TimelineMessage) -> str | None:
+    for raw in (message.message_type_string, message.message_type):
+        if raw and raw.upper().startswith("TYPE_"):
+            return raw.upper()
+    return CHANNEL_TYPES.get(message.channel)
+
+
+def message_type_code(message: TimelineMessage) -> int | None:
+    if message.message_type_id is not None:
+        return message.message_type_id
+    name = message_type(message)
+    return MESSAGE_TYPE_CODES.get(name) if name is not None else None
+
+
+def _email_meta(message: TimelineMessage) -> dict[str, Any] | None:
+    if message.channel != "Email":
+        return None
+    return {
+        "messageIds": [message.email_message_id] if message.email_message_id else [],
+        "threadId": message.thread_id,
+        "subject": message.subject,
+        "from": message.from_,
+        "to": list(message.to),
+        "cc": list(message.cc),
+        "bcc": list(message.bcc),
+    }
+
+
+def message_json(message: TimelineMessage, conversation_id: str) -> dict[str, Any]:
+    """`GetMessageResponseDto`; `conversation_id` is the id the message reads under (its
+    conversation's merge root). Emails carry their body, and `meta.email` their headers."""
+    return {
+        "id": message.message_id or message.message_key,
+        "type": message_type_code(message),
+        "messageType": message_type(message),
+        "locationId": message.location_id,
+        "contactId": message.contact_id,
+        "conversationId": conversation_id,
+        "dateAdded": iso(message.date_added),
+        "body": message.body,
+        "direction": message.direction,
+        "status": message.status,
+        "contentType": message.content_type,
+        "attachments": list(message.attachments),
+        "meta": {
+            "callDuration": _number(message.call_duration),
+            "callStatus": message.call_status,
+            "email": _email_meta(message),
+        },
+        "source": message.source,
+        "userId": message.user_id,
+        "conversationProviderId": message.conversation_provider_id,
+        "chatWidgetId": None,
+    }
+
+
+def email_json(message: TimelineMessage, conversation_id: str) -> dict[str, Any]:
+    """`GetEmailMessageResponseDto`: `id` is the email message id (the message key when
+    the webhook sent none)."""
+    return {
+        "id": message.email_message_id or message.message_key,
+        "altId": None,
+        "threadId": message.thread_id,
+        "locationId": message.location_id,
+        "contactId": message.contact_id,
+        "conversationId": conversation_id,
+        "dateAdded": iso(message.date_added),
+        "subject": message.subject,
+        "body": message.body,
+        "direction": message.direction,
+        "status": message.status,
+        "contentType": message.content_type,
+        "attachments": list(message.attachments),
+        "provider": None,
+        "from": message.from_,
+        "to": list(message.to),
+        "cc": list(message.cc),
+        "bcc": list(message.bcc),
+        "replyToMessageId": None,
+        "source": message.source,
+        "conversationProviderId": message.conversation_provider_id,
+    }
+
+
+# --- conversations --------------------------------------------------------------------------
+
+
+def conversation_type(channels: Iterable[str]) -> str:
+    """HighLevel's conversation type, from the channels the conversation used: email only
+    is TYPE_EMAIL, Facebook/Instagram only TYPE_FB_MESSENGER, anything else TYPE_PHONE."""
+    used = set(channels)
+    if used and used <= {"Email"}:
+        return "TYPE_EMAIL"
+    if used and used <= {"Facebook", "Instagram"}:
+        return "TYPE_FB_MESSENGER"
+    return "TYPE_PHONE"
+
+
+def _conversation_common(summary: ConversationSummary) -> dict[str, Any]:
+    last_channel = summary.last_message_channel
+    return {
+        "id": summary.conversation_id,
+        "contactId": summary.contact_id,
+        "locationId": summary.location_id,
+        "lastMessageBody": summary.last_message_preview,
+        "lastMessageType": CHANNEL_TYPES.get(last_channel) if last_channel else None,
+        "lastMessageDate": epoch_ms(summary.last_message_at),
+        "lastMessageDirection": summary.last_message_direction,
+        "unreadCount": summary.unread_count or 0,
+        "starred": bool(summary.starred),
+        "inbox": summary.inbox is not False,
+        "deleted": bool(summary.deleted),
+        "dateAdded": epoch_ms(summary.first_message_at),
+        "dateUpdated": epoch_ms(summary.last_message_at),
+    }
+
+
+def conversation_json(summary: ConversationSummary) -> dict[str, Any]:
+    """A `ConversationSchema` of the search results; `sort` is the value HighLevel's
+    `startAfterDate` continues after (the last message date in epoch ms)."""
+    return {
+        **_conversation_common(summary),
+        "type": conversation_type(summary.channels),
+        "sort": [epoch_ms(summary.last_message_at)],
+    }
+
+
+def conversation_by_id_json(summary: ConversationSummary) -> dict[str, Any]:
+    """`GetConversationByIdResponse`: as in search, but `type` is numeric."""
+    return {
+        **_conversation_common(summary),
+        "type": CONVERSATION_TYPE_CODES[conversation_type(summary.channels)],
+    }

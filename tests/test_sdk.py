@@ -1,0 +1,110 @@
+"""HighLevel's official Python SDK (`gohighlevel-api-client`), pointed at our server with one
+of our keys as its token, reads our data through its own conversation methods.
+
+Two SDK quirks: its methods return `response.json()` without validating it, and
+`get_message` / `get_email_by_id` take no id (the generated code never fills `{id}` in),
+so callers pass the URL through `options`, which the SDK merges into its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy
+from highlevel import HighLevel
+
+from tests.api_support import eventually, make_key, post_all
+from tests.helpers import Server, message, new_id
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def base_url(server: Server) -> Iterator[str]:
+    original = HighLevel.BASE_URL
+    HighLevel.BASE_URL = server.url
+    try:
+        yield server.url
+    finally:
+        HighLevel.BASE_URL = original
+
+
+def test_the_official_sdk_reads_our_data(
+    base_url: str, server: Server, engine: sqlalchemy.Engine
+) -> None:
+    location, contact = new_id("loc"), new_id("con")
+    conversation, sms_id, email_id = new_id("cnv"), new_id("msg"), new_id("eml")
+    common = {"locationId": location, "contactId": contact, "conversationId": conversation}
+    post_all(
+        server,
+        [
+            message(
+                **common, messageId=sms_id, body="hi from sms", dateAdded="2025-01-02T03:04:05.678Z"
+            ),
+            message(
+                **common,
+                type="OutboundMessage",
+                direction="outbound",
+                messageId=...,
+                messageType="Email",
+                emailMessageId=email_id,
+                subject="Quote",
+                body="<p>Your quote</p>",
+                to=["client@example.com"],
+                ccList=["boss@example.com"],
+                threadId="t1",
+                dateAdded="2025-01-02T04:00:00.000Z",
+            ),
+        ],
+    )
+    key = make_key(engine, location)
+    results = eventually(lambda: asyncio.run(_read(key, location, conversation, sms_id, email_id)))
+
+    search, got, messages, sms, email, export = results
+    assert search["total"] == 1
+    (found,) = search["conversations"]
+    assert (found["id"], found["contactId"], found["locationId"]) == (
+        conversation,
+        contact,
+        location,
+    )
+    assert found["lastMessageType"] == "TYPE_EMAIL"
+    assert (got["id"], got["type"], got["deleted"]) == (conversation, 1, False)
+    inner = messages["messages"]
+    assert inner["nextPage"] is False
+    assert [m["id"] for m in inner["messages"]] == [email_id, sms_id]
+    assert inner["messages"][0]["body"] == "<p>Your quote</p>"
+    assert (sms["id"], sms["type"], sms["messageType"]) == (sms_id, 2, "TYPE_SMS")
+    assert (sms["body"], sms["dateAdded"]) == ("hi from sms", "2025-01-02T03:04:05.678Z")
+    assert (email["id"], email["subject"], email["threadId"]) == (email_id, "Quote", "t1")
+    assert (email["to"], email["cc"]) == (["client@example.com"], ["boss@example.com"])
+    assert export["total"] == 1 and export["nextCursor"] is None
+    assert [m["id"] for m in export["messages"]] == [sms_id]
+
+
+async def _read(
+    key: str, location: str, conversation: str, sms_id: str, email_id: str
+) -> tuple[dict[str, Any], ...]:
+    client = HighLevel(private_integration_token=key)
+    try:
+        conversations = client.conversations
+        search = await conversations.search_conversation(location_id=location, limit=10)
+        assert search.get("total") == 1, search
+        got = await conversations.get_conversation(conversation_id=conversation)
+        messages = await conversations.get_messages(
+            conversation_id=conversation, limit=20, type="TYPE_SMS,TYPE_EMAIL"
+        )
+        assert len(messages["messages"]["messages"]) == 2, messages
+        sms = await conversations.get_message(options={"url": f"/conversations/messages/{sms_id}"})
+        email = await conversations.get_email_by_id(
+            options={"url": f"/conversations/messages/email/{email_id}"}
+        )
+        export = await conversations.export_messages_by_location(
+            location_id=location, channel="SMS", limit=10, sort_order="asc"
+        )
+        return search, got, messages, sms, email, export
+    finally:
+        await client.http_client.aclose()
