@@ -296,3 +296,28 @@ def test_two_rebuilds_of_one_projection_do_not_overlap(
 
     runner.rebuild(engine, [projection], nested, batch_size=1_000_000)
     assert errors and "another replay" in str(errors[0])
+
+
+def test_catch_up_all_folds_projections_at_different_positions(
+    database_url: str, engine: sqlalchemy.Engine
+) -> None:
+    ahead, behind = (
+        CountingProjection(uuid.uuid4().hex[:8]),
+        CountingProjection(uuid.uuid4().hex[:8]),
+    )
+    for projection in (ahead, behind):
+        projection.metadata.create_all(engine)
+    try:
+        append(database_url, [message() for _ in range(10)])
+        with engine.begin() as conn:
+            runner.ensure_checkpoints(conn, [ahead, behind])
+        runner.catch_up(engine, ahead)
+        append(database_url, [message() for _ in range(10)])
+        assert runner.catch_up_all(engine, [ahead, behind], batch_size=4) > 0
+        with engine.connect() as conn:
+            head = head_position(conn)
+        assert assert_consistent(engine, ahead) == head
+        assert assert_consistent(engine, behind) == head
+    finally:
+        for projection in (ahead, behind):
+            projection.metadata.drop_all(engine)

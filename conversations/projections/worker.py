@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from conversations.projections.base import Projection
-from conversations.projections.runner import catch_up, ensure_checkpoints
+from conversations.projections.runner import catch_up_all, ensure_checkpoints
 
 log = logging.getLogger("conversations.projections")
 
@@ -31,11 +31,13 @@ class CatchUpWorker:
         url: str,
         projections: Sequence[Projection],
         poll_interval: float = 1.0,
+        gather: float = 0.05,
     ) -> None:
         self._engine = engine
         self._url = libpq_url(url)
         self._projections = tuple(projections)
         self._poll = poll_interval
+        self._gather = gather
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,9 +68,10 @@ class CatchUpWorker:
             with self._engine.begin() as conn:
                 ensure_checkpoints(conn, self._projections)
             while not self._stopping.is_set():
-                for projection in self._projections:
-                    catch_up(self._engine, projection)
-                # Sleep until an append commits (or the poll interval passes), then
-                # swallow the notifications queued meanwhile: one fold covers them all.
+                catch_up_all(self._engine, self._projections)
+                # Sleep until an append commits (or the poll interval passes), then let
+                # more arrive for a moment: under load a fold then covers many events
+                # (one transaction for a batch, not one per webhook), within the lag
+                # budget of a second.
                 for _ in listener.notifies(timeout=self._poll, stop_after=1):
-                    pass
+                    self._stopping.wait(self._gather)
