@@ -162,8 +162,10 @@ from conversations.database import create_engine
 from conversations.projections import runner
 from tests.test_runner import CountingProjection
 projection = CountingProjection(sys.argv[2])
-engine = create_engine(sys.argv[1])
-deadline = time.monotonic() + 120
+engine = create_engine(
+    sys.argv[1], connect_args={"options": "-c lock_timeout=20s -c statement_timeout=30s"}
+)
+deadline = time.monotonic() + 90
 while time.monotonic() < deadline:
     finished = os.path.exists(sys.argv[3])
     if runner.catch_up(engine, projection, batch_size=3) == 0 and finished:
@@ -191,7 +193,11 @@ def test_several_processes_catch_up_together(
     for _ in range(10):
         append(database_url, [message() for _ in range(10)])
     finished.touch()
-    assert [w.wait(timeout=180) for w in workers] == [0, 0, 0]
+    try:
+        assert [w.wait(timeout=150) for w in workers] == [0, 0, 0]
+    finally:
+        for worker in workers:
+            worker.kill()
     runner.catch_up(engine, projection)
     with engine.connect() as conn:
         head = head_position(conn)
