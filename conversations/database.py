@@ -137,7 +137,12 @@ def create_engine(url: str, **kwargs: Any) -> sqlalchemy.Engine:
     return engine
 
 
-def create_async_engine(url: str, *, pool_size: int, timeout: float) -> AsyncEngine:
+def create_async_engine(
+    url: str, *, pool_size: int, timeout: float, autocommit: bool = False
+) -> AsyncEngine:
+    """`autocommit`: each statement commits durably on its own, with no BEGIN/COMMIT round
+    trips and no pre-ping (a dead connection fails its statement, is dropped, and the
+    next checkout connects afresh) — for the group-commit writer's one-statement appends."""
     # Imported here: sqlalchemy.ext.asyncio needs greenlet, which sync-only commands do not.
     from sqlalchemy.ext import asyncio
 
@@ -145,9 +150,10 @@ def create_async_engine(url: str, *, pool_size: int, timeout: float) -> AsyncEng
         sqlalchemy_url(url),
         pool_size=pool_size,
         pool_timeout=timeout,
-        pool_pre_ping=True,
+        pool_pre_ping=not autocommit,
         # libpq's default is to wait for the OS TCP timeout, minutes on a dead host.
         connect_args={**LIVENESS, "connect_timeout": int(max(1, timeout))},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     _binary_arrays(engine.sync_engine)
     return engine

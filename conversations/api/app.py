@@ -39,8 +39,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         engine = create_async_engine(
             database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
         )
+        appends = create_async_engine(
+            database_url, pool_size=2, timeout=settings.db_timeout, autocommit=True
+        )
         writer = GroupCommitWriter(
-            engine, batch_max=settings.batch_max, timeout=settings.db_timeout
+            appends, batch_max=settings.batch_max, timeout=settings.db_timeout
         )
         await writer.start()
         read_engine = create_engine(
@@ -74,6 +77,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             yield
         finally:
             await writer.stop()
+            await appends.dispose()
             await engine.dispose()
             if worker is not None:
                 await asyncio.to_thread(worker.stop)
