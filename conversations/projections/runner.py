@@ -169,11 +169,13 @@ def status(conn: Connection, projections: Sequence[Projection]) -> list[Projecti
     rows = conn.execute(
         text(
             """
-            SELECT c.name, c.position, c.updated_at,
+            SELECT n.name, coalesce(c.position, 0) AS position, c.updated_at,
                    coalesce(extract(epoch FROM clock_timestamp() - (
                        SELECT recorded_at FROM events
-                        WHERE position > c.position ORDER BY position LIMIT 1)), 0) AS lag
-              FROM projection_checkpoints c WHERE c.name = ANY(:names)
+                        WHERE position > coalesce(c.position, 0)
+                        ORDER BY position LIMIT 1)), 0) AS lag
+              FROM unnest(CAST(:names AS text[])) AS n(name)
+              LEFT JOIN projection_checkpoints c ON c.name = n.name
             """
         ),
         {"names": [p.name for p in projections]},

@@ -47,9 +47,11 @@ CREATE TRIGGER events_serialize_appends BEFORE INSERT ON events
 CREATE FUNCTION events_assign_version() RETURNS trigger LANGUAGE plpgsql
     SET plan_cache_mode = force_custom_plan AS $$
 BEGIN
-    SELECT coalesce(max(version), 0) + 1 INTO NEW.version
-      FROM events
-     WHERE location_id = NEW.location_id AND stream_id = NEW.stream_id;
+    -- A one-entry backward scan of the unique index, however long the stream is.
+    NEW.version := coalesce((
+        SELECT version FROM events
+         WHERE location_id = NEW.location_id AND stream_id = NEW.stream_id
+         ORDER BY version DESC LIMIT 1), 0) + 1;
     RETURN NEW;
 END $$;
 
