@@ -425,8 +425,6 @@ _Kept = list[tuple[int, Rejection, int]]
 _DATABASE_ERRORS = (DBAPIError, OSError, UnicodeEncodeError)
 
 
-
-
 async def _isolate(
     engine: AsyncEngine, batch: _Batch, numbered: list[tuple[int, NewEvent]]
 ) -> tuple[list[AppendResult | str], _Kept]:

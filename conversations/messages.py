@@ -45,16 +45,18 @@ import html
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from functools import lru_cache
+from typing import Any
 
 from conversations.events import message_identity
 from conversations.payloads import (
     ConversationUnreadUpdatePayload,
     MessagePayload,
     PayloadError,
+    message_fields,
     parse_payload,
 )
 from conversations.store import StoredEvent
@@ -86,8 +88,6 @@ CHANNELS: tuple[str, ...] = (
     "Custom",
     "Other",
 )
-
-_T = TypeVar("_T")
 
 # --- channels -------------------------------------------------------------------------------
 
@@ -145,6 +145,7 @@ def _named_channel(value: str | None) -> str | None:
     return next((channel for start, channel in _PREFIX_CHANNELS if name.startswith(start)), None)
 
 
+@lru_cache(maxsize=4096)
 def channel_of(
     message_type: str | None, message_type_string: str | None, message_type_id: int | None
 ) -> str:
@@ -201,6 +202,7 @@ def _rank_in(ranks: dict[str, int], value: str | None) -> int:
     return ranks.get(_normalise(value), 0) if value else 0
 
 
+@lru_cache(maxsize=4096)
 def status_rank(status: str | None, call_status: str | None, channel: str) -> int:
     """How far a message got; the higher rank wins a fold (the scale: module doc)."""
     if channel in _CALL_CHANNELS:
@@ -224,7 +226,10 @@ def _content_key(document: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class MessageEntry:
-    """One message of a conversation timeline: the merged view of every event about it."""
+    """One message of a conversation timeline: the merged view of every event about it.
+
+    (`build_message` creates it without `__init__`, see `_new_entry`: no `__post_init__`.)
+    """
 
     location_id: str
     message_key: str
@@ -259,73 +264,151 @@ class MessageEntry:
     positions: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    event: StoredEvent
-    payload: MessagePayload
-    content: str
+# `build_message` runs once per message per batch of a replay (a million events), so it works
+# on the plain field values of `message_fields` (no pydantic model), memoises the vocabulary
+# lookups (`channel_of`, `status_rank`) and computes content keys only to break real ties.
+
+Fields = dict[str, Any]
+"""`message_fields` of one payload: MessagePayload field name -> normalised value."""
+
+_Parsed = tuple[StoredEvent, Fields]
 
 
-def _parsed_messages(events: Iterable[StoredEvent]) -> list[_Parsed]:
-    parsed: list[_Parsed] = []
-    for event in events:
-        try:
-            payload = parse_payload(event.payload)
-        except PayloadError:
-            continue
-        if isinstance(payload, MessagePayload):
-            parsed.append(_Parsed(event, payload, _content_key(event.payload)))
-    return parsed
+def _message_key(event: StoredEvent) -> tuple[str, str]:
+    if event.message_id:
+        return event.location_id, event.message_id
+    payload = parse_payload(event.payload)  # `message_fields` accepted it: so does this
+    assert isinstance(payload, MessagePayload)
+    return event.location_id, message_identity(payload)
 
 
-def _is_empty(value: object) -> bool:
-    return value is None or value == "" or value == [] or value == ()
+def _content(parsed: _Parsed) -> str:
+    return _content_key(parsed[0].payload)
 
 
-def _first(payloads: Sequence[MessagePayload], get: Callable[[MessagePayload], _T]) -> _T | None:
-    """The value of the first payload (most dominant first) that has a non-empty one."""
-    for payload in payloads:
-        value = get(payload)
-        if not _is_empty(value):
-            return value
-    return None
+# A value is empty when None, "" or an empty list. Strings, lists and datetimes are empty
+# exactly when falsy; numbers (never "" or a list) exactly when None.
+_NUMBER_FIELDS = ("messageTypeId", "callDuration")
+_OTHER_FIELDS = (
+    "messageType",
+    "messageTypeString",
+    "contactId",
+    "body",
+    "plainText",
+    "contentType",
+    "attachments",
+    "from_",
+    "to",
+    "subject",
+    "threadId",
+    "emailMessageId",
+    "messageId",
+    "userId",
+    "source",
+    "conversationProviderId",
+    "dateAdded",
+)
 
 
-def _merged_list(
-    payloads: Sequence[MessagePayload], get: Callable[[MessagePayload], list[_T]]
-) -> tuple[_T, ...]:
-    return tuple(_first(payloads, get) or ())
+def _by_content(parsed: Sequence[_Parsed], name: str) -> Any:
+    """`name` of the event with the greatest content among those with a non-empty one.
+
+    The content keys are only computed when those events disagree on the value.
+    """
+    if name in _NUMBER_FIELDS:
+        having = [item for item in parsed if item[1][name] is not None]
+    else:
+        having = [item for item in parsed if item[1][name]]
+    if not having:
+        return None
+    value = having[0][1][name]
+    if all(fields[name] == value for _, fields in having):
+        return value
+    return max(having, key=_content)[1][name]
 
 
-def _distinct(values: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(values))
-
-
-def _message_key(item: _Parsed) -> tuple[str, str]:
-    key = item.event.message_id or message_identity(item.payload)
-    return item.event.location_id, key
-
-
-def _ranking_channel(items: Sequence[_Parsed]) -> str:
+def _ranking_channel(parsed: Sequence[_Parsed]) -> str:
     """The channel events are ranked by, chosen without knowing their ranks yet.
 
     Each type field is taken from the event with the greatest content that has it; events
     of one message agree on these fields (or lack them), so this is the entry's channel too.
     """
-    payloads = [item.payload for item in sorted(items, key=lambda i: i.content, reverse=True)]
+    types: set[tuple[str | None, str | None, int | None]] = set()
+    for _, fields in parsed:
+        types.add(
+            (
+                fields["messageType"] or None,
+                fields["messageTypeString"] or None,
+                fields["messageTypeId"],
+            )
+        )
+    if len(types) == 1:  # they agree: no content needed
+        return channel_of(*types.pop())
     return channel_of(
-        _first(payloads, lambda p: p.messageType),
-        _first(payloads, lambda p: p.messageTypeString),
-        _first(payloads, lambda p: p.messageTypeId),
+        _by_content(parsed, "messageType"),
+        _by_content(parsed, "messageTypeString"),
+        _by_content(parsed, "messageTypeId"),
     )
 
 
-def _direction(payloads: Sequence[MessagePayload]) -> str:
-    for payload in payloads:
-        direction = (payload.direction or "").strip().lower()
+def _dominance_order(parsed: Sequence[_Parsed], channel: str) -> list[Fields]:
+    """The fields of the events, most dominant first: (rank, attachments, content) descending.
+
+    Sorted by (rank, attachments); content keys are only computed for events tied on both.
+    """
+    ranks: list[tuple[int, int]] = []
+    for _, fields in parsed:
+        rank = status_rank(fields["status"], fields["callStatus"], channel)
+        ranks.append((rank, len(fields["attachments"])))
+    order = sorted(range(len(parsed)), key=ranks.__getitem__, reverse=True)
+    if len(set(ranks)) < len(ranks):  # ties: those events by content
+        tied = {rank for rank in ranks if ranks.count(rank) > 1}
+        contents = {i: _content(parsed[i]) for i, rank in enumerate(ranks) if rank in tied}
+        order.sort(key=lambda i: (ranks[i], contents.get(i, "")), reverse=True)
+    return [parsed[i][1] for i in order]
+
+
+def _merged(ordered: Sequence[Fields]) -> Fields:
+    """Each field from the first (most dominant) payload with a non-empty value (else an
+    empty one or None); `cc`/`bcc` the distinct union of `cc` + `ccList` (`bcc` + `bccList`)
+    of the first payload that has any."""
+    top, rest = ordered[0], ordered[1:]
+    merged: Fields = {}
+    for name in _NUMBER_FIELDS:
+        value = top[name]
+        if value is None:
+            for fields in rest:
+                value = fields[name]
+                if value is not None:
+                    break
+        merged[name] = value
+    for name in _OTHER_FIELDS:
+        value = top[name]
+        if not value:
+            for fields in rest:
+                value = fields[name]
+                if value:
+                    break
+        merged[name] = value
+    for single, listed in (("cc", "ccList"), ("bcc", "bccList")):
+        merged[single] = ()
+        for fields in ordered:
+            if fields[single] or fields[listed]:
+                merged[single] = _distinct(fields[single] + fields[listed])
+                break
+    return merged
+
+
+def _distinct(values: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+def _direction(ordered: Sequence[Fields]) -> str:
+    for fields in ordered:
+        direction = (fields["direction"] or "").strip().lower()
         if direction in ("inbound", "outbound"):
             return direction
-    return "inbound" if payloads[0].type == "InboundMessage" else "outbound"
+    return "inbound" if ordered[0]["type"] == "InboundMessage" else "outbound"
 
 
 def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
@@ -334,66 +417,86 @@ def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
     Raises ValueError when no event parses as a message, or when the events are about
     more than one message.
     """
-    items = _parsed_messages(events)
-    if not items:
+    parsed: list[_Parsed] = []
+    for event in events:
+        fields = message_fields(event.payload)
+        if fields is not None:
+            parsed.append((event, fields))
+    if not parsed:
         raise ValueError("no usable message event to build a message from")
-    keys = {_message_key(item) for item in items}
-    if len(keys) > 1:
-        raise ValueError(f"events of {len(keys)} different messages given as one")
-    ((location_id, message_key),) = keys
-    channel = _ranking_channel(items)
-
-    def dominance(item: _Parsed) -> tuple[int, int, str]:
-        payload = item.payload
-        rank = status_rank(payload.status, payload.callStatus, channel)
-        return rank, len(payload.attachments), item.content
-
-    ordered = [item.payload for item in sorted(items, key=dominance, reverse=True)]
-    return _entry(location_id, message_key, ordered, sorted({i.event.position for i in items}))
-
-
-def _entry(
-    location_id: str, message_key: str, ordered: Sequence[MessagePayload], positions: list[int]
-) -> MessageEntry:
-    top = ordered[0]
-    message_type = _first(ordered, lambda p: p.messageType)
-    message_type_string = _first(ordered, lambda p: p.messageTypeString)
-    message_type_id = _first(ordered, lambda p: p.messageTypeId)
-    body = _first(ordered, lambda p: p.body)
-    plain_text = _first(ordered, lambda p: p.plainText)
-    return MessageEntry(
-        location_id=location_id,
-        message_key=message_key,
-        conversation_id=top.conversationId,
-        contact_id=_first(ordered, lambda p: p.contactId),
-        event_type=top.type,
-        direction=_direction(ordered),
-        channel=channel_of(message_type, message_type_string, message_type_id),
-        message_type=message_type,
-        message_type_string=message_type_string,
-        message_type_id=message_type_id,
-        status=top.status,
-        call_status=top.callStatus,
-        call_duration=_first(ordered, lambda p: p.callDuration),
-        body=body,
-        plain_text=plain_text,
-        content_type=_first(ordered, lambda p: p.contentType),
-        attachments=_merged_list(ordered, lambda p: p.attachments),
-        from_=_first(ordered, lambda p: p.from_),
-        to=_merged_list(ordered, lambda p: p.to),
-        cc=_merged_list(ordered, lambda p: _distinct([*p.cc, *p.ccList])),
-        bcc=_merged_list(ordered, lambda p: _distinct([*p.bcc, *p.bccList])),
-        subject=_first(ordered, lambda p: p.subject),
-        thread_id=_first(ordered, lambda p: p.threadId),
-        email_message_id=_first(ordered, lambda p: p.emailMessageId),
-        message_id=_first(ordered, lambda p: p.messageId),
-        user_id=_first(ordered, lambda p: p.userId),
-        source=_first(ordered, lambda p: p.source),
-        conversation_provider_id=_first(ordered, lambda p: p.conversationProviderId),
-        date_added=_first(ordered, lambda p: p.dateAdded),
-        preview=preview_of(plain_text, body),
-        positions=tuple(positions),
+    if len(parsed) == 1:  # the common case: nothing to rank, merge or break ties on
+        event, top = parsed[0]
+        location_id, message_key = _message_key(event)
+        ordered = [top]
+        merged = top
+        cc = _distinct(top["cc"] + top["ccList"]) if top["cc"] or top["ccList"] else ()
+        bcc = _distinct(top["bcc"] + top["bccList"]) if top["bcc"] or top["bccList"] else ()
+        positions: tuple[int, ...] = (event.position,)
+    else:
+        keys: set[tuple[str, str]] = set()
+        unique_positions: set[int] = set()
+        for event, _ in parsed:
+            keys.add(_message_key(event))
+            unique_positions.add(event.position)
+        if len(keys) > 1:
+            raise ValueError(f"events of {len(keys)} different messages given as one")
+        ((location_id, message_key),) = keys
+        ordered = _dominance_order(parsed, _ranking_channel(parsed))
+        top = ordered[0]
+        merged = _merged(ordered)
+        cc, bcc = merged["cc"], merged["bcc"]
+        positions = tuple(sorted(unique_positions))
+    # `or None`: an empty value (of the single payload, or of every one) is None.
+    message_type = merged["messageType"] or None
+    message_type_string = merged["messageTypeString"] or None
+    message_type_id = merged["messageTypeId"]
+    body = merged["body"] or None
+    plain_text = merged["plainText"] or None
+    return _new_entry(
+        {
+            "location_id": location_id,
+            "message_key": message_key,
+            "conversation_id": top["conversationId"],
+            "contact_id": merged["contactId"] or None,
+            "event_type": top["type"],
+            "direction": _direction(ordered),
+            "channel": channel_of(message_type, message_type_string, message_type_id),
+            "message_type": message_type,
+            "message_type_string": message_type_string,
+            "message_type_id": message_type_id,
+            "status": top["status"],
+            "call_status": top["callStatus"],
+            "call_duration": merged["callDuration"],
+            "body": body,
+            "plain_text": plain_text,
+            "content_type": merged["contentType"] or None,
+            "attachments": tuple(merged["attachments"] or ()),
+            "from_": merged["from_"] or None,
+            "to": tuple(merged["to"] or ()),
+            "cc": cc,
+            "bcc": bcc,
+            "subject": merged["subject"] or None,
+            "thread_id": merged["threadId"] or None,
+            "email_message_id": merged["emailMessageId"] or None,
+            "message_id": merged["messageId"] or None,
+            "user_id": merged["userId"] or None,
+            "source": merged["source"] or None,
+            "conversation_provider_id": merged["conversationProviderId"] or None,
+            "date_added": merged["dateAdded"] or None,
+            "preview": preview_of(plain_text, body),
+            "positions": positions,
+        }
     )
+
+
+def _new_entry(values: dict[str, Any]) -> MessageEntry:
+    """`MessageEntry(**values)` without the frozen dataclass's `__init__`, whose 31
+    `object.__setattr__` calls were a third of a one-event fold: the same instance, its
+    attributes set at once. `values` must name every field, in field order; MessageEntry
+    must keep an instance `__dict__` and have no `__post_init__` (tests check all three)."""
+    entry = object.__new__(MessageEntry)
+    entry.__dict__.update(values)
+    return entry
 
 
 # --- preview --------------------------------------------------------------------------------
@@ -413,6 +516,8 @@ _TAG = re.compile(r"<(?:/?[A-Za-z]|!)[^<>]*>")
 
 
 def _html_text(body: str) -> str:
+    if "<" not in body:  # no markup (every pattern below needs a "<"): only entities
+        return html.unescape(body)
     text = _MENTION.sub("", body)
     text = _INVISIBLE.sub(" ", text)
     text = _COMMENT.sub(" ", text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 
 class Counter:
@@ -53,6 +53,28 @@ class Histogram:
             yield f"{self.name}_count{{{label}}} {running}"
 
 
+class Gauge:
+    """A value read when scraped (from the database), by label value; `label` None for a
+    gauge without labels (its one value under the key "")."""
+
+    def __init__(self, name: str, help: str, label: str | None = None) -> None:
+        self.name = name
+        self.help = help
+        self.label = label
+        self.values: dict[str, float] = {}
+
+    def set(self, value: float, label_value: str = "") -> Gauge:
+        self.values[label_value] = value
+        return self
+
+    def render(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        for value, number in sorted(self.values.items()):
+            label = f'{{{self.label}="{_escape(value)}"}}' if self.label is not None else ""
+            yield f"{self.name}{label} {_number(number)}"
+
+
 class Metrics:
     """The service's metrics; one instance per process, held by the app's state."""
 
@@ -64,12 +86,17 @@ class Metrics:
             "conversations_request_duration_seconds", "HTTP request latency by route.", "route"
         )
 
-    def render(self, gauges: dict[str, tuple[str, float]] | None = None) -> str:
+    def render(self, gauges: Sequence[Gauge] = ()) -> str:
         lines = [*self.webhooks.render(), *self.request_seconds.render()]
-        for name, (help_text, value) in (gauges or {}).items():
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+        for gauge in gauges:
+            lines += gauge.render()
         return "\n".join(lines) + "\n"
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    """Integers without a fraction; anything else as Python writes floats (repr)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

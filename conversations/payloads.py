@@ -4,7 +4,8 @@ HighLevel's docs disagree with each other and with its real payloads, so the mod
 every documented variant and normalise it: recipient fields become lists, `dateAdded` an
 aware UTC datetime, `callDuration` a number. Unknown fields are kept (`model_extra`).
 
-`parse_payload` is the entry point; it raises `PayloadError` and nothing else. Its checks, in
+`parse_payload` is the entry point; it raises `PayloadError` and nothing else. (`message_fields`
+gives the same answer for messages as plain values, faster, for replays.) Its checks, in
 order: `type` (reason "unknown_type"), `locationId` ("missing_location"), the conversation id
 ("missing_conversation"), then every field ("invalid_field"). An id that is absent, null,
 empty or only whitespace is *missing*; an id of the wrong JSON kind (a number, say) is an
@@ -16,18 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     StrictStr,
     ValidationError,
-    ValidatorFunctionWrapHandler,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -40,6 +39,7 @@ __all__ = [
     "Payload",
     "PayloadError",
     "PayloadReason",
+    "message_fields",
     "parse_payload",
 ]
 
@@ -239,6 +239,12 @@ Integer: TypeAlias = Annotated[int | None, BeforeValidator(_integer)]
 Boolean: TypeAlias = Annotated[bool | None, BeforeValidator(_boolean)]
 
 _CONFIG = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+_MESSAGE_CONFIG = ConfigDict(extra="allow", frozen=True)
+
+
+def _as_sent(value: Any) -> Any:
+    """The raw `dateAdded`: as sent, but a datetime given in Python as its ISO text."""
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -250,7 +256,7 @@ class MessagePayload(BaseModel):
     `direction` may contradict `type` (HighLevel's own examples do); both are kept as sent.
     """
 
-    model_config = _CONFIG
+    model_config = _MESSAGE_CONFIG
 
     type: Literal["InboundMessage", "OutboundMessage"]
     locationId: StrictStr
@@ -269,7 +275,11 @@ class MessagePayload(BaseModel):
     contentType: OptStr = None
     source: OptStr = None
     subject: OptStr = None
-    from_: OptStr = Field(default=None, alias="from")
+    # `from` is a keyword; `from_` is accepted too (populate_by_name would also let a document
+    # set `raw_date_added` by its name, so this model spells the two keys out instead).
+    from_: OptStr = Field(
+        default=None, validation_alias=AliasChoices("from", "from_"), serialization_alias="from"
+    )
     provider: OptStr = None
     plainText: OptStr = None
     callStatus: OptStr = None
@@ -285,23 +295,18 @@ class MessagePayload(BaseModel):
     mentions: StrList = Field(default_factory=list)
     attachments: Attachments = Field(default_factory=list)
 
-    _date_added_raw: str | int | float | None = PrivateAttr(default=None)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _keep_raw_date(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        model = handler(data)
-        if isinstance(model, MessagePayload) and isinstance(data, dict):
-            raw = data.get("dateAdded")
-            if isinstance(raw, datetime):
-                raw = raw.isoformat()
-            model._date_added_raw = raw
-        return model
+    # `dateAdded` as sent, read from the same key as `dateAdded` (a field, not a wrap validator
+    # storing a private attribute: that cost a quarter of the validation). Typed Any so it
+    # never adds an error of its own; left out of dumps and repr.
+    raw_date_added: Annotated[Any, BeforeValidator(_as_sent)] = Field(
+        default=None, validation_alias="dateAdded", exclude=True, repr=False
+    )
 
     @property
     def date_added_raw(self) -> str | int | float | None:
         """`dateAdded` exactly as sent (message identity hashes it, not the parsed value)."""
-        return self._date_added_raw
+        raw: str | int | float | None = self.raw_date_added
+        return raw
 
 
 class ConversationUnreadUpdatePayload(BaseModel):
@@ -430,3 +435,164 @@ def parse_payload(document: dict[str, Any]) -> Payload:
         return validate(document)
     except ValidationError as error:
         raise _translate(error) from None
+
+
+# --- message_fields: parse_payload's answer for a message, without pydantic -----------------
+
+# Python calls are the cost here, so the common shapes are checked inline and the
+# normalisers above are only called for the others.
+
+_MESSAGE_FIELDS: tuple[str, ...] = tuple(MessagePayload.model_fields)
+_S = TypeVar("_S")
+
+
+class _Unsure(Exception):
+    """The fast path cannot vouch for a value: pydantic decides."""
+
+
+def _plain_object(value: Any) -> bool:
+    return type(value) is dict and _STRING.issuperset(map(type, value))
+
+
+def _plain_attachments(value: Any) -> list[str | dict[str, Any]]:
+    if value is None:
+        return []
+    if type(value) is str:
+        return [value] if value else []
+    if _plain_object(value):
+        return [value]
+    if type(value) is list and all(type(item) is str or _plain_object(item) for item in value):
+        return value
+    raise _Unsure
+
+
+def _plain_scalar(value: Any, normalise: Callable[[Any], _S]) -> _S:
+    """A number or date field given as a JSON string or number, through its normaliser."""
+    if type(value) is str or type(value) is int or type(value) is float:
+        try:
+            return normalise(value)
+        except PydanticCustomError:
+            raise _Unsure from None
+    raise _Unsure
+
+
+# The MessagePayload fields by kind, as `_plain_message` reads them (a test checks that they
+# are the model's fields).
+_PLAIN_STRINGS: tuple[str, ...] = (
+    "messageId",
+    "emailMessageId",
+    "threadId",
+    "userId",
+    "contactId",
+    "body",
+    "status",
+    "direction",
+    "messageType",
+    "messageTypeString",
+    "contentType",
+    "source",
+    "subject",
+    "provider",
+    "plainText",
+    "callStatus",
+    "conversationProviderId",
+    "chatWidgetId",
+)
+_PLAIN_LISTS: tuple[str, ...] = ("to", "cc", "bcc", "ccList", "bccList", "mentions")
+_PLAIN_KEYS = frozenset(
+    {
+        *_PLAIN_STRINGS,
+        *_PLAIN_LISTS,
+        "type",
+        "locationId",
+        "conversationId",
+        "from",
+        "attachments",
+        "messageTypeId",
+        "callDuration",
+        "dateAdded",
+    }
+)
+_PLAIN_DEFAULTS: dict[str, None] = dict.fromkeys(_MESSAGE_FIELDS)
+_STRING = frozenset({str})
+_STRING_OR_NONE = frozenset({str, type(None)})
+
+
+def message_fields(document: Any) -> dict[str, Any] | None:
+    """The field values of `parse_payload(document)` (MessagePayload field name -> value) when
+    it is a message; None when it raises or is another event type.
+
+    For replays, which fold stored payloads by the million: a document whose fields all have
+    plain JSON shapes (exact `str`, `int`, `float`, `list`, `dict`: what ingest stores) is
+    checked and normalised here by the model's own rules, without pydantic and faster; any
+    other goes through `parse_payload`. The answer is the same either way (a test checks),
+    but for lists and objects it may share with `document`: treat it as read-only.
+    """
+    try:
+        return _plain_message(document)
+    except _Unsure:
+        pass
+    try:
+        payload = parse_payload(document)
+    except PayloadError:
+        return None
+    if not isinstance(payload, MessagePayload):
+        return None
+    return {name: getattr(payload, name) for name in _MESSAGE_FIELDS}
+
+
+def _plain_message(document: Any) -> dict[str, Any]:
+    """`message_fields` for a document of plain JSON shapes; raises `_Unsure` for any other,
+    and for whatever `parse_payload` rejects or reads as another event type."""
+    if type(document) is not dict:
+        raise _Unsure
+    # The document over the defaults, less its unknown keys (a key that is not a string can
+    # only be one of those); then every field checked and normalised in place.
+    values: dict[str, Any] = {**_PLAIN_DEFAULTS, **document}
+    kind = values["type"]
+    location = values["locationId"]
+    conversation = values["conversationId"]
+    if not (
+        type(kind) is str
+        and kind in MESSAGE_EVENT_TYPES
+        and type(location) is str
+        and location.strip()
+        and type(conversation) is str
+        and conversation.strip()
+        and "from_" not in document  # by name: which of `from`/`from_` wins is pydantic's rule
+    ):
+        raise _Unsure
+    for key in document.keys() - _PLAIN_KEYS:
+        if type(key) is not str:
+            raise _Unsure
+        del values[key]
+    if not _STRING_OR_NONE.issuperset(map(type, map(values.__getitem__, _PLAIN_STRINGS))):
+        raise _Unsure
+    sender = values.pop("from", None)
+    if sender is not None and type(sender) is not str:
+        raise _Unsure
+    values["from_"] = sender
+    for name in _PLAIN_LISTS:
+        value = values[name]
+        if value is None:
+            values[name] = []
+        elif type(value) is str:
+            values[name] = [value] if value else []
+        elif type(value) is not list or (value and not _STRING.issuperset(map(type, value))):
+            raise _Unsure
+    value = values["attachments"]
+    if value is None:
+        values["attachments"] = []
+    elif type(value) is not list or value:
+        values["attachments"] = _plain_attachments(value)
+    value = values["messageTypeId"]
+    if value is not None and not (type(value) is int and -_MAX_INT <= value <= _MAX_INT):
+        values["messageTypeId"] = _plain_scalar(value, _integer)
+    value = values["callDuration"]
+    if value is not None and not (type(value) is int and -_MAX_INT <= value <= _MAX_INT):
+        values["callDuration"] = _plain_scalar(value, _number)
+    value = values["dateAdded"]
+    values["raw_date_added"] = value
+    if value is not None:
+        values["dateAdded"] = _plain_scalar(value, _date)
+    return values

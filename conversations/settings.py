@@ -87,6 +87,12 @@ SETTINGS: tuple[Setting, ...] = (
         "`serve` keeps the projections current in a background worker woken by new events "
         "(`false` to leave that to other processes).",
     ),
+    Setting(
+        "CONVERSATIONS_READY_MAX_LAG",
+        "30",
+        "`/readyz` answers 503 while a projection has not applied an event recorded more "
+        "than this many seconds ago.",
+    ),
     Setting("CONVERSATIONS_LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`."),
     Setting("CONVERSATIONS_LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
 )
@@ -172,6 +178,7 @@ class Settings:
     retry_after: int
     batch_max: int
     projection_worker: bool
+    ready_max_lag: float
     log_level: str
     log_format: str
 
@@ -194,6 +201,7 @@ class Settings:
             retry_after=_int(env, "CONVERSATIONS_RETRY_AFTER"),
             batch_max=_int(env, "CONVERSATIONS_BATCH_MAX"),
             projection_worker=_bool(env, "CONVERSATIONS_PROJECTION_WORKER"),
+            ready_max_lag=_float(env, "CONVERSATIONS_READY_MAX_LAG"),
             log_level=_choice(
                 env, "CONVERSATIONS_LOG_LEVEL", ("debug", "info", "warning", "error")
             ).upper(),

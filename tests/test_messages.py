@@ -4,7 +4,9 @@ import dataclasses
 import itertools
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from conversations.messages import (
 from conversations.payloads import (
     ConversationUnreadUpdatePayload,
     MessagePayload,
+    PayloadError,
     parse_payload,
 )
 from conversations.store import StoredEvent
@@ -715,6 +718,123 @@ def test_build_message_keeps_the_highest_status(
     assert len(entry.attachments) >= min(
         len(event.payload.get("attachments") or []) for event in events
     )
+
+
+# --- build_message: against the rules stated plainly --------------------------------------
+
+ENVELOPE = {"webhookId", "timestamp", "appId", "versionId"}
+
+
+def content_of(event: StoredEvent) -> str:
+    content = {key: value for key, value in event.payload.items() if key not in ENVELOPE}
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def first(payloads: list[MessagePayload], get: Callable[[MessagePayload], Any]) -> Any:
+    return next((value for value in map(get, payloads) if value not in (None, "", [])), None)
+
+
+def plain_build(events: list[StoredEvent]) -> MessageEntry:
+    """The module doc's rules in the most direct form (`build_message` is tuned for replays:
+    no models, content keys only for ties, one-event shortcut)."""
+    parsed: list[tuple[StoredEvent, MessagePayload]] = []
+    for event in events:
+        try:
+            payload = parse_payload(event.payload)
+        except PayloadError:
+            continue
+        if isinstance(payload, MessagePayload):
+            parsed.append((event, payload))
+    by_content = [p for _, p in sorted(parsed, key=lambda i: content_of(i[0]), reverse=True)]
+    ranking = channel_of(
+        first(by_content, lambda p: p.messageType),
+        first(by_content, lambda p: p.messageTypeString),
+        first(by_content, lambda p: p.messageTypeId),
+    )
+
+    def dominance(item: tuple[StoredEvent, MessagePayload]) -> tuple[int, int, str]:
+        payload = item[1]
+        rank = status_rank(payload.status, payload.callStatus, ranking)
+        return rank, len(payload.attachments), content_of(item[0])
+
+    ordered = [p for _, p in sorted(parsed, key=dominance, reverse=True)]
+    top = ordered[0]
+    directions = [(p.direction or "").strip().lower() for p in ordered]
+    known = [d for d in directions if d in ("inbound", "outbound")]
+    event = parsed[0][0]
+    plain_text, body = first(ordered, lambda p: p.plainText), first(ordered, lambda p: p.body)
+    types = [first(ordered, attrgetter(name)) for name in TYPE_NAMES]
+    return MessageEntry(
+        location_id=event.location_id,
+        message_key=event.message_id or message_identity(parsed[0][1]),
+        conversation_id=top.conversationId,
+        contact_id=first(ordered, lambda p: p.contactId),
+        event_type=top.type,
+        direction=known[0] if known else top.type.removesuffix("Message").lower(),
+        channel=channel_of(*types),
+        message_type=types[0],
+        message_type_string=types[1],
+        message_type_id=types[2],
+        status=top.status,
+        call_status=top.callStatus,
+        call_duration=first(ordered, lambda p: p.callDuration),
+        body=body,
+        plain_text=plain_text,
+        content_type=first(ordered, lambda p: p.contentType),
+        attachments=tuple(first(ordered, lambda p: p.attachments) or ()),
+        from_=first(ordered, lambda p: p.from_),
+        to=tuple(first(ordered, lambda p: p.to) or ()),
+        cc=tuple(first(ordered, lambda p: list(dict.fromkeys(p.cc + p.ccList))) or ()),
+        bcc=tuple(first(ordered, lambda p: list(dict.fromkeys(p.bcc + p.bccList))) or ()),
+        subject=first(ordered, lambda p: p.subject),
+        thread_id=first(ordered, lambda p: p.threadId),
+        email_message_id=first(ordered, lambda p: p.emailMessageId),
+        message_id=first(ordered, lambda p: p.messageId),
+        user_id=first(ordered, lambda p: p.userId),
+        source=first(ordered, lambda p: p.source),
+        conversation_provider_id=first(ordered, lambda p: p.conversationProviderId),
+        date_added=first(ordered, lambda p: p.dateAdded),
+        preview=preview_of(plain_text, body),
+        positions=tuple(sorted({event.position for event, _ in parsed})),
+    )
+
+
+TYPE_NAMES = ("messageType", "messageTypeString", "messageTypeId")
+
+
+@given(events=message_events(), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_build_message_follows_the_rules(events: list[StoredEvent], data: st.DataObject) -> None:
+    extra = data.draw(st.lists(st.sampled_from(events), max_size=2), label="duplicates")
+    events = data.draw(st.permutations(events + extra), label="order")
+    entry = build_message(events)
+    expected = plain_build(events)
+    assert entry == expected
+    assert repr(entry) == repr(expected)  # the same types too (1 is not 1.0)
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in FIXTURES.glob("*.json")))
+def test_build_message_follows_the_rules_on_fixtures(name: str) -> None:
+    document = fixture(name)
+    if document["type"] not in ("InboundMessage", "OutboundMessage"):
+        return
+    events = stored_all(
+        document,
+        document | {"status": "read", "subject": "later", "webhookId": "w2"},
+        document | {"status": "failed", "contentType": "", "callStatus": "busy"},
+    )
+    for group in ([events[0]], events, events[::-1], events[1:]):
+        assert repr(build_message(group)) == repr(plain_build(group))
+
+
+def test_entries_are_built_like_the_dataclass_does() -> None:
+    """`build_message` creates entries without `MessageEntry.__init__` (for speed)."""
+    entry = build(message(body="x"), message(status="sent"))
+    assert list(vars(entry)) == [field.name for field in dataclasses.fields(MessageEntry)]
+    assert entry == MessageEntry(**vars(entry))
+    assert not hasattr(MessageEntry, "__post_init__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.body = "changed"  # type: ignore[misc]
 
 
 # --- build_flags ----------------------------------------------------------------------------

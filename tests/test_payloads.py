@@ -8,14 +8,18 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import AliasChoices
 
+from conversations import payloads
 from conversations.payloads import (
     EVENT_TYPES,
     MESSAGE_EVENT_TYPES,
     ConversationUnreadUpdatePayload,
     ConversationUpdatePayload,
     MessagePayload,
+    Payload,
     PayloadError,
+    message_fields,
     parse_payload,
 )
 
@@ -630,3 +634,122 @@ def test_non_string_keys_are_a_payload_error() -> None:
 def test_huge_numbers_do_not_escape() -> None:
     error = reject(message(messageId=10**5000))
     assert "very large number" in error.detail
+
+
+# --- message_fields: parse_payload's answer without pydantic --------------------------------
+
+
+def model_answer(document: Any) -> dict[str, Any] | None:
+    try:
+        payload = parse_payload(document)
+    except PayloadError:
+        return None
+    if not isinstance(payload, MessagePayload):
+        return None
+    return {name: getattr(payload, name) for name in MessagePayload.model_fields}
+
+
+def typed(value: Any) -> Any:
+    """`value` with the type of every part spelled out (so 1 is not 1.0, nor "x" a subclass),
+    dict items in key order."""
+    if isinstance(value, dict):
+        return ("dict", sorted((repr(key), typed(item)) for key, item in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [typed(item) for item in value])
+    if isinstance(value, datetime):
+        return ("datetime", value.isoformat(), repr(value.tzinfo))
+    return (type(value).__name__, repr(value))
+
+
+def _input_keys(name: str) -> list[str]:
+    alias = MessagePayload.model_fields[name].validation_alias
+    if alias is None:
+        return [name]
+    if isinstance(alias, str):
+        return [alias]
+    assert isinstance(alias, AliasChoices)
+    return [str(choice) for choice in alias.choices]
+
+
+# Every key the model reads (so a new field is exercised here without editing this list).
+MESSAGE_KEYS = sorted({key for name in MessagePayload.model_fields for key in _input_keys(name)})
+plain_values = (
+    st.none()
+    | st.text(max_size=6)
+    | st.sampled_from(["", " ", "7", " 8 ", "2.0", "1e3", "x", "2024-05-08T12:00:00Z"])
+    | st.sampled_from(["2024-05-08T12:00:00.123+02:00", "2024-05-08", "2024-13-01T00:00:00Z"])
+    | st.integers(min_value=-5, max_value=30)
+    | st.integers()
+    | st.floats()
+    | st.booleans()
+    | st.lists(st.text(max_size=3), max_size=3)
+    | st.dictionaries(st.text(max_size=3), json_values, max_size=2)
+    | st.lists(st.text(max_size=3) | st.dictionaries(st.text(max_size=3), json_values), max_size=3)
+    | st.datetimes()
+)
+message_documents = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(sorted(MESSAGE_EVENT_TYPES)),
+        "locationId": st.sampled_from(["loc", " ", ""]) | json_values,
+        "conversationId": st.sampled_from(["conv", " "]) | json_values,
+    },
+).flatmap(
+    lambda base: st.dictionaries(
+        st.sampled_from(MESSAGE_KEYS) | st.sampled_from(["webhookId", "novel"]) | st.text(),
+        plain_values | json_values,
+        max_size=10,
+    ).map(lambda fields: {**fields, **base})
+)
+
+
+def every_field() -> dict[str, Any]:
+    """A valid message with every field the model reads (none by the name `from_`)."""
+    document = message(
+        **dict.fromkeys(set(MESSAGE_KEYS) - {"from_", "type", "locationId", "conversationId"})
+    )
+    return document | {
+        "from": "a",
+        "to": "b",
+        "cc": ["c"],
+        "attachments": [{"url": "u"}, "v"],
+        "messageTypeId": "2",
+        "callDuration": 3.5,
+        "dateAdded": 1618997505750,
+        "webhookId": "w",
+    }
+
+
+VALID_MESSAGES = [
+    every_field(),
+    *(load(name) for name in FIXTURE_NAMES if load(name)["type"] in MESSAGE_EVENT_TYPES),
+]
+# A valid message with one to three fields changed to anything: each field's checks alone.
+changed_messages = st.sampled_from(VALID_MESSAGES).flatmap(
+    lambda valid: st.dictionaries(
+        st.sampled_from(MESSAGE_KEYS) | st.just("novel"),
+        plain_values | json_values,
+        min_size=1,
+        max_size=3,
+    ).map(lambda changes: valid | changes)
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(documents | message_documents | changed_messages)
+def test_message_fields_is_the_models_answer(document: dict[str, Any]) -> None:
+    assert typed(message_fields(document)) == typed(model_answer(document))
+
+
+def test_message_fields_reads_plain_documents_without_pydantic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = VALID_MESSAGES
+    answers = [model_answer(document) for document in plain]
+    assert None not in answers
+
+    def no_pydantic(document: Any) -> Payload:
+        raise AssertionError("parse_payload called")
+
+    monkeypatch.setattr(payloads, "parse_payload", no_pydantic)
+    for document, answer in zip(plain, answers, strict=True):
+        assert typed(message_fields(document)) == typed(answer)

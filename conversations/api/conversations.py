@@ -200,7 +200,10 @@ def search_conversations(request: Request) -> Response:
     if start_after is not None:
         # After (t, ""): descending reads what sorts before t, ascending what sorts at or
         # after t (one ms past the given time): that millisecond is skipped, as at HighLevel.
-        bound = start_after if descending else start_after + timedelta(milliseconds=1)
+        try:
+            bound = start_after if descending else start_after + timedelta(milliseconds=1)
+        except OverflowError:  # within 1 ms of the end of year 9999: nothing sorts after it
+            bound = start_after
         after = (bound, "")
     if not visible:
         return JSONResponse({"conversations": [], "total": 0, "nextCursor": None})

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from conversations.api.problems import problem_response
-from conversations.api.state import app_state
+from conversations.api.state import AppState, app_state
 from conversations.deadline import within
+from conversations.metrics import Gauge
 from conversations.migrate import head_revision
 from conversations.projections.registry import PROJECTIONS
+from conversations.projections.runner import ProjectionStatus
 from conversations.projections.runner import status as projection_status
 
 
@@ -18,38 +22,117 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-async def readyz(request: Request) -> Response:
-    state = app_state(request)
+@dataclass(frozen=True)
+class _Probe:
+    """What readiness and the metrics read from the database in one bounded visit."""
 
-    async def migration() -> str | None:
-        async with state.engine.connect() as conn:
-            result = await conn.execute(text("SELECT version_num FROM alembic_version"))
-            version: str | None = result.scalar_one_or_none()
-            return version
+    migration: str | None
+    projections: list[ProjectionStatus]
+    """Empty unless the schema is at head (older schemas may lack the tables)."""
+    quarantine_pending: int | None
 
-    try:
-        current = await within(migration(), state.settings.db_timeout)
-    except Exception as error:
-        return problem_response(
-            503,
-            "not_ready",
-            "Not ready",
-            f"database unreachable: {type(error).__name__}",
-            headers={"Retry-After": str(state.settings.retry_after)},
-        )
+
+async def _probe(state: AppState, *, quarantine: bool) -> _Probe:
     head = head_revision()
-    if current != head:
-        return problem_response(
-            503, "not_ready", "Not ready", f"migrations at {current}, head is {head}"
+    async with state.engine.connect() as conn:
+        result = await conn.execute(text("SELECT version_num FROM alembic_version"))
+        version: str | None = result.scalar_one_or_none()
+        if version != head:
+            return _Probe(version, [], None)
+        rows = await conn.run_sync(projection_status, PROJECTIONS)
+        pending = None
+        if quarantine:
+            pending = int(await conn.scalar(_PENDING) or 0)
+        return _Probe(version, rows, pending)
+
+
+_PENDING = text("SELECT count(*) FROM quarantine WHERE status = 'pending'")
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: the database answers within `CONVERSATIONS_DB_TIMEOUT`, the schema is at
+    head, and no projection has left an event unapplied for longer than
+    `CONVERSATIONS_READY_MAX_LAG` seconds. Otherwise 503, saying which."""
+    state = app_state(request)
+    try:
+        probe = await within(_probe(state, quarantine=False), state.settings.db_timeout)
+    except Exception as error:
+        return _not_ready(state, f"database unreachable: {type(error).__name__}")
+    head = head_revision()
+    if probe.migration != head:
+        return _not_ready(state, f"migrations at {probe.migration}, head is {head}")
+    bound = state.settings.ready_max_lag
+    behind = [row for row in probe.projections if row.lag_seconds > bound]
+    if behind:
+        detail = ", ".join(
+            f"{row.name} is {row.lag_seconds:.1f} s ({row.lag_events} positions) behind"
+            for row in behind
         )
-    return JSONResponse({"status": "ready", "migration": current})
+        return _not_ready(state, f"projections behind more than {bound:g} s: {detail}")
+    return JSONResponse(
+        {
+            "status": "ready",
+            "migration": probe.migration,
+            "projections": {row.name: round(row.lag_seconds, 3) for row in probe.projections},
+        }
+    )
+
+
+def _not_ready(state: AppState, detail: str) -> Response:
+    return problem_response(
+        503,
+        "not_ready",
+        "Not ready",
+        detail,
+        headers={"Retry-After": str(state.settings.retry_after)},
+    )
 
 
 async def metrics(request: Request) -> Response:
+    """Counters and histograms of this process, and gauges read from the database now
+    (left out, with `conversations_database_reachable 0`, when it does not answer in
+    time: a missing series is better than a stale one)."""
     state = app_state(request)
-    return PlainTextResponse(
-        state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    reachable = Gauge(
+        "conversations_database_reachable",
+        "1 if the database answered this scrape within CONVERSATIONS_DB_TIMEOUT, else 0.",
     )
+    gauges = [reachable]
+    try:
+        probe = await within(_probe(state, quarantine=True), state.settings.db_timeout)
+    except Exception:
+        reachable.set(0)
+    else:
+        reachable.set(1)
+        gauges += _database_gauges(probe)
+    return PlainTextResponse(
+        state.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+def _database_gauges(probe: _Probe) -> list[Gauge]:
+    lag = Gauge(
+        "conversations_projection_lag_seconds",
+        "Age of the oldest event the projection has not applied (0 when caught up).",
+        "projection",
+    )
+    behind = Gauge(
+        "conversations_projection_behind_events",
+        "Positions between the projection's checkpoint and the newest event.",
+        "projection",
+    )
+    for row in probe.projections:
+        lag.set(round(row.lag_seconds, 3), row.name)
+        behind.set(row.lag_events, row.name)
+    gauges = [lag, behind] if probe.projections else []
+    if probe.quarantine_pending is not None:
+        gauges.append(
+            Gauge(
+                "conversations_quarantine_pending",
+                "Bodies kept aside and not yet re-ingested (`conversations quarantine list`).",
+            ).set(probe.quarantine_pending)
+        )
+    return gauges
 
 
 def projections(request: Request) -> Response:
