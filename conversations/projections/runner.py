@@ -326,7 +326,10 @@ def rebuild(
             with engine.begin() as conn:
                 for projection in ordered:  # live workers wait from here
                     _checkpoint(conn, projection.name, wait=True)
-                position = _fold(conn, ordered, sides, position, 2**63 - 1, batch_size)
+                # Up to the head as it is now: what commits later is the live workers'
+                # (chasing a steady stream of appends here could go on for ever).
+                head = head_position(conn)
+                position = _fold(conn, ordered, sides, position, head, batch_size)
                 for projection in ordered:
                     for live, side in sides[projection.name].items():
                         _swap(conn, live, side.name)
