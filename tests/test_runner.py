@@ -223,7 +223,7 @@ def test_rebuild_while_events_arrive_switches_over_with_nothing_missing(
     appender.start()
     seen: list[int] = []
     try:
-        position = runner.rebuild(engine, [projection], seen.append, batch_size=10)
+        position = runner.rebuild(engine, [projection], seen.append, batch_size=500)
     finally:
         stop.set()
         appender.join()
