@@ -21,8 +21,9 @@ import httpx
 import pytest
 import sqlalchemy
 
+from tests.api_support import make_key
 from tests.conftest import start_server
-from tests.helpers import KeyPair, Server, message
+from tests.helpers import KeyPair, Server, message, new_id
 from tests.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -320,3 +321,36 @@ def test_hung_database_is_answered_in_bounded_time(
         assert request(client, "not_json")[0] == 400
         assert request(client, "readyz")[0] == 200
     assert_stored_once(engine, [retry])
+
+
+def test_read_during_an_outage_is_logged_as_answered(
+    database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
+) -> None:
+    """A keyed read that finds no database is a 503 problem, and the access log line says
+    503 too: one structured line, no traceback from the server underneath."""
+    key = make_key(engine, new_id("loc_"))
+    with Proxy.to(database_url).running() as proxy:
+        server = start_server(
+            proxy.url_for(database_url),
+            keys,
+            CONVERSATIONS_DB_TIMEOUT=str(DB_TIMEOUT),
+            CONVERSATIONS_RETRY_AFTER=str(RETRY_AFTER),
+            CONVERSATIONS_LOG_LEVEL="info",
+        )
+        try:
+            proxy.cut()
+            response = httpx.get(
+                f"{server.url}/conversations/search",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=CLIENT_TIMEOUT,
+            )
+        finally:
+            proxy.restore()
+            server.stop()
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers.get("retry-after") == str(RETRY_AFTER)
+    lines = [json.loads(line) for line in server.output.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("path") == "/conversations/search"]
+    assert [line["status"] for line in access] == [503], access
+    assert not [line for line in lines if line["level"] == "error" and "uvicorn" in line["logger"]]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,7 +103,12 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
 
 class RequestLog:
-    """One structured log line and one latency observation per HTTP request."""
+    """One structured log line and one latency observation per HTTP request.
+
+    An unhandled error is answered here (503 when the database is away, else 500) so the
+    log line carries the status the client got, and the error does not travel on to the
+    server, which would print a second, unstructured traceback.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -114,15 +120,22 @@ class RequestLog:
             return
         started = time.perf_counter()
         status = 500
+        responded = False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
+        except Exception as error:
+            if responded:  # too late for an error document; the server drops the connection
+                raise
+            response = await server_error(Request(scope), error)
+            await response(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
