@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, TypeAlias
 
 from conversations import __version__
-from conversations.database import DatabaseHandle, create_engine, open_database
+from conversations.database import DatabaseHandle, create_engine, describe_error, open_database
 from conversations.settings import Settings, SettingsError
 
 log = logging.getLogger("conversations.cli")
+
+_Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +108,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         print(f"conversations: cannot open the database: {error}", file=sys.stderr)
         return 1
+    previous = _interrupt_on_sigterm()
+    try:
+        return _run(args, settings, handle)
+    except KeyboardInterrupt:
+        print("conversations: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = _database_problem(error)
+        if message is None:
+            raise
+        print(f"conversations: {message}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_on_sigterm() -> _Handler | None:
+    """Make SIGTERM (systemd, docker, `kill`) stop a command as Ctrl-C does.
+
+    Python's default is to die at once, skipping exit handlers, and one of those stops the
+    embedded PostgreSQL: `serve` stopped by SIGTERM left it running. uvicorn re-raises the
+    signal once its graceful shutdown is done, and swallows the KeyboardInterrupt.
+    Returns the previous handler, to restore (tests call `main` in-process).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return signal.SIG_DFL if previous is None else previous
+
+
+def _database_problem(error: Exception) -> str | None:
+    """A one-line message for an error about the database (unreachable, no schema, an
+    unknown revision), or None for anything else (a bug, which keeps its traceback)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(error, CommandError):
+        return f"migration failed: {error}"
+    if isinstance(error, DBAPIError):
+        return describe_error(error)
+    return None
+
+
+def _run(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
     command: str = args.command
     if command == "serve":
         return _serve(args, settings, handle)

@@ -159,6 +159,20 @@ def create_async_engine(
     return engine
 
 
+# undefined_table, undefined_column: the schema is older than the code (or absent).
+_SCHEMA_BEHIND = frozenset({"42P01", "42703"})
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an operator about a database error, without SQL or a traceback; it
+    says to run `conversations migrate` when the schema is absent or older than the code."""
+    cause = getattr(error, "orig", None) or error
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if getattr(cause, "sqlstate", None) in _SCHEMA_BEHIND:
+        return f"the database has no schema or an old one ({first}); run `conversations migrate`"
+    return f"database error: {first}"
+
+
 def create_database(server_url: str, name: str) -> str:
     """Create database `name` on the server of `server_url`; return its URL."""
     engine = _admin_engine(server_url)

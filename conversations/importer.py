@@ -31,7 +31,7 @@ from typing import BinaryIO, Literal
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from conversations.database import create_async_engine
+from conversations.database import create_async_engine, describe_error
 from conversations.events import NewEvent
 from conversations.ingest import Rejection, prepare
 from conversations.progress import Progress
@@ -570,7 +570,8 @@ async def _import_all(names: Sequence[str], url: str, limit: int, db_timeout: fl
                 print(f"conversations: {shown}: {error}; stopped reading it", file=sys.stderr)
                 report.failed = True
     except DatabaseFailed as error:
-        print(f"conversations: import stopped, database error: {error}", file=sys.stderr)
+        why = describe_error(error.__cause__ or error)
+        print(f"conversations: import stopped, {why}", file=sys.stderr)
         report.failed = True
     finally:
         await engine.dispose()

@@ -24,7 +24,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from conversations.database import create_async_engine
+from conversations.database import create_async_engine, describe_error
 from conversations.events import NewEvent
 from conversations.ingest import Rejection, Source, prepare
 from conversations.progress import size
@@ -77,7 +77,10 @@ def _run(url: str, db_timeout: float, work: Callable[[AsyncEngine], Awaitable[in
 
     try:
         return asyncio.run(main())
-    except (DBAPIError, OSError) as error:
+    except DBAPIError as error:
+        print(f"conversations: {describe_error(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:
         print(f"conversations: database error: {_first_line(error)}", file=sys.stderr)
         return 2
 

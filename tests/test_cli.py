@@ -1,0 +1,150 @@
+"""The `conversations` command as a user meets it: one clear line and a documented exit
+status when the database is away, has no schema, or a revision is unknown (never a
+traceback), and SIGTERM stopping `serve` cleanly, embedded PostgreSQL included."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conversations.database import create_database, drop_database
+from tests.conftest import REPO, free_port
+
+COMMANDS = [
+    ("status",),
+    ("keys", "list"),
+    ("keys", "create", "--location", "loc"),
+    ("keys", "revoke", "abc"),
+    ("replay",),
+    ("verify",),
+    ("migrate",),
+    ("quarantine", "list"),
+    ("serve", "--port", "0"),
+]
+
+
+def conversations(
+    *argv: str, env: dict[str, str], stdin: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conversations", *argv],
+        env={**os.environ, "CONVERSATIONS_LOG_LEVEL": "warning", **env},
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("conversations: "), result.stderr
+    for word in words:
+        assert word in message, result.stderr
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)
+def test_an_unreachable_database_is_one_line_and_exit_2(argv: tuple[str, ...]) -> None:
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    result = conversations(*argv, env={"DATABASE_URL": closed})
+    assert_one_line_error(result, "database error", "connection")
+
+
+@pytest.fixture(scope="module")
+def empty_database(server_url: str) -> Iterator[str]:
+    """A database no migration ran on, as a fresh install before `migrate` or `serve`."""
+    name = f"conversations_empty_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.mark.parametrize(
+    "argv", [argv for argv in COMMANDS if argv[0] not in ("migrate", "serve")], ids=" ".join
+)
+def test_a_database_without_schema_says_to_migrate(
+    argv: tuple[str, ...], empty_database: str
+) -> None:
+    result = conversations(*argv, env={"DATABASE_URL": empty_database})
+    assert_one_line_error(result, "conversations migrate")
+
+
+def test_import_into_a_database_without_schema_says_to_migrate(empty_database: str) -> None:
+    result = conversations("import", "-", env={"DATABASE_URL": empty_database}, stdin="{}\n")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "run `conversations migrate`" in result.stderr
+
+
+@pytest.mark.parametrize("option", ["--revision", "--downgrade"])
+def test_migrate_to_an_unknown_revision_names_it(option: str, database_url: str) -> None:
+    result = conversations("migrate", option, "nosuchrevision", env={"DATABASE_URL": database_url})
+    assert_one_line_error(result, "nosuchrevision")
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.smoke
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigterm_stops_serve_and_its_embedded_postgresql(tmp_path: Path) -> None:
+    """systemd, docker and `kill` stop a service with SIGTERM: the embedded server must stop
+    with it, as it does on Ctrl-C, not be left running."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    port = free_port()
+    env.update(CONVERSATIONS_DATA_DIR=str(tmp_path / "data"), CONVERSATIONS_LOG_LEVEL="warning")
+    pgdata = tmp_path / "data" / "postgres"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conversations", "serve", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        assert _running(postmaster)
+
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        deadline = time.monotonic() + 10
+        while _running(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(postmaster), "the embedded PostgreSQL outlived `serve`"
+        assert not (pgdata / "postmaster.pid").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        pid_file = pgdata / "postmaster.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
