@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     importer = commands.add_parser(
-        "import", help="append exported webhook payloads (JSON lines or a JSON array, or gzipped)"
+        "import",
+        help="append exported webhook payloads (JSON lines, a JSON array or pretty-printed"
+        " objects; gzipped or not)",
     )
     importer.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for stdin")
 

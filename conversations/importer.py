@@ -1,10 +1,11 @@
 """`conversations import FILE...`: append exported webhook payloads.
 
 Each payload goes through the webhook endpoint's checks (`ingest.prepare`), idempotency
-(a payload stored before is a duplicate) and quarantine. Input is JSON lines or one JSON
-array, either gzipped, read as a stream: memory stays bounded whatever the file size.
-Events are appended in batches, one transaction each; a batch the database refuses
-because of one event is retried event by event and only that event is quarantined.
+(a payload stored before is a duplicate) and quarantine. Input is JSON lines, one JSON
+array, or pretty-printed JSON objects one after another, any of them gzipped, read as a
+stream: memory stays bounded whatever the file size. Events are appended in batches, one
+transaction each; a batch the database refuses because of one event is retried event by
+event and only that event is quarantined.
 
 Exit status: 0 when every payload was stored or a duplicate, 1 when some were quarantined
 (or too large to store), 2 when a file could not be read or the database failed.
@@ -44,7 +45,7 @@ LISTED = 20
 GZIP_MAGIC = b"\x1f\x8b"
 BOM = b"\xef\xbb\xbf"
 
-Kind = Literal["lines", "array"]
+Kind = Literal["lines", "array", "values"]
 
 
 class Unreadable(Exception):
@@ -102,8 +103,10 @@ def _decoded(counted: _Counted) -> Iterator[bytes]:
 
 
 def records(chunks: Iterator[bytes], limit: int) -> tuple[Kind, Iterator[Record]]:
-    """JSON lines or a JSON array (the first non-whitespace byte is `[`)? A UTF-8 byte
-    order mark starting the file is the file's encoding mark, not the payload's: dropped."""
+    """JSON lines, a JSON array (the first non-whitespace byte is `[`), or pretty-printed
+    JSON values one after another (the first line is a lone `{`, as `jq` or a copy of a
+    documented example has it; no JSON line can be that)? A UTF-8 byte order mark starting
+    the file is the file's encoding mark, not the payload's: dropped."""
     seen = b""
     undecided = True  # whether the file starts with a byte order mark
     for chunk in chunks:
@@ -113,12 +116,17 @@ def records(chunks: Iterator[bytes], limit: int) -> tuple[Kind, Iterator[Record]
                 continue
             undecided = False
             seen = seen.removeprefix(BOM)
-        start = seen.lstrip()[:1]
+        content = seen.lstrip()
+        start = content[:1]
+        if start == b"{" and b"\n" not in content and len(content) < CHUNK:
+            continue  # the first line is not whole yet
         if start:
-            content = _chain(seen, chunks)
+            chained = _chain(seen, chunks)
             if start == b"[":
-                return "array", _elements(content, limit)
-            return "lines", _lines(content, limit)
+                return "array", _elements(chained, limit)
+            if content.partition(b"\n")[0].strip() == b"{":
+                return "values", _values(chained, limit)
+            return "lines", _lines(chained, limit)
     return "lines", _lines(iter([seen]), limit)
 
 
@@ -290,6 +298,15 @@ def _elements(chunks: Iterator[bytes], limit: int) -> Iterator[Record]:
                 raise Unreadable(f"expected ',' or ']' after element {index}, found {found}")
     if text.peek():
         raise Unreadable("data after the end of the JSON array")
+
+
+def _values(chunks: Iterator[bytes], limit: int) -> Iterator[Record]:
+    """JSON values one after another, each a payload numbered from 0 like array elements."""
+    text = _ArrayText(chunks)
+    for index in range(sys.maxsize):
+        if not text.peek():
+            break
+        yield Record(index, text.value(index, limit))
 
 
 # --- results ---------------------------------------------------------------------------------

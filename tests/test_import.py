@@ -248,6 +248,52 @@ def test_a_json_array_stores_each_element_with_its_exact_bytes(
     assert [bytes(row["raw"]) for row in events_in(engine, docs[0]["locationId"])] == elements
 
 
+@pytest.mark.parametrize("piece", [1, 2, 5, 64, 1 << 20])
+def test_pretty_printed_objects_one_after_another_are_read_whatever_the_chunk_size(
+    piece: int,
+) -> None:
+    """What `jq . export.json` prints, or one webhook copied from HighLevel's docs."""
+    data = b'\xef\xbb\xbf{\n  "a": [1, {"b": "}"}]\n}\n{\n  "\xc3\xa9": "x"\n}\n\n{"c": 3}'
+    kind, found = read_in_pieces(data, piece)
+    assert kind == "values"
+    assert found == [
+        Record(0, b'{\n  "a": [1, {"b": "}"}]\n}'),
+        Record(1, b'{\n  "\xc3\xa9": "x"\n}'),
+        Record(2, b'{"c": 3}'),
+    ]
+
+
+def test_a_pretty_printed_webhook_is_one_payload(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(2)
+    path = tmp_path / "webhook.json"
+    path.write_bytes(pretty(docs[0]) + b"\n" + pretty(docs[1]) + b"\n")
+
+    result = cli("import", str(path))
+
+    assert result.status == 0, result
+    assert f"{path}: 2 stored, 0 duplicate, 0 quarantined" in result.out
+    assert [bytes(row["raw"]) for row in events_in(engine, docs[0]["locationId"])] == [
+        pretty(d) for d in docs
+    ]
+    assert kept(engine, path) == []
+
+
+def test_a_broken_pretty_printed_file_stops_with_a_clear_error(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    docs = documents(2)
+    path = tmp_path / "broken.json"
+    path.write_bytes(pretty(docs[0]) + b"\n" + pretty(docs[1])[:-5])
+
+    result = cli("import", str(path))
+
+    assert result.status == 2, result
+    assert "element 1 is not valid JSON" in result.err
+    assert len(events_in(engine, docs[0]["locationId"])) == 1
+
+
 def test_gzipped_json_lines_are_stored(cli: Run, engine: sqlalchemy.Engine, tmp_path: Path) -> None:
     docs = documents(4)
     lines = [spaced(d) for d in docs]
