@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 from conversations import __version__
 from conversations.database import DatabaseHandle, create_engine, describe_error, open_database
-from conversations.settings import Settings, SettingsError
+from conversations.settings import MAX_PORT, Settings, SettingsError
 
 log = logging.getLogger("conversations.cli")
 
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the HTTP service (webhooks in, reads out)")
     serve.add_argument("--host", help="address to listen on (default: CONVERSATIONS_HOST)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: CONVERSATIONS_PORT)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: CONVERSATIONS_PORT)")
     serve.add_argument(
         "--no-migrate",
         action="store_true",
@@ -93,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("id", type=int, nargs="?")
     target.add_argument("--all", action="store_true", help="every pending body")
     return parser
+
+
+def _port(text: str) -> int:
+    """A TCP port; the event loop would silently take 99999 as 99999 - 65536."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} is not between 0 and {MAX_PORT}")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,13 +201,13 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
                     conn, args.location or [], all_locations=args.all_locations, label=args.label
                 )
             elif args.action == "list":
-                print(f"{'key id':<14} {'created':<20} {'revoked':<20} {'label':<16} locations")
+                print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")
                 for key in keys.list_keys(conn):
                     where = "(all locations)" if key.all_locations else ", ".join(key.locations)
                     revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
                     print(
-                        f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<20}"
-                        f" {revoked:<20} {key.label or '':<16} {where}"
+                        f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<25}"
+                        f" {revoked:<25} {key.label or '':<16} {where}"
                     )
             elif not keys.revoke_key(conn, args.key):
                 print(f"conversations: no live key {args.key!r}", file=sys.stderr)
@@ -251,13 +262,18 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
 
     from conversations.api.app import create_app
 
+    try:
+        app = create_app(settings, handle.url)
+    except ValueError as error:  # a signing key that cannot be used
+        print(f"conversations: {_key_setting(str(error))}", file=sys.stderr)
+        return 2
     if settings.auto_migrate and not args.no_migrate:
         _migrate(argparse.Namespace(downgrade=None, revision="head"), handle)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
     uvicorn.run(
-        create_app(settings, handle.url),
+        app,
         host=host,
         port=port,
         loop="uvloop",
@@ -268,3 +284,14 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _key_setting(message: str) -> str:
+    """`message` about a signing key, naming the setting that gave it."""
+    for kind, setting in (
+        ("Ed25519", "CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY"),
+        ("RSA", "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY"),
+    ):
+        if message.startswith(f"{kind} public key"):
+            return f"Setting {setting}: {message}"
+    return message

@@ -98,6 +98,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+MAX_PORT = 65535
+
+
 class SettingsError(ValueError):
     """A setting has a value the service cannot use."""
 
@@ -110,7 +113,7 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     raise KeyError(name)
 
 
-def _int(env: Mapping[str, str], name: str, minimum: int = 1) -> int:
+def _int(env: Mapping[str, str], name: str, minimum: int = 1, maximum: int | None = None) -> int:
     raw = _get(env, name)
     try:
         value = int(raw or "")
@@ -118,6 +121,8 @@ def _int(env: Mapping[str, str], name: str, minimum: int = 1) -> int:
         raise SettingsError(f"Setting {name}={raw!r} is not an integer.") from None
     if value < minimum:
         raise SettingsError(f"Setting {name}={value} must be at least {minimum}.")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"Setting {name}={value} must be at most {maximum}.")
     return value
 
 
@@ -190,7 +195,7 @@ class Settings:
             database_url=_get(env, "DATABASE_URL"),
             data_dir=Path(_get(env, "CONVERSATIONS_DATA_DIR") or ".conversations"),
             host=_get(env, "CONVERSATIONS_HOST") or "127.0.0.1",
-            port=_int(env, "CONVERSATIONS_PORT", minimum=0),
+            port=_int(env, "CONVERSATIONS_PORT", minimum=0, maximum=MAX_PORT),
             auto_migrate=_bool(env, "CONVERSATIONS_AUTO_MIGRATE"),
             max_body_bytes=_int(env, "CONVERSATIONS_MAX_BODY_BYTES"),
             webhook_verify="enforce" if verify == "enforce" else "off",

@@ -148,3 +148,38 @@ def test_sigterm_stops_serve_and_its_embedded_postgresql(tmp_path: Path) -> None
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (("serve", "--port", "99999"), {}),
+        (("serve", "--port", "-1"), {}),
+        (("serve",), {"CONVERSATIONS_PORT": "70000"}),
+    ],
+    ids=["flag", "negative flag", "setting"],
+)
+def test_a_port_out_of_range_is_refused_not_wrapped_around(
+    argv: tuple[str, ...], env: dict[str, str], database_url: str
+) -> None:
+    """Port 99999 used to be served on 99999 - 65536 = 34463, silently."""
+    result = conversations(*argv, env={"DATABASE_URL": database_url, **env}, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "65535" in result.stderr
+
+
+def test_a_signing_key_of_the_wrong_kind_is_one_line_and_exit_2(
+    database_url: str, tmp_path: Path
+) -> None:
+    from tests.helpers import KeyPair
+
+    ed25519_pem = KeyPair.generate().ed25519_public_pem
+    result = conversations(
+        "serve",
+        "--port",
+        str(free_port()),
+        env={"DATABASE_URL": database_url, "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY": ed25519_pem},
+        timeout=20,
+    )
+    assert_one_line_error(result, "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY", "not an RSA key")
