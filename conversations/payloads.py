@@ -136,7 +136,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _date(value: Any) -> datetime | None:
-    """ISO-8601 (any precision, `Z`, offset or naive = UTC) or epoch milliseconds -> UTC."""
+    """ISO-8601 (any precision, `Z`, offset or naive = UTC) or epoch milliseconds (a number
+    or its text) -> UTC."""
     if value is None:
         return None
     expected = "expected an ISO-8601 date-time or epoch milliseconds"
@@ -145,6 +146,10 @@ def _date(value: Any) -> datetime | None:
             text = value.strip()
             if not text:
                 return None
+            if text.isascii() and text.isdigit() and len(text) > 8:
+                # Epoch milliseconds sent as text, like other numbers; 8 digits or fewer
+                # are ISO 8601's basic date (20240508), which fromisoformat reads.
+                return _EPOCH + timedelta(milliseconds=int(text))
             if text[-1] in "zZ":
                 text = text[:-1] + "+00:00"
             parsed = datetime.fromisoformat(text)

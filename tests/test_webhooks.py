@@ -250,8 +250,10 @@ def test_tolerated_shapes_are_stored_as_sent(
         ("2024-05-08T14:00:56.193+02:00", datetime(2024, 5, 8, 12, 0, 56, 193000, tzinfo=UTC)),
         ("2024-05-08T12:00:56.193", datetime(2024, 5, 8, 12, 0, 56, 193000, tzinfo=UTC)),
         (1715169656193, datetime(2024, 5, 8, 12, 0, 56, 193000, tzinfo=UTC)),
+        ("1715169656193", datetime(2024, 5, 8, 12, 0, 56, 193000, tzinfo=UTC)),
+        ("20240508", datetime(2024, 5, 8, tzinfo=UTC)),  # ISO 8601's basic date, not epoch
     ],
-    ids=["no_milliseconds", "offset", "naive", "epoch_ms"],
+    ids=["no_milliseconds", "offset", "naive", "epoch_ms", "epoch_ms_as_text", "basic_date"],
 )
 def test_date_added_shapes_give_utc_occurred_at(
     date_added: str | int, expected: datetime, server: Server, engine: sqlalchemy.Engine
