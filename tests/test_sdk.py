@@ -118,3 +118,41 @@ async def _read(
         return search, got, messages, sms, email, export
     finally:
         await client.http_client.aclose()
+
+
+def test_the_sdks_float_typed_dates_are_epoch_milliseconds(
+    base_url: str, server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """The SDK types `start_date`, `end_date` (and takes `start_after_date`) as floats, so
+    a caller passing `time.time() * 1000` sends `1735787045678.0`."""
+    location = new_id("loc")
+    post_all(server, [message(locationId=location, dateAdded="2025-01-02T03:04:05.678Z")])
+    key = make_key(engine, location)
+
+    async def search(**dates: float) -> dict[str, Any]:
+        client = HighLevel(private_integration_token=key)
+        try:
+            found: dict[str, Any] = await client.conversations.search_conversation(
+                location_id=location, **dates
+            )
+            return found
+        finally:
+            await client.http_client.aclose()
+
+    def total(**dates: float) -> int:
+        found = asyncio.run(search(**dates))
+        assert "total" in found, found  # the SDK returns an error's body as if it were data
+        return int(found["total"])
+
+    eventually(lambda: _equal(total(), 1))
+    day = 1735787045678.0  # the message's dateAdded, in milliseconds
+    assert total(start_date=day - 1000.0, end_date=day + 1000.0) == 1
+    assert total(start_date=day + 1000.0) == 0
+    assert total(end_date=day - 1000.5) == 0
+    # HighLevel's cursor: newest first, what comes after that last message date.
+    assert asyncio.run(search(start_after_date=day + 1.0))["conversations"] != []
+    assert asyncio.run(search(start_after_date=day + 0.0))["conversations"] == []
+
+
+def _equal(actual: int, expected: int) -> None:
+    assert actual == expected

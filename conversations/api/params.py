@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -62,18 +63,24 @@ class Params:
         return values or None
 
     def timestamp(self, name: str) -> datetime | None:
-        """ISO-8601 (a naive time is UTC) or epoch milliseconds, as HighLevel takes."""
+        """ISO-8601 (a naive time is UTC) or epoch milliseconds, as HighLevel takes; the
+        milliseconds may have a fraction ("1735787045678.0": the SDKs type them as floats)."""
         raw = self.text(name, max_length=40)
         if raw is None:
             return None
         try:
-            if raw.isdigit():
-                value = datetime.fromtimestamp(int(raw) / 1000, UTC)
+            if _MILLISECONDS.fullmatch(raw):
+                # timedelta, not fromtimestamp(ms / 1000): no float rounding of whole ms.
+                value = _EPOCH + timedelta(milliseconds=float(raw) if "." in raw else int(raw))
             else:
                 value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
         except (ValueError, OverflowError, OSError):
             raise bad(name, f"{raw!r} is not an ISO-8601 time or epoch milliseconds") from None
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+_MILLISECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _whole(value: float) -> int:
