@@ -73,7 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     scope = create.add_mutually_exclusive_group(required=True)
     scope.add_argument(
-        "--location", action="append", metavar="ID", help="a location it may read (repeatable)"
+        "--location",
+        action="append",
+        metavar="ID",
+        help="a location it may read (repeatable, or comma-separated)",
     )
     scope.add_argument("--all-locations", action="store_true", help="every location")
     create.add_argument("--label", help="a note to recognise the key by in `keys list`")
@@ -197,8 +200,10 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
     try:
         with engine.begin() as conn:
             if args.action == "create":
+                # HighLevel ids hold no comma: "A,B" is two locations, not one nothing matches.
+                locations = [part for given in args.location or [] for part in given.split(",")]
                 created = keys.create_key(
-                    conn, args.location or [], all_locations=args.all_locations, label=args.label
+                    conn, locations, all_locations=args.all_locations, label=args.label
                 )
             elif args.action == "list":
                 print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")

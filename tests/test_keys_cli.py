@@ -198,3 +198,15 @@ def test_a_blank_location_is_refused(cli: Cli) -> None:
     assert result.status == 2
     assert result.out == ""
     assert "location" in result.err
+
+
+def test_comma_separated_locations_are_several_locations(
+    cli: Cli, server: Server, locations: tuple[str, str, str]
+) -> None:
+    """HighLevel ids never hold a comma: `--location A,B` means two locations, not one
+    location named "A,B" that nothing would ever match."""
+    first, second, other = locations
+    key = cli.create("--location", f"{first}, {second}")
+    for location in (first, second):
+        assert len(positions(events(server, key, location))) == 1
+    assert positions(events(server, key, other)) == []
