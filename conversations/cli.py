@@ -119,13 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from conversations.logs import configure
 
     configure(settings.log_level, settings.log_format)
-    try:
-        handle = open_database(settings)
-    except Exception as error:
-        print(f"conversations: cannot open the database: {error}", file=sys.stderr)
-        return 1
     previous = _interrupt_on_sigterm()
     try:
+        try:
+            handle = open_database(settings)
+        except Exception as error:
+            print(f"conversations: cannot open the database: {error}", file=sys.stderr)
+            return 1
         return _run(args, settings, handle)
     except KeyboardInterrupt:
         print("conversations: interrupted", file=sys.stderr)
