@@ -4,11 +4,9 @@ location."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
@@ -16,11 +14,7 @@ import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 
-from conversations.database import create_async_engine
-from conversations.events import NewEvent, parse_json_object, to_new_event
-from conversations.payloads import parse_payload
 from conversations.projections.base import EventBatch, Tables
 from conversations.projections.location_conversations import (
     PROJECTION,
@@ -29,42 +23,27 @@ from conversations.projections.location_conversations import (
     resolve,
     search,
 )
-from conversations.store import StoredEvent, append_events, read_range
+from conversations.store import StoredEvent
 from tests.helpers import message, new_id
+from tests.projection_support import (
+    Append,
+    again,
+    append_documents,
+    at,
+    merge,
+    rebuild_in_one_pass,
+    side_tables,
+    table_rows,
+    time,
+    unread,
+)
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-def new_event(document: dict[str, Any]) -> NewEvent:
-    raw = json.dumps(document).encode()
-    parsed, raw_text = parse_json_object(raw)
-    return to_new_event(parse_payload(parsed), parsed, raw, raw_text, {"source": "test"})
-
-
-Append = Callable[[Sequence[dict[str, Any]]], list[StoredEvent]]
-
-
 @pytest.fixture(scope="module")
 def append(database_url: str, engine: sqlalchemy.Engine) -> Append:
-    """Append documents through the store, in this order and in one transaction; returns
-    the stored events as a fold reads them."""
-
-    def append_documents(documents: Sequence[dict[str, Any]]) -> list[StoredEvent]:
-        async def work() -> list[int]:
-            async_engine = create_async_engine(database_url, pool_size=1, timeout=10)
-            try:
-                async with async_engine.begin() as conn:
-                    results = await append_events(conn, [new_event(d) for d in documents])
-            finally:
-                await async_engine.dispose()
-            return [r.position for r in results]
-
-        positions = set(asyncio.run(work()))
-        with engine.connect() as conn:
-            events = read_range(conn, min(positions) - 1, max(positions), 1_000_000)
-        return [e for e in events if e.position in positions]
-
-    return append_documents
+    return lambda documents: append_documents(database_url, engine, documents)
 
 
 def fold(engine: sqlalchemy.Engine, events: Sequence[StoredEvent], cuts: Sequence[int]) -> None:
@@ -86,40 +65,6 @@ def fold_all(engine: sqlalchemy.Engine, events: Sequence[StoredEvent]) -> None:
     fold(engine, events, [])
 
 
-def at(hour: int, minute: int = 0) -> str:
-    return f"2025-03-04T{hour:02d}:{minute:02d}:00.000Z"
-
-
-def time(hour: int, minute: int = 0) -> datetime:
-    return datetime(2025, 3, 4, hour, minute, tzinfo=UTC)
-
-
-def unread(location: str, conversation: str, timestamp: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "type": "ConversationUnreadUpdate",
-        "locationId": location,
-        "id": conversation,
-        "timestamp": timestamp,
-        "webhookId": str(uuid.uuid4()),
-        **fields,
-    }
-
-
-def merge(location: str, old: str, new: str) -> dict[str, Any]:
-    return {
-        "type": "ConversationUpdate",
-        "locationId": location,
-        "oldConversationId": old,
-        "newConversationId": new,
-        "webhookId": str(uuid.uuid4()),
-    }
-
-
-def again(document: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """Another delivery about the same thing (a new webhookId), with `fields` changed."""
-    return {**document, "webhookId": str(uuid.uuid4()), **fields}
-
-
 def conversation(engine: sqlalchemy.Engine, location: str, id: str) -> ConversationSummary:
     with engine.connect() as conn:
         found = get(conn, location, id)
@@ -133,14 +78,7 @@ def ids(found: Sequence[ConversationSummary]) -> list[str]:
 
 def rows(engine: sqlalchemy.Engine, location: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row the projection holds for one location, without the location id."""
-    found = {}
-    with engine.connect() as conn:
-        for table in PROJECTION.tables:
-            query = select(*(c for c in table.columns if c.name != "location_id")).where(
-                table.c.location_id == location
-            )
-            found[table.name] = sorted(tuple(row) for row in conn.execute(query))
-    return found
+    return table_rows(engine, PROJECTION, Tables(), location)
 
 
 # --- behaviour ------------------------------------------------------------------------------
@@ -510,3 +448,7 @@ def test_tables_depend_only_on_the_set_of_events(
             PROJECTION.apply(conn, EventBatch(repeated, events[-1].position), Tables())
 
     assert rows(engine, shuffled) == rows(engine, reference)
+    with side_tables(engine, PROJECTION) as one_pass:  # as `replay` does
+        rebuild_in_one_pass(engine, PROJECTION, one_pass, events)
+        rebuilt = table_rows(engine, PROJECTION, one_pass, shuffled)
+    assert rebuilt == rows(engine, reference)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection, Table
 
-from conversations.messages import MessageEntry, build_message
+from conversations.messages import LatestFlags, MessageEntry, build_message
 from conversations.payloads import MESSAGE_EVENT_TYPES
 from conversations.store import StoredEvent, read_message_events
 
@@ -67,12 +67,21 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
             grouped[(event.location_id, event.message_id)].append(event)
     cached = {}
     for key, events in grouped.items():
-        try:
-            cached[key] = build_message(events)
-        except ValueError as error:
-            log.warning("message left out of the projections: %s", error, extra={"key": key})
+        entry = fold_message(key, events)
+        if entry is not None:
+            cached[key] = entry
     batch.memo["messages"] = cached
     return cached
+
+
+def fold_message(key: MessageKey, events: Sequence[StoredEvent]) -> MessageEntry | None:
+    """`build_message` over every event of one message, or None (logged) when none of
+    them folds any more (a payload model changed): live batches and rebuilds alike."""
+    try:
+        return build_message(events)
+    except ValueError as error:
+        log.warning("message left out of the projections: %s", error, extra={"key": key})
+        return None
 
 
 class Tables:
@@ -92,3 +101,30 @@ class Projection(Protocol):
     """Every table the projection owns (all on `conversations.schema.metadata`)."""
 
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None: ...
+
+
+Row = tuple[Table, dict[str, Any]]
+"""A row (every column) for one of a projection's tables, named by its live table."""
+
+
+@runtime_checkable
+class BulkProjection(Projection, Protocol):
+    """A projection a rebuild can fill in one pass (`projections.bulk`) instead of batch
+    by batch: the runner streams the events grouped by key, folds each group once with
+    the same pure functions `apply` uses, and hands the results here; the rows returned
+    are the ones `apply` writes for the same inputs, so the two paths cannot drift.
+
+    Events other than messages and unread updates (merges) go through `apply` itself,
+    in position order; `finish` then derives what depends on everything (summaries)."""
+
+    def message_rows(self, key: MessageKey, entry: MessageEntry) -> Iterable[Row]:
+        """The rows of one message, folded from all of its events."""
+        ...
+
+    def flag_rows(self, key: tuple[str, str], latest: LatestFlags) -> Iterable[Row]:
+        """The rows of one conversation's flags: the latest of all its unread updates."""
+        ...
+
+    def finish(self, conn: Connection, tables: Tables) -> None:
+        """Derive the rest from the rows written (called once, last)."""
+        ...

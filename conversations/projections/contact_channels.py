@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     DateTime,
     Index,
@@ -32,24 +33,20 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    cast,
     delete,
     exists,
     func,
-    literal,
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql import TableValuedAlias
 from sqlalchemy.sql.elements import FunctionFilter, Over
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.types import TypeEngine
 
-from conversations.messages import MessageEntry
+from conversations.messages import LatestFlags, MessageEntry
 from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables, messages
+from conversations.projections._sql import in_keys, load, unnest, upsert
+from conversations.projections.base import EventBatch, Row, Tables, messages
 from conversations.schema import metadata
 from conversations.store import StoredEvent
 
@@ -120,8 +117,10 @@ class ContactChannelsProjection:
         changed = [key for key in keys if old.get(key) != new.get(key)]
         if not changed:  # redeliveries, or events that change nothing shown here
             return
-        _upsert_ledger(conn, ledger, [row for key in changed if (row := new.get(key))])
-        _delete_ledger(conn, ledger, [key for key in changed if key not in new])
+        upsert(conn, ledger, [row for key in changed if (row := new.get(key))], update=None)
+        gone = [key for key in changed if key not in new]
+        if gone:
+            conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
         groups = {
             (row["location_id"], row["contact_id"], row["channel"])
             for key in changed
@@ -129,6 +128,18 @@ class ContactChannelsProjection:
             if row is not None and row["contact_id"] is not None
         }
         _recompute(conn, ledger, summary, sorted(groups))
+
+    # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
+
+    def message_rows(self, key: MessageKey, entry: MessageEntry) -> Iterable[Row]:
+        return ((contact_channel_messages, _ledger_row(key, entry)),)
+
+    def flag_rows(self, key: tuple[str, str], latest: LatestFlags) -> Iterable[Row]:
+        return ()
+
+    def finish(self, conn: Connection, tables: Tables) -> None:
+        """Every summary from the complete ledger."""
+        _recompute(conn, tables[contact_channel_messages], tables[contact_channel_summaries], None)
 
 
 PROJECTION = ContactChannelsProjection()
@@ -160,83 +171,20 @@ def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
     }
 
 
-def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
-    """`unnest(CAST(:a AS t[]), ...) AS anon(a, ...)`: a whole batch as one table and a
-    fixed number of parameters, so the statement is compiled once and stays small."""
-    columns = [
-        cast(literal(list(values), ARRAY(kind)), ARRAY(kind)) for values, kind in arrays.values()
-    ]
-    return func.unnest(*columns).table_valued(*arrays).render_derived()
-
-
-def _key_table(keys: Sequence[MessageKey]) -> TableValuedAlias:
-    return _unnest(
-        location_id=([k[0] for k in keys], Text()), message_key=([k[1] for k in keys], Text())
-    )
-
-
 def _load_ledger(
     conn: Connection, ledger: Table, keys: Sequence[MessageKey]
 ) -> dict[MessageKey, dict[str, Any]]:
-    wanted = _key_table(keys)
-    query = select(ledger).join(
-        wanted,
-        and_(
-            ledger.c.location_id == wanted.c.location_id,
-            ledger.c.message_key == wanted.c.message_key,
-        ),
-    )
-    return {(row.location_id, row.message_key): dict(row._mapping) for row in conn.execute(query)}
+    return {key: dict(row) for key, row in load(conn, ledger, "message_key", keys).items()}
 
 
-def _upsert_ledger(conn: Connection, ledger: Table, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
+def _recompute(
+    conn: Connection, ledger: Table, summary: Table, groups: Sequence[Group] | None
+) -> None:
+    """Rewrite the summary rows of `groups` (None: of every group) from the ledger; drop
+    those left empty."""
+    if groups is not None and not groups:
         return
-    source = _unnest(
-        **{
-            name: ([row[name] for row in rows], ledger.c[name].type)
-            for name in ("location_id", "message_key", *_LEDGER_VALUES)
-        }
-    )
-    names = list(source.c.keys())
-    statement = pg_insert(ledger).from_select(names, select(*source.c))
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[ledger.c.location_id, ledger.c.message_key],
-            set_={name: statement.excluded[name] for name in _LEDGER_VALUES},
-        )
-    )
-
-
-def _delete_ledger(conn: Connection, ledger: Table, keys: Sequence[MessageKey]) -> None:
-    if not keys:
-        return
-    gone = _key_table(keys)
-    conn.execute(
-        delete(ledger).where(
-            tuple_(ledger.c.location_id, ledger.c.message_key).in_(
-                select(gone.c.location_id, gone.c.message_key)
-            )
-        )
-    )
-
-
-def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence[Group]) -> None:
-    """Rewrite the summary rows of `groups` from the ledger; drop those left empty."""
-    if not groups:
-        return
-    wanted = _unnest(
-        location_id=([g[0] for g in groups], Text()),
-        contact_id=([g[1] for g in groups], Text()),
-        channel=([g[2] for g in groups], Text()),
-    )
-    in_group = and_(
-        ledger.c.location_id == wanted.c.location_id,
-        ledger.c.contact_id == wanted.c.contact_id,
-        ledger.c.channel == wanted.c.channel,
-    )
     group_columns = (ledger.c.location_id, ledger.c.contact_id, ledger.c.channel)
-
     newest_first = (
         ledger.c.date_added.desc().nulls_last(),
         ledger.c.message_key.collate("C").desc(),
@@ -247,27 +195,45 @@ def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence
 
     # One sort of the groups' rows: window aggregates see the whole group, and the row
     # numbered 1 (newest first) carries the "last" fields.
-    ranked = (
-        select(
-            *group_columns,
-            per_group(func.count()).label("message_count"),
-            per_group(func.count().filter(ledger.c.direction == "inbound")).label("inbound_count"),
-            per_group(func.count().filter(ledger.c.direction == "outbound")).label(
-                "outbound_count"
-            ),
-            per_group(func.min(ledger.c.date_added)).label("first_message_at"),
-            ledger.c.date_added.label("last_message_at"),
-            ledger.c.direction.label("last_direction"),
-            ledger.c.status.label("last_status"),
-            ledger.c.preview.label("last_preview"),
-            ledger.c.message_key.label("last_message_key"),
-            func.row_number()
-            .over(partition_by=group_columns, order_by=newest_first)
-            .label("newest"),
-        )
-        .join(wanted, in_group)
-        .subquery()
+    ranked_rows = select(
+        *group_columns,
+        per_group(func.count()).label("message_count"),
+        per_group(func.count().filter(ledger.c.direction == "inbound")).label("inbound_count"),
+        per_group(func.count().filter(ledger.c.direction == "outbound")).label("outbound_count"),
+        per_group(func.min(ledger.c.date_added)).label("first_message_at"),
+        ledger.c.date_added.label("last_message_at"),
+        ledger.c.direction.label("last_direction"),
+        ledger.c.status.label("last_status"),
+        ledger.c.preview.label("last_preview"),
+        ledger.c.message_key.label("last_message_key"),
+        func.row_number().over(partition_by=group_columns, order_by=newest_first).label("newest"),
     )
+    still_used = exists().where(
+        ledger.c.location_id == summary.c.location_id,
+        ledger.c.contact_id == summary.c.contact_id,
+        ledger.c.channel == summary.c.channel,
+    )
+    if groups is None:  # every group (a rebuild's `finish`)
+        ranked = ranked_rows.where(ledger.c.contact_id.is_not(None)).subquery()
+        emptied: ColumnElement[bool] = ~still_used
+    else:
+        wanted = unnest(
+            location_id=([g[0] for g in groups], Text()),
+            contact_id=([g[1] for g in groups], Text()),
+            channel=([g[2] for g in groups], Text()),
+        )
+        in_group = and_(
+            ledger.c.location_id == wanted.c.location_id,
+            ledger.c.contact_id == wanted.c.contact_id,
+            ledger.c.channel == wanted.c.channel,
+        )
+        ranked = ranked_rows.join(wanted, in_group).subquery()
+        emptied = and_(
+            tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
+                select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
+            ),
+            ~still_used,
+        )
     recomputed = select(*[ranked.c[c.name] for c in summary.columns]).where(ranked.c.newest == 1)
     names = [column.name for column in summary.columns]
     statement = pg_insert(summary).from_select(names, recomputed)
@@ -277,16 +243,7 @@ def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence
             set_={name: statement.excluded[name] for name in names[3:]},
         )
     )
-
-    emptied = tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
-        select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
-    )
-    still_used = exists().where(
-        ledger.c.location_id == summary.c.location_id,
-        ledger.c.contact_id == summary.c.contact_id,
-        ledger.c.channel == summary.c.channel,
-    )
-    conn.execute(delete(summary).where(emptied, ~still_used))
+    conn.execute(delete(summary).where(emptied))
 
 
 # --- reads ----------------------------------------------------------------------------------

@@ -63,12 +63,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql import TableValuedAlias
-from sqlalchemy.types import TypeEngine
 
-from conversations.messages import MessageEntry, build_flags, resolve_merges
+from conversations.messages import (
+    FlagsOrder,
+    LatestFlags,
+    MessageEntry,
+    flags_order,
+    latest_flags,
+    resolve_merges,
+)
 from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables
+from conversations.projections._sql import in_keys, keys_table, load, upsert
+from conversations.projections.base import EventBatch, Row, Tables
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
 from conversations.store import StoredEvent, read_stream_events
@@ -120,6 +126,11 @@ conversation_flags = Table(
     Column("inbox", Boolean, nullable=True),
     Column("deleted", Boolean, nullable=True),
     Column("contact_id", Text, nullable=True),
+    # The winning update's order key (`messages.flags_order`), so a batch's updates are
+    # compared with it instead of rereading every earlier update. NULL `winner_content`:
+    # a row written before these columns existed (refolded from all updates once).
+    Column("winner_at", DateTime(timezone=True), nullable=True),
+    Column("winner_content", Text, nullable=True),
 )
 
 conversation_merges = Table(
@@ -196,7 +207,8 @@ _LEDGER_VALUES = (
     "date_added",
     "preview",
 )
-_FLAG_VALUES = ("unread_count", "starred", "inbox", "deleted", "contact_id")
+_SHOWN_FLAGS = ("unread_count", "starred", "inbox", "deleted", "contact_id")
+_FLAG_VALUES = (*_SHOWN_FLAGS, "winner_at", "winner_content")
 
 
 @dataclass(frozen=True)
@@ -236,10 +248,24 @@ class LocationConversationsProjection:
         touched |= _update_ledger(
             conn, physical.messages, _message_keys(batch.events), batch_messages(conn, batch)
         )
-        touched |= _update_flags(conn, physical.flags, _flag_keys(batch.events), batch.end)
+        touched |= _update_flags(conn, physical.flags, batch)
         touched |= _update_merges(conn, physical, _merge_pairs(batch.events))
         if touched:
             _update_summaries(conn, physical, touched)
+
+    # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
+
+    def message_rows(self, key: Key, entry: MessageEntry) -> Iterable[Row]:
+        return ((conversation_messages, _ledger_row(key, entry)),)
+
+    def flag_rows(self, key: Key, latest: LatestFlags) -> Iterable[Row]:
+        return ((conversation_flags, _flags_row(key, latest)),)
+
+    def finish(self, conn: Connection, tables: Tables) -> None:
+        """Every summary from the complete working tables (merges went through `apply`)."""
+        physical = _Physical.of(tables)
+        conn.execute(delete(physical.summary))
+        _recompute(conn, physical, None)
 
 
 PROJECTION = LocationConversationsProjection()
@@ -257,11 +283,6 @@ def _message_keys(events: Iterable[StoredEvent]) -> list[Key]:
     return sorted(keys)
 
 
-def _flag_keys(events: Iterable[StoredEvent]) -> list[Key]:
-    # An unread update's stream is its conversation (payload `id`).
-    return sorted({(e.location_id, e.stream_id) for e in events if e.event_type == UNREAD_UPDATE})
-
-
 def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
     pairs = set()
     for event in events:
@@ -273,50 +294,6 @@ def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
     return sorted(pairs)
 
 
-# --- set-based helpers ----------------------------------------------------------------------
-
-
-def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
-    """`unnest(CAST(:a AS t[]), ...) AS anon(a, ...)`: a whole batch as one table with a
-    fixed number of parameters."""
-    columns = [cast(literal(list(v), ARRAY(kind)), ARRAY(kind)) for v, kind in arrays.values()]
-    return func.unnest(*columns).table_valued(*arrays).render_derived()
-
-
-def _keys_table(keys: Iterable[Key], second: str) -> TableValuedAlias:
-    ordered = sorted(keys)
-    return _unnest(
-        location_id=([k[0] for k in ordered], Text()), **{second: ([k[1] for k in ordered], Text())}
-    )
-
-
-def _in_keys(table: Table, second: str, keys: Iterable[Key]) -> ColumnElement[bool]:
-    wanted = _keys_table(keys, second)
-    return tuple_(table.c.location_id, table.c[second]).in_(
-        select(wanted.c.location_id, wanted.c[second])
-    )
-
-
-def _load(conn: Connection, table: Table, second: str, keys: Iterable[Key]) -> dict[Key, Any]:
-    query = select(table).where(_in_keys(table, second, keys))
-    return {(row.location_id, row._mapping[second]): row._mapping for row in conn.execute(query)}
-
-
-def _upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """One multi-row INSERT ... ON CONFLICT DO UPDATE for rows keyed by the primary key."""
-    if not rows:
-        return
-    source = _unnest(**{c.name: ([row[c.name] for row in rows], c.type) for c in table.columns})
-    statement = pg_insert(table).from_select(list(source.c.keys()), select(*source.c))
-    keys = [c.name for c in table.primary_key.columns]
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=keys,
-            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
-        )
-    )
-
-
 def _changed(old: Any, new: dict[str, Any], names: Sequence[str]) -> bool:
     return old is None or any(old[name] != new[name] for name in names)
 
@@ -324,10 +301,11 @@ def _changed(old: Any, new: dict[str, Any], names: Sequence[str]) -> bool:
 # --- working tables -------------------------------------------------------------------------
 
 
-def _ledger_row(entry: MessageEntry) -> dict[str, Any]:
+def _ledger_row(key: Key, entry: MessageEntry) -> dict[str, Any]:
+    # Keyed by the events' message_id, the key every other step looks messages up by.
     return {
-        "location_id": entry.location_id,
-        "message_key": entry.message_key,
+        "location_id": key[0],
+        "message_key": key[1],
         "conversation_id": entry.conversation_id,
         "contact_id": entry.contact_id or None,
         "channel": entry.channel,
@@ -346,11 +324,8 @@ def _update_ledger(
     the conversations, old and new, of those that changed."""
     if not keys:
         return set()
-    # Keyed by the events' message_id, the key every other step looks messages up by.
-    new = {
-        key: _ledger_row(entries[key]) | {"message_key": key[1]} for key in keys if key in entries
-    }
-    old = _load(conn, ledger, "message_key", keys)
+    new = {key: _ledger_row(key, entries[key]) for key in keys if key in entries}
+    old = load(conn, ledger, "message_key", keys)
     touched: set[Key] = set()
     upserts, gone = [], []
     for key in keys:
@@ -364,38 +339,64 @@ def _update_ledger(
         for row in (before, after):
             if row is not None:
                 touched.add((key[0], row["conversation_id"]))
-    _upsert(conn, ledger, upserts)
+    upsert(conn, ledger, upserts, update=None)
     if gone:
-        conn.execute(delete(ledger).where(_in_keys(ledger, "message_key", gone)))
+        conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
     return touched
 
 
-def _update_flags(conn: Connection, flags: Table, keys: Sequence[Key], end: int) -> set[Key]:
-    """Rebuild the flags of the touched conversations; returns those that changed."""
-    if not keys:
-        return set()
+def _flags_row(key: Key, latest: LatestFlags) -> dict[str, Any]:
+    flags = latest.flags
+    return {
+        "location_id": key[0],
+        "conversation_id": key[1],
+        "unread_count": flags.unread_count,
+        "starred": flags.starred,
+        "inbox": flags.inbox,
+        "deleted": flags.deleted,
+        "contact_id": flags.contact_id or None,
+        "winner_at": latest.time,
+        "winner_content": latest.content,
+    }
+
+
+def _stored_order(row: Any) -> FlagsOrder:
+    return flags_order(row["winner_at"], row["winner_content"])
+
+
+def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> set[Key]:
+    """Fold the batch's unread updates into the flags: per conversation, the batch's
+    latest update against the stored winner, the greater order key wins (a max: the same
+    whatever the order, cutting or duplicates). Returns the conversations that changed."""
     by_stream: dict[Key, list[StoredEvent]] = defaultdict(list)
-    for event in read_stream_events(conn, keys, UNREAD_UPDATE, end):
-        by_stream[(event.location_id, event.stream_id)].append(event)
-    old = _load(conn, flags, "conversation_id", keys)
+    for event in batch.events:
+        if event.event_type == UNREAD_UPDATE:
+            by_stream[(event.location_id, event.stream_id)].append(event)
+    if not by_stream:
+        return set()
+    keys = sorted(by_stream)
+    old = load(conn, flags, "conversation_id", keys)
+    legacy = [key for key in keys if key in old and old[key]["winner_content"] is None]
+    if legacy:  # rows older than the order key: refold them from every update once
+        for event in read_stream_events(conn, legacy, UNREAD_UPDATE, batch.end):
+            by_stream[(event.location_id, event.stream_id)].append(event)
     rows: list[dict[str, Any]] = []
+    shown: set[Key] = set()
     for key in keys:
-        if key not in by_stream:
+        latest = latest_flags(by_stream[key])
+        if latest is None:
             continue
-        found = build_flags(by_stream[key])
-        row = {
-            "location_id": key[0],
-            "conversation_id": key[1],
-            "unread_count": found.unread_count,
-            "starred": found.starred,
-            "inbox": found.inbox,
-            "deleted": found.deleted,
-            "contact_id": found.contact_id or None,
-        }
-        if _changed(old.get(key), row, _FLAG_VALUES):
+        before = old.get(key)
+        stored = before is not None and before["winner_content"] is not None
+        if stored and _stored_order(before) >= latest.order:
+            continue  # the stored winner stays
+        row = _flags_row(key, latest)
+        if _changed(before, row, _FLAG_VALUES):
             rows.append(row)
-    _upsert(conn, flags, rows)
-    return {(row["location_id"], row["conversation_id"]) for row in rows}
+            if _changed(before, row, _SHOWN_FLAGS):
+                shown.add(key)
+    upsert(conn, flags, rows, update=None)
+    return shown
 
 
 def _update_merges(
@@ -437,7 +438,7 @@ def _update_merges(
                 continue
             rows.append({"location_id": location, "conversation_id": conversation, "root_id": root})
             touched |= {key, (location, before), (location, root)}
-    _upsert(conn, roots, rows)
+    upsert(conn, roots, rows, update=None)
     return touched
 
 
@@ -452,7 +453,7 @@ def _update_summaries(conn: Connection, tables: _Physical, touched: set[Key]) ->
         (row.location_id, row.conversation_id): row.root_id
         for row in conn.execute(
             select(roots.c.location_id, roots.c.conversation_id, roots.c.root_id).where(
-                _in_keys(roots, "conversation_id", touched)
+                in_keys(roots, "conversation_id", touched)
             )
         )
     }
@@ -461,14 +462,38 @@ def _update_summaries(conn: Connection, tables: _Physical, touched: set[Key]) ->
     stale = (touched | wanted) - kept
     if stale:
         summary = tables.summary
-        conn.execute(delete(summary).where(_in_keys(summary, "conversation_id", stale)))
+        conn.execute(delete(summary).where(in_keys(summary, "conversation_id", stale)))
 
 
-def _recompute(conn: Connection, tables: _Physical, wanted: set[Key]) -> set[Key]:
-    """Upsert the summary rows of the roots `wanted` from the working tables, in one
-    INSERT ... SELECT; returns the roots that got a row (those with anything to show)."""
+def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> set[Key]:
+    """Upsert the summary rows of the roots `wanted` (None: of every conversation there is
+    anything of) from the working tables, in one INSERT ... SELECT; returns the roots
+    that got a row (those with anything to show)."""
     messages, flags, roots, summary = tables.messages, tables.flags, tables.roots, tables.summary
-    affected = select(_keys_table(wanted, "root_id")).cte("affected")
+    if wanted is None:  # every root: of each conversation with messages or flags
+        seen = union(
+            select(messages.c.location_id, messages.c.conversation_id),
+            select(flags.c.location_id, flags.c.conversation_id),
+        ).subquery()
+        affected = (
+            select(
+                seen.c.location_id,
+                func.coalesce(roots.c.root_id, seen.c.conversation_id).label("root_id"),
+            )
+            .select_from(
+                seen.outerjoin(
+                    roots,
+                    and_(
+                        roots.c.location_id == seen.c.location_id,
+                        roots.c.conversation_id == seen.c.conversation_id,
+                    ),
+                )
+            )
+            .distinct()
+            .cte("affected")
+        )
+    else:
+        affected = select(keys_table(wanted, "root_id")).cte("affected")
     members = union(
         select(
             affected.c.location_id,
