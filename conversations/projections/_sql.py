@@ -134,11 +134,15 @@ def copy_rows(conn: Connection, table: Table, rows: Iterable[dict[str, Any]]) ->
         for row in rows:
             copy.write_row(
                 [
-                    json.dumps(row[name], default=json_default, ensure_ascii=False)
-                    if is_json
-                    else row[name]
+                    _json_text(row[name]) if is_json else row[name]
                     for name, is_json in zip(names, as_json, strict=True)
                 ]
             )
             count += 1
     return count
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, list | tuple) and not value:  # the usual attachments, cc, bcc
+        return "[]"
+    return json.dumps(value, default=json_default, ensure_ascii=False)
