@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -95,7 +95,7 @@ contact_channel_summaries = Table(
     Index(None, "contact_id"),
 )
 
-_LEDGER_VALUES = ("contact_id", "channel", "direction", "status", "date_added", "preview")
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 MessageKey = tuple[str, str]
 """(location_id, message_key)"""
@@ -121,13 +121,7 @@ class ContactChannelsProjection:
         gone = [key for key in changed if key not in new]
         if gone:
             conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
-        groups = {
-            (row["location_id"], row["contact_id"], row["channel"])
-            for key in changed
-            for row in (old.get(key), new.get(key))
-            if row is not None and row["contact_id"] is not None
-        }
-        _recompute(conn, ledger, summary, sorted(groups))
+        _update_summaries(conn, ledger, summary, [(k, old.get(k), new.get(k)) for k in changed])
 
     # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
 
@@ -175,6 +169,108 @@ def _load_ledger(
     conn: Connection, ledger: Table, keys: Sequence[MessageKey]
 ) -> dict[MessageKey, dict[str, Any]]:
     return {key: dict(row) for key, row in load(conn, ledger, "message_key", keys).items()}
+
+
+LedgerChange = tuple[MessageKey, dict[str, Any] | None, dict[str, Any] | None]
+"""(message key, its ledger row before, after); None: no row."""
+
+
+def _group(row: dict[str, Any] | None) -> Group | None:
+    if row is None or row["contact_id"] is None:
+        return None  # no contact: in no summary
+    return row["location_id"], row["contact_id"], row["channel"]
+
+
+def _update_summaries(
+    conn: Connection, ledger: Table, summary: Table, changes: Sequence[LedgerChange]
+) -> None:
+    """The usual changes (a message joins a group; a message's status or preview changes)
+    as exact deltas on the stored summary rows; any other (a message leaves a group or
+    changes its date or direction, a tie on the last message's date, a group without a
+    row yet) by recomputing the group from the ledger."""
+    forced: set[Group] = set()
+    steps: list[tuple[Group, MessageKey, dict[str, Any] | None, dict[str, Any]]] = []
+    for key, before, after in changes:
+        old_group, new_group = _group(before), _group(after)
+        if old_group is not None and old_group != new_group:
+            forced.add(old_group)  # it leaves this group
+        if new_group is None or after is None:
+            continue
+        if old_group == new_group and before is not None:
+            if (
+                before["direction"] != after["direction"]
+                or before["date_added"] != after["date_added"]
+            ):
+                forced.add(new_group)
+                continue
+            steps.append((new_group, key, before, after))
+        else:
+            steps.append((new_group, key, None, after))
+    rows = _load_summaries(conn, summary, {g for g, *_ in steps} - forced)
+    changed: set[Group] = set()
+    for group, key, before, after in steps:
+        row = rows.get(group)
+        if group in forced or row is None or not _apply_delta(row, key, before, after):
+            forced.add(group)
+        else:
+            changed.add(group)
+    upsert(conn, summary, [rows[g] for g in sorted(changed - forced)], update=None)
+    _recompute(conn, ledger, summary, sorted(forced))
+
+
+def _load_summaries(
+    conn: Connection, summary: Table, groups: set[Group]
+) -> dict[Group, dict[str, Any]]:
+    if not groups:
+        return {}
+    ordered = sorted(groups)
+    wanted = unnest(
+        location_id=([g[0] for g in ordered], Text()),
+        contact_id=([g[1] for g in ordered], Text()),
+        channel=([g[2] for g in ordered], Text()),
+    )
+    query = select(summary).where(
+        tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
+            select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
+        )
+    )
+    return {
+        (row.location_id, row.contact_id, row.channel): dict(row._mapping)
+        for row in conn.execute(query)
+    }
+
+
+def _date_order(date: datetime | None) -> tuple[bool, datetime]:
+    """Newest first by date, a missing date lowest (the key breaks ties: not compared here)."""
+    return date is not None, date or _NO_TIME
+
+
+def _apply_delta(
+    row: dict[str, Any], key: MessageKey, before: dict[str, Any] | None, after: dict[str, Any]
+) -> bool:
+    """Update a summary row for one message joining its group (`before` None) or changing
+    in place; False when the result cannot be told without the group's other messages."""
+    if before is not None:  # in place: only the last message's own fields show
+        if row["last_message_key"] == key[1]:
+            row["last_status"] = after["status"]
+            row["last_preview"] = after["preview"]
+        return True
+    date = after["date_added"]
+    current, new = _date_order(row["last_message_at"]), _date_order(date)
+    if new == current:
+        return False  # a tie on the date: broken by the key in SQL
+    row["message_count"] += 1
+    row["inbound_count"] += after["direction"] == "inbound"
+    row["outbound_count"] += after["direction"] == "outbound"
+    if date is not None and (row["first_message_at"] is None or date < row["first_message_at"]):
+        row["first_message_at"] = date
+    if new > current:
+        row["last_message_at"] = date
+        row["last_direction"] = after["direction"]
+        row["last_status"] = after["status"]
+        row["last_preview"] = after["preview"]
+        row["last_message_key"] = key[1]
+    return True
 
 
 def _recompute(

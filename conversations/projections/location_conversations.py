@@ -73,7 +73,7 @@ from conversations.messages import (
     resolve_merges,
 )
 from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections._sql import in_keys, keys_table, load, upsert
+from conversations.projections._sql import in_keys, keys_table, load, upsert, upsert_json
 from conversations.projections.base import EventBatch, Row, Tables
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
@@ -244,14 +244,14 @@ class LocationConversationsProjection:
 
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
         physical = _Physical.of(tables)
-        touched: set[Key] = set()
-        touched |= _update_ledger(
+        changes = _update_ledger(
             conn, physical.messages, _message_keys(batch.events), batch_messages(conn, batch)
         )
+        touched: set[Key] = set()
         touched |= _update_flags(conn, physical.flags, batch)
         touched |= _update_merges(conn, physical, _merge_pairs(batch.events))
-        if touched:
-            _update_summaries(conn, physical, touched)
+        if changes or touched:
+            _update_summaries(conn, physical, changes, touched)
 
     # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
 
@@ -316,17 +316,21 @@ def _ledger_row(key: Key, entry: MessageEntry) -> dict[str, Any]:
     }
 
 
+LedgerChange = tuple[Key, Mapping[str, Any] | None, Mapping[str, Any] | None]
+"""(message key, its ledger row before, after); None: no row."""
+
+
 def _update_ledger(
     conn: Connection, ledger: Table, keys: Sequence[Key], entries: Mapping[Key, MessageEntry]
-) -> set[Key]:
+) -> list[LedgerChange]:
     """Rewrite the touched messages (`entries`: each rebuilt from all of its events; a
     message none of whose events folds any more has none, and leaves the ledger); returns
-    the conversations, old and new, of those that changed."""
+    the rows that changed, before and after."""
     if not keys:
-        return set()
+        return []
     new = {key: _ledger_row(key, entries[key]) for key in keys if key in entries}
     old = load(conn, ledger, "message_key", keys)
-    touched: set[Key] = set()
+    changes: list[LedgerChange] = []
     upserts, gone = [], []
     for key in keys:
         before, after = old.get(key), new.get(key)
@@ -336,13 +340,11 @@ def _update_ledger(
             gone.append(key)
         else:
             continue
-        for row in (before, after):
-            if row is not None:
-                touched.add((key[0], row["conversation_id"]))
+        changes.append((key, before, after))
     upsert(conn, ledger, upserts, update=None)
     if gone:
         conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
-    return touched
+    return changes
 
 
 def _flags_row(key: Key, latest: LatestFlags) -> dict[str, Any]:
@@ -445,24 +447,126 @@ def _update_merges(
 # --- the summary ----------------------------------------------------------------------------
 
 
-def _update_summaries(conn: Connection, tables: _Physical, touched: set[Key]) -> None:
-    """Recompute the summary of the roots of every touched conversation; delete the rows of
-    touched ids that are no longer roots or have nothing left to show."""
+def _update_summaries(
+    conn: Connection, tables: _Physical, changes: Sequence[LedgerChange], touched: set[Key]
+) -> None:
+    """Bring the summaries of everything that changed up to date: the usual changes (a new
+    message, a new status or preview of a known one) as exact deltas on the stored rows
+    (`_Delta`); any other (flags, merges, a message that moves or changes its date,
+    channel or contact, ties on the last message's date) by recomputing the whole root
+    from the working tables. Rows of touched ids that are no longer roots or have nothing
+    left to show are deleted."""
+    conversations = set(touched)
+    for key, before, after in changes:
+        for row in (before, after):
+            if row is not None:
+                conversations.add((key[0], row["conversation_id"]))
     roots = tables.roots
     root_of = {
         (row.location_id, row.conversation_id): row.root_id
         for row in conn.execute(
             select(roots.c.location_id, roots.c.conversation_id, roots.c.root_id).where(
-                in_keys(roots, "conversation_id", touched)
+                in_keys(roots, "conversation_id", conversations)
             )
         )
     }
-    wanted = {(key[0], root_of.get(key, key[1])) for key in touched}
-    kept = _recompute(conn, tables, wanted)
-    stale = (touched | wanted) - kept
+
+    def root(location: str, conversation: str) -> Key:
+        return location, root_of.get((location, conversation), conversation)
+
+    forced = set(touched)  # conversations whose roots are recomputed
+    steps: list[tuple[Key, Key, Mapping[str, Any] | None, Mapping[str, Any]]] = []
+    for key, before, after in changes:
+        if after is not None and (before is None or _in_place(before, after)):
+            steps.append((root(key[0], after["conversation_id"]), key, before, after))
+        else:
+            forced |= {(key[0], row["conversation_id"]) for row in (before, after) if row}
+    forced_roots = {root(*key) for key in forced}
+    delta = _Delta(conn, tables.summary, {r for r, *_ in steps} - forced_roots)
+    for root_key, key, before, after in steps:
+        if root_key not in forced_roots and not delta.apply(root_key, key, before, after):
+            forced_roots.add(root_key)
+    delta.write(exclude=forced_roots)
+    if not forced_roots:
+        return
+    kept = _recompute(conn, tables, forced_roots)
+    stale = (forced | forced_roots) - kept
     if stale:
         summary = tables.summary
         conn.execute(delete(summary).where(in_keys(summary, "conversation_id", stale)))
+
+
+def _in_place(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """A change that leaves the message where it was in its summary: same conversation,
+    date, channel and contact (only its status, preview or direction changed)."""
+    same = ("conversation_id", "date_added", "channel", "contact_id")
+    return all(before[name] == after[name] for name in same)
+
+
+def _date_order(date: datetime | None) -> tuple[bool, datetime]:
+    """Newest first by date, a missing date lowest (the key breaks ties: not compared here)."""
+    return date is not None, date or NO_TIME
+
+
+class _Delta:
+    """Summary rows updated in memory from single ledger changes, where the result is
+    exactly what `_recompute` would give; `apply` says False where it cannot tell (the
+    root must then be recomputed)."""
+
+    def __init__(self, conn: Connection, summary: Table, roots: set[Key]) -> None:
+        self._conn, self._summary = conn, summary
+        self._rows: dict[Key, dict[str, Any]] = {
+            key: dict(row) for key, row in load(conn, summary, "conversation_id", roots).items()
+        }
+        self._changed: set[Key] = set()
+
+    def apply(
+        self,
+        root: Key,
+        message_key: Key,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any],
+    ) -> bool:
+        row = self._rows.get(root)
+        if row is None:  # a root without a row: recompute (merged ids, first message...)
+            return False
+        is_last = row["last_message_key"] == message_key[1]
+        if before is not None:  # in place: only the last message's own fields show
+            if is_last:
+                row["last_message_direction"] = after["direction"]
+                row["last_message_status"] = after["status"]
+                row["last_message_preview"] = after["preview"]
+                self._changed.add(root)
+            return True
+        date = after["date_added"]
+        current = _date_order(row["last_message_at"])
+        new = _date_order(date)
+        if row["last_message_key"] is not None and new == current:
+            return False  # a tie on the date: broken by the key in SQL's collation
+        newest = row["last_message_key"] is None or new > current
+        contact = after["contact_id"]
+        if contact is not None and not newest and contact != row["contact_id"]:
+            return False  # whether it is the newest message with a contact: unknown here
+        row["message_count"] += 1
+        row["channels"] = sorted({*row["channels"], after["channel"]})
+        if date is not None and (row["first_message_at"] is None or date < row["first_message_at"]):
+            row["first_message_at"] = date
+        if newest:
+            row["last_message_at"] = date
+            row["last_message_channel"] = after["channel"]
+            row["last_message_direction"] = after["direction"]
+            row["last_message_status"] = after["status"]
+            row["last_message_preview"] = after["preview"]
+            row["last_message_key"] = message_key[1]
+            row["sort_at"] = date or NO_TIME
+            if contact is not None:
+                row["contact_id"] = contact
+        self._changed.add(root)
+        return True
+
+    def write(self, exclude: set[Key]) -> None:
+        rows = [self._rows[key] for key in sorted(self._changed - exclude)]
+        upsert_json(self._conn, self._summary, rows, update=None)
 
 
 def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> set[Key]:
