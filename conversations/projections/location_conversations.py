@@ -247,11 +247,10 @@ class LocationConversationsProjection:
         changes = _update_ledger(
             conn, physical.messages, _message_keys(batch.events), batch_messages(conn, batch)
         )
-        touched: set[Key] = set()
-        touched |= _update_flags(conn, physical.flags, batch)
-        touched |= _update_merges(conn, physical, _merge_pairs(batch.events))
-        if changes or touched:
-            _update_summaries(conn, physical, changes, touched)
+        flags = _update_flags(conn, physical.flags, batch)
+        touched = _update_merges(conn, physical, _merge_pairs(batch.events))
+        if changes or flags or touched:
+            _update_summaries(conn, physical, changes, flags, touched)
 
     # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
 
@@ -366,7 +365,11 @@ def _stored_order(row: Any) -> FlagsOrder:
     return flags_order(row["winner_at"], row["winner_content"])
 
 
-def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> set[Key]:
+FlagsChange = tuple[Key, Mapping[str, Any] | None, Mapping[str, Any]]
+"""(conversation, its flags row before (None: none), after)"""
+
+
+def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> list[FlagsChange]:
     """Fold the batch's unread updates into the flags: per conversation, the batch's
     latest update against the stored winner, the greater order key wins (a max: the same
     whatever the order, cutting or duplicates). Returns the conversations that changed."""
@@ -375,7 +378,7 @@ def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> set[Key]
         if event.event_type == UNREAD_UPDATE:
             by_stream[(event.location_id, event.stream_id)].append(event)
     if not by_stream:
-        return set()
+        return []
     keys = sorted(by_stream)
     old = load(conn, flags, "conversation_id", keys)
     legacy = [key for key in keys if key in old and old[key]["winner_content"] is None]
@@ -383,7 +386,7 @@ def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> set[Key]
         for event in read_stream_events(conn, legacy, UNREAD_UPDATE, batch.end):
             by_stream[(event.location_id, event.stream_id)].append(event)
     rows: list[dict[str, Any]] = []
-    shown: set[Key] = set()
+    shown: list[FlagsChange] = []
     for key in keys:
         latest = latest_flags(by_stream[key])
         if latest is None:
@@ -396,7 +399,7 @@ def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> set[Key]
         if _changed(before, row, _FLAG_VALUES):
             rows.append(row)
             if _changed(before, row, _SHOWN_FLAGS):
-                shown.add(key)
+                shown.append((key, before, row))
     upsert(conn, flags, rows, update=None)
     return shown
 
@@ -448,15 +451,19 @@ def _update_merges(
 
 
 def _update_summaries(
-    conn: Connection, tables: _Physical, changes: Sequence[LedgerChange], touched: set[Key]
+    conn: Connection,
+    tables: _Physical,
+    changes: Sequence[LedgerChange],
+    flags: Sequence[FlagsChange],
+    touched: set[Key],
 ) -> None:
     """Bring the summaries of everything that changed up to date: the usual changes (a new
-    message, a new status or preview of a known one) as exact deltas on the stored rows
-    (`_Delta`); any other (flags, merges, a message that moves or changes its date,
+    message, a new status or preview of a known one, new flags) as exact deltas on the
+    stored rows (`_Delta`); any other (merges, a message that moves or changes its date,
     channel or contact, ties on the last message's date) by recomputing the whole root
     from the working tables. Rows of touched ids that are no longer roots or have nothing
     left to show are deleted."""
-    conversations = set(touched)
+    conversations = set(touched) | {key for key, _, _ in flags}
     for key, before, after in changes:
         for row in (before, after):
             if row is not None:
@@ -481,11 +488,17 @@ def _update_summaries(
             steps.append((root(key[0], after["conversation_id"]), key, before, after))
         else:
             forced |= {(key[0], row["conversation_id"]) for row in (before, after) if row}
+    # Flags show on their own conversation's row only while it is a root.
+    own_flags = [change for change in flags if root(*change[0]) == change[0]]
     forced_roots = {root(*key) for key in forced}
-    delta = _Delta(conn, tables.summary, {r for r, *_ in steps} - forced_roots)
+    delta_roots = {r for r, *_ in steps} | {key for key, _, _ in own_flags}
+    delta = _Delta(conn, tables.summary, delta_roots - forced_roots)
     for root_key, key, before, after in steps:
         if root_key not in forced_roots and not delta.apply(root_key, key, before, after):
             forced_roots.add(root_key)
+    for key, before, after in own_flags:
+        if key not in forced_roots and not delta.apply_flags(key, before, after):
+            forced_roots.add(key)
     delta.write(exclude=forced_roots)
     if not forced_roots:
         return
@@ -561,6 +574,22 @@ class _Delta:
             row["sort_at"] = date or NO_TIME
             if contact is not None:
                 row["contact_id"] = contact
+        self._changed.add(root)
+        return True
+
+    def apply_flags(
+        self, root: Key, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+    ) -> bool:
+        """New flags of a root conversation."""
+        row = self._rows.get(root)
+        if row is None:  # flags of a conversation with no row yet: recompute
+            return False
+        old_contact = before["contact_id"] if before is not None else None
+        if after["contact_id"] != old_contact:
+            return False  # the row's contact may come from the flags: recompute
+        for name in ("unread_count", "starred", "inbox", "deleted"):
+            row[name] = after[name]
+        row["unread"] = (after["unread_count"] or 0) > 0
         self._changed.add(root)
         return True
 
