@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -14,11 +14,13 @@ import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from conversations.projections.base import EventBatch, Tables
 from conversations.projections.location_conversations import (
     PROJECTION,
     ConversationSummary,
+    conversation_flags,
     get,
     resolve,
     search,
@@ -249,6 +251,32 @@ def test_chained_merges_arriving_piecemeal(engine: sqlalchemy.Engine, append: Ap
         listed, total = search(conn, location)
     # `c` has neither messages nor flags of its own but gathers those of a and b.
     assert (ids(listed), total) == ([c], 1)
+
+
+def test_flags_rows_from_before_the_order_key_are_refolded_once(
+    engine: sqlalchemy.Engine, append: Append
+) -> None:
+    location, cnv = new_id("loc"), new_id("cnv")
+    fold_all(engine, append([unread(location, cnv, "2025-03-04T11:00:00Z", unreadCount=5)]))
+    flags = conversation_flags
+    with engine.begin() as conn:  # as migration 0009 leaves a row written before it
+        conn.execute(
+            flags.update()
+            .where(flags.c.location_id == location, flags.c.conversation_id == cnv)
+            .values(winner_at=None, winner_content=None)
+        )
+    # An older update arrives: the stored row cannot say it is older, so every update of
+    # the conversation is read again, and the newer one keeps winning.
+    fold_all(engine, append([unread(location, cnv, "2025-03-04T10:00:00Z", unreadCount=1)]))
+    assert conversation(engine, location, cnv).unread_count == 5
+    with engine.connect() as conn:
+        winner = conn.execute(
+            select(flags.c.winner_at, flags.c.winner_content).where(
+                flags.c.location_id == location, flags.c.conversation_id == cnv
+            )
+        ).one()
+    assert winner.winner_at == datetime(2025, 3, 4, 11, tzinfo=UTC)
+    assert winner.winner_content is not None and '"unreadCount":5' in winner.winner_content
 
 
 def test_flags_are_the_roots_own(engine: sqlalchemy.Engine, append: Append) -> None:
