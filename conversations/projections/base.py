@@ -44,6 +44,31 @@ class EventBatch:
     """Work shared by the projections folding this same batch (see `messages`)."""
 
 
+MERGE_EVENT_TYPE = "ConversationUpdate"
+
+
+def message_keys(events: Iterable[StoredEvent]) -> list[MessageKey]:
+    """The messages some events are about (message events with a message id), sorted."""
+    keys = {
+        (e.location_id, e.message_id)
+        for e in events
+        if e.event_type in MESSAGE_EVENT_TYPES and e.message_id
+    }
+    return sorted(keys)
+
+
+def merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
+    """(location_id, old, new) of the ConversationUpdate merges among `events`, sorted."""
+    pairs = set()
+    for event in events:
+        if event.event_type != MERGE_EVENT_TYPE:
+            continue
+        old, new = event.payload.get("oldConversationId"), event.payload.get("newConversationId")
+        if isinstance(old, str) and isinstance(new, str) and old and new:
+            pairs.add((event.location_id, old, new))
+    return sorted(pairs)
+
+
 def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEntry]:
     """Every message the batch touches, rebuilt from all of its events up to `batch.end`.
 
@@ -54,13 +79,7 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
     cached: dict[MessageKey, MessageEntry] | None = batch.memo.get("messages")
     if cached is not None:
         return cached
-    keys = sorted(
-        {
-            (e.location_id, e.message_id)
-            for e in batch.events
-            if e.event_type in MESSAGE_EVENT_TYPES and e.message_id
-        }
-    )
+    keys = message_keys(batch.events)
     grouped: defaultdict[MessageKey, list[StoredEvent]] = defaultdict(list)
     for event in read_message_events(conn, keys, batch.end):
         if event.message_id:

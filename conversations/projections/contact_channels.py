@@ -44,11 +44,9 @@ from sqlalchemy.sql.elements import FunctionFilter, Over
 from sqlalchemy.sql.functions import FunctionElement
 
 from conversations.messages import LatestFlags, MessageEntry
-from conversations.payloads import MESSAGE_EVENT_TYPES
 from conversations.projections._sql import in_keys, load, unnest, upsert
-from conversations.projections.base import EventBatch, Row, Tables, messages
+from conversations.projections.base import EventBatch, Row, Tables, message_keys, messages
 from conversations.schema import metadata
-from conversations.store import StoredEvent
 
 __all__ = [
     "PROJECTION",
@@ -108,7 +106,7 @@ class ContactChannelsProjection:
     tables: tuple[Table, ...] = (contact_channel_messages, contact_channel_summaries)
 
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
-        keys = _message_keys(batch.events)
+        keys = message_keys(batch.events)
         if not keys:
             return
         ledger, summary = tables[contact_channel_messages], tables[contact_channel_summaries]
@@ -140,15 +138,6 @@ PROJECTION = ContactChannelsProjection()
 
 
 # --- apply ----------------------------------------------------------------------------------
-
-
-def _message_keys(events: Iterable[StoredEvent]) -> list[MessageKey]:
-    keys = {
-        (event.location_id, event.message_id)
-        for event in events
-        if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES
-    }
-    return sorted(keys)
 
 
 def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:

@@ -72,9 +72,8 @@ from conversations.messages import (
     latest_flags,
     resolve_merges,
 )
-from conversations.payloads import MESSAGE_EVENT_TYPES
 from conversations.projections._sql import in_keys, keys_table, load, upsert, upsert_json
-from conversations.projections.base import EventBatch, Row, Tables
+from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
 from conversations.store import StoredEvent, read_stream_events
@@ -95,7 +94,6 @@ __all__ = [
 ]
 
 UNREAD_UPDATE = "ConversationUnreadUpdate"
-MERGE = "ConversationUpdate"
 
 NO_TIME = datetime.min.replace(tzinfo=UTC)
 """`sort_at` of a conversation without a dated message: before every real date."""
@@ -245,10 +243,10 @@ class LocationConversationsProjection:
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
         physical = _Physical.of(tables)
         changes = _update_ledger(
-            conn, physical.messages, _message_keys(batch.events), batch_messages(conn, batch)
+            conn, physical.messages, message_keys(batch.events), batch_messages(conn, batch)
         )
         flags = _update_flags(conn, physical.flags, batch)
-        touched = _update_merges(conn, physical, _merge_pairs(batch.events))
+        touched = _update_merges(conn, physical, merge_pairs(batch.events))
         if changes or flags or touched:
             _update_summaries(conn, physical, changes, flags, touched)
 
@@ -271,26 +269,6 @@ PROJECTION = LocationConversationsProjection()
 
 
 # --- what a batch touches -------------------------------------------------------------------
-
-
-def _message_keys(events: Iterable[StoredEvent]) -> list[Key]:
-    keys = {
-        (event.location_id, event.message_id)
-        for event in events
-        if event.message_id and event.event_type in MESSAGE_EVENT_TYPES
-    }
-    return sorted(keys)
-
-
-def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
-    pairs = set()
-    for event in events:
-        if event.event_type != MERGE:
-            continue
-        old, new = event.payload.get("oldConversationId"), event.payload.get("newConversationId")
-        if isinstance(old, str) and isinstance(new, str):  # always, once ingest accepted it
-            pairs.add((event.location_id, old, new))
-    return sorted(pairs)
 
 
 def _changed(old: Any, new: dict[str, Any], names: Sequence[str]) -> bool:

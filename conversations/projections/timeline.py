@@ -54,12 +54,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql import ColumnElement
 
 from conversations.messages import LatestFlags, MessageEntry, resolve_merges
-from conversations.payloads import MESSAGE_EVENT_TYPES
 from conversations.projections._sql import upsert_json
-from conversations.projections.base import EventBatch, Tables, messages
+from conversations.projections.base import EventBatch, Tables, merge_pairs, messages
 from conversations.projections.base import Row as ProjectionRow
 from conversations.schema import metadata
-from conversations.store import StoredEvent
 
 __all__ = [
     "PROJECTION",
@@ -80,8 +78,6 @@ __all__ = [
     "timeline_merges",
     "timeline_messages",
 ]
-
-MERGE_EVENT_TYPE = "ConversationUpdate"
 
 # Every MessageEntry field is a column of the same name, plus `updated_position`.
 timeline_messages = Table(
@@ -192,26 +188,6 @@ def _message_row(entry: MessageEntry) -> dict[str, Any]:
     }
 
 
-def _message_keys(events: Iterable[StoredEvent]) -> list[tuple[str, str]]:
-    keys = {
-        (e.location_id, e.message_id)
-        for e in events
-        if e.event_type in MESSAGE_EVENT_TYPES and e.message_id is not None
-    }
-    return sorted(keys)
-
-
-def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
-    pairs = set()
-    for event in events:
-        if event.event_type != MERGE_EVENT_TYPE:
-            continue
-        old, new = event.payload.get("oldConversationId"), event.payload.get("newConversationId")
-        if isinstance(old, str) and isinstance(new, str) and old and new:
-            pairs.add((event.location_id, old, new))
-    return sorted(pairs)
-
-
 def _upsert_messages(conn: Connection, table: Table, entries: Iterable[MessageEntry]) -> None:
     # Sorted by key, so concurrent writers (a rebuild's final catch-up, say) lock rows in
     # the same order and cannot deadlock.
@@ -226,7 +202,7 @@ def _apply_messages(conn: Connection, batch: EventBatch, tables: Tables) -> None
 
 
 def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
-    pairs = _merge_pairs(batch.events)
+    pairs = merge_pairs(batch.events)
     if not pairs:
         return
     merges, roots = tables[timeline_merges], tables[timeline_conversation_roots]
