@@ -1,15 +1,17 @@
 """What every projection is: a name, the tables it owns, and a fold of event batches.
 
-A projection's `apply` is the only code that writes its tables, for live catch-up and
-for a rebuild alike (the runner hands it either the live tables or fresh side copies),
-so the two cannot drift. `apply` runs in the runner's transaction, which also moves the
+A projection's `apply` writes its tables during live catch-up, and its rows come from
+pure folds (`conversations.messages`) and row builders of its own. A rebuild hands it
+fresh side copies of its tables; a `BulkProjection` is then filled in one pass
+(`projections.bulk`) from the same folds and row builders, so the two cannot drift. `apply` runs in the runner's transaction, which also moves the
 projection's checkpoint: a batch is applied exactly once or not at all.
 
 Rules for `apply` (the runner and the property tests rely on them):
 - The result must depend only on the *set* of events up to `batch.end`, not on their
   order, on how they were cut into batches, or on duplicates: recompute what a batch
   touches from its inputs (e.g. every event of an affected message with a position at
-  most `batch.end`) instead of adding deltas.
+  most `batch.end`), or apply deltas only where they are exact whatever came before
+  (a max over a stored order key; a count moved by a message new to its group).
 - Write only through `tables[...]`, never to a table name spelled out.
 - Read only the event table and the projection's own tables.
 """
