@@ -3,8 +3,9 @@
 A projection's `apply` writes its tables during live catch-up, and its rows come from
 pure folds (`conversations.messages`) and row builders of its own. A rebuild hands it
 fresh side copies of its tables; a `BulkProjection` is then filled in one pass
-(`projections.bulk`) from the same folds and row builders, so the two cannot drift. `apply` runs in the runner's transaction, which also moves the
-projection's checkpoint: a batch is applied exactly once or not at all.
+(`projections.bulk`) from the same folds and row builders, so the two cannot drift.
+`apply` runs in the runner's transaction, which also moves the projection's checkpoint:
+a batch is applied exactly once or not at all.
 
 Rules for `apply` (the runner and the property tests rely on them):
 - The result must depend only on the *set* of events up to `batch.end`, not on their
