@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import MetaData, Table, select
+from sqlalchemy import MetaData, Table, select, text
 
 from conversations.database import create_async_engine
 from conversations.events import NewEvent, parse_json_object, to_new_event
 from conversations.payloads import parse_payload
-from conversations.projections import bulk
-from conversations.projections.base import BulkProjection, Tables
+from conversations.projections import bulk, runner
+from conversations.projections.base import BulkProjection, Projection, Tables
 from conversations.store import StoredEvent, append_events, read_range
 
 Append = Callable[[Sequence[dict[str, Any]]], list[StoredEvent]]
@@ -51,6 +51,18 @@ def append_documents(
     with engine.connect() as conn:
         events = read_range(conn, min(positions) - 1, max(positions), 1_000_000)
     return [e for e in events if e.position in positions]
+
+
+def hold_live(conn: sqlalchemy.Connection, projection: Projection) -> None:
+    """Lock the projection's checkpoint row in `conn`'s transaction, as the runner does
+    before it folds into the live tables: a test that folds into them itself then never
+    runs at the same time as the session server's catch-up worker. (Folds of one table
+    must not overlap: the summaries' deltas read the rows a fold is about to change.)"""
+    runner.ensure_checkpoints(conn, [projection])
+    conn.execute(
+        text("SELECT position FROM projection_checkpoints WHERE name = :name FOR UPDATE"),
+        {"name": projection.name},
+    )
 
 
 def at(hour: int, minute: int = 0) -> str:

@@ -29,6 +29,7 @@ from tests.projection_support import (
     Append,
     append_documents,
     at,
+    hold_live,
     rebuild_in_one_pass,
     side_tables,
     table_rows,
@@ -54,6 +55,8 @@ def fold(
     for start in range(0, len(ordered), size):
         chunk = ordered[start : start + size]
         with engine.begin() as conn:
+            if tables is None:
+                hold_live(conn, PROJECTION)
             PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), tables or Tables())
 
 

@@ -32,6 +32,7 @@ from tests.projection_support import (
     again,
     append_documents,
     at,
+    hold_live,
     merge,
     rebuild_in_one_pass,
     side_tables,
@@ -58,6 +59,7 @@ def fold(engine: sqlalchemy.Engine, events: Sequence[StoredEvent], cuts: Sequenc
     for start, stop in pairwise(bounds):
         chunk = ordered[start:stop]
         with engine.begin() as conn:
+            hold_live(conn, PROJECTION)
             PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), Tables())
 
 
@@ -473,6 +475,7 @@ def test_tables_depend_only_on_the_set_of_events(
     if replay:
         repeated = [events[i] for i in sorted(replay)]
         with engine.begin() as conn:
+            hold_live(conn, PROJECTION)
             PROJECTION.apply(conn, EventBatch(repeated, events[-1].position), Tables())
 
     assert rows(engine, shuffled) == rows(engine, reference)

@@ -35,7 +35,7 @@ from conversations.projections.timeline import (
 )
 from conversations.store import StoredEvent, append_events, head_position, read_range
 from tests.helpers import fixture, message, new_id
-from tests.projection_support import merge, new_event
+from tests.projection_support import hold_live, merge, new_event
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -99,6 +99,7 @@ class Harness:
         with self.engine.begin() as conn:
             head = head_position(conn)
             events = read_range(conn, self.position, head, 1_000_000)
+            hold_live(conn, PROJECTION)
             for batch in cut(events, itertools.repeat(batch_size)):
                 PROJECTION.apply(conn, batch, Tables())
             self.position = head

@@ -13,6 +13,9 @@ Rules for `apply` (the runner and the property tests rely on them):
   touches from its inputs (e.g. every event of an affected message with a position at
   most `batch.end`), or apply deltas only where they are exact whatever came before
   (a max over a stored order key; a count moved by a message new to its group).
+- Folds into the same tables never overlap: the runner holds the projection's
+  checkpoint row lock while it folds into the live tables (a rebuild's side tables are
+  its own). Deltas rely on it: they read the rows a fold is about to change.
 - Write only through `tables[...]`, never to a table name spelled out.
 - Read only the event table and the projection's own tables.
 """
