@@ -539,6 +539,8 @@ class _Delta:
         if contact is not None and not newest and contact != row["contact_id"]:
             return False  # whether it is the newest message with a contact: unknown here
         row["message_count"] += 1
+        # Sorted as SQL's array_agg(... ORDER BY channel) sorts them: the vocabulary
+        # (`messages.CHANNELS`) orders the same in "C" and in linguistic collations.
         row["channels"] = sorted({*row["channels"], after["channel"]})
         if date is not None and (row["first_message_at"] is None or date < row["first_message_at"]):
             row["first_message_at"] = date
