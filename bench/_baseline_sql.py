@@ -41,14 +41,22 @@ _CHANNEL = """
         ELSE 'Other'
     END"""
 
-_RANK = """
-    CASE WHEN p->>'messageType' IN ('CALL', 'VoiceMail') THEN
-        CASE lower(coalesce(p->>'callStatus', p->>'status'))
+
+def _call_scale(value: str) -> str:
+    return f"""
+        CASE lower({value})
             WHEN 'completed' THEN 9 WHEN 'answered' THEN 8 WHEN 'voicemail' THEN 7
             WHEN 'no-answer' THEN 6 WHEN 'busy' THEN 5 WHEN 'failed' THEN 4
             WHEN 'canceled' THEN 3 WHEN 'ringing' THEN 2 WHEN 'initiated' THEN 2
             WHEN 'in-progress' THEN 2 WHEN 'connected' THEN 2
-            WHEN 'pending' THEN 1 WHEN 'queued' THEN 1 ELSE 0 END
+            WHEN 'pending' THEN 1 WHEN 'queued' THEN 1 ELSE 0 END"""
+
+
+# Calls: the stage (the higher of status and callStatus on the call scale), then callStatus.
+_RANK = f"""
+    CASE WHEN p->>'messageType' IN ('CALL', 'VoiceMail') THEN
+        greatest({_call_scale("p->>'callStatus'")}, {_call_scale("p->>'status'")}) * 16
+        + {_call_scale("p->>'callStatus'")}
     ELSE
         CASE lower(p->>'status')
             WHEN 'clicked' THEN 7 WHEN 'opened' THEN 6 WHEN 'read' THEN 6

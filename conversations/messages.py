@@ -22,11 +22,15 @@ Status precedence (`status_rank`; a higher rank wins whatever the arrival order)
     HighLevel gives a user's retry of a failed message a new messageId, so a later
     success under the same id means the failure report was stale.
 
-    Calls and voicemails rank by `callStatus` when it is a known value, else by `status`:
-    unknown 0 < pending = queued 1 < ringing = in-progress = initiated = connected 2
-    < canceled 3 < failed 4 < busy 5 < no-answer 6 < voicemail 7 < answered 8
-    < completed 9. (HighLevel: outbound answered = completed/completed, outbound to
-    voicemail = completed/voicemail, inbound missed = voicemail/voicemail.)
+    Calls and voicemails use the call scale: unknown 0 < pending = queued 1 < ringing =
+    in-progress = initiated = connected 2 < canceled 3 < failed 4 < busy 5 < no-answer 6
+    < voicemail 7 < answered 8 < completed 9. An event ranks first by its *stage*, the
+    higher of its `status` and its `callStatus` on that scale, then by its `callStatus`
+    alone: at the same stage the event that reports the outcome wins. So `completed`
+    without a callStatus (the call ended, outcome not said) loses to `completed` +
+    `voicemail` (ended in voicemail), whichever arrives first, and the entry shows
+    callStatus voicemail. (HighLevel: outbound answered = completed/completed, outbound
+    to voicemail = completed/voicemail, inbound missed = voicemail/voicemail.)
 
     Values compare case-insensitively, ignoring spaces, `_` and `-` (`opt-out`, `No Answer`).
 
@@ -65,10 +69,14 @@ __all__ = [
     "CHANNELS",
     "PREVIEW_LENGTH",
     "ConversationFlags",
+    "FlagsOrder",
+    "LatestFlags",
     "MessageEntry",
     "build_flags",
     "build_message",
     "channel_of",
+    "flags_order",
+    "latest_flags",
     "preview_of",
     "resolve_merges",
     "status_rank",
@@ -196,6 +204,8 @@ _CALL_RANKS: dict[str, int] = {
 }
 
 _CALL_CHANNELS = frozenset({"Call", "Voicemail"})
+_CALL_STAGE = 16
+"""Greater than every call rank: a call's rank is stage * 16 + callStatus rank."""
 
 
 def _rank_in(ranks: dict[str, int], value: str | None) -> int:
@@ -206,7 +216,11 @@ def _rank_in(ranks: dict[str, int], value: str | None) -> int:
 def status_rank(status: str | None, call_status: str | None, channel: str) -> int:
     """How far a message got; the higher rank wins a fold (the scale: module doc)."""
     if channel in _CALL_CHANNELS:
-        return _rank_in(_CALL_RANKS, call_status) or _rank_in(_CALL_RANKS, status)
+        by_call_status = _rank_in(_CALL_RANKS, call_status)
+        stage = max(by_call_status, _rank_in(_CALL_RANKS, status))
+        # How far the call got by either field, then the outcome's own rank: at the same
+        # stage an event that reports the outcome (callStatus) beats one that does not.
+        return stage * _CALL_STAGE + by_call_status
     return _rank_in(_MESSAGE_RANKS, status)
 
 
@@ -568,35 +582,66 @@ def _envelope_time(value: Any) -> datetime | None:
     return None
 
 
-def _flags_order(
-    item: tuple[StoredEvent, ConversationUnreadUpdatePayload],
-) -> tuple[bool, datetime, str]:
-    event = item[0]
-    time = _envelope_time(event.payload.get("timestamp"))
-    return time is not None, time or _NO_TIME, _content_key(event.payload)
+FlagsOrder = tuple[bool, datetime, str]
+"""Which unread update wins: (has an envelope time, that time, content key), greatest wins."""
 
 
-def build_flags(events: Iterable[StoredEvent]) -> ConversationFlags:
-    """The flags of the latest ConversationUnreadUpdate (greatest envelope `timestamp`; none
-    sorts lowest; ties by content). Other and unparsable events are ignored."""
-    updates: list[tuple[StoredEvent, ConversationUnreadUpdatePayload]] = []
+def flags_order(time: datetime | None, content: str) -> FlagsOrder:
+    """The order key of an update with envelope time `time` and content key `content`.
+
+    A total order, and "greatest wins" is a max: folding updates in any grouping (all at
+    once, or a stored winner against a batch's updates) picks the same one."""
+    return time is not None, time or _NO_TIME, content
+
+
+@dataclass(frozen=True)
+class LatestFlags:
+    """The winning update of some ConversationUnreadUpdate events and its order key parts."""
+
+    flags: ConversationFlags
+    time: datetime | None
+    """Its envelope `timestamp` (None when missing or unusable)."""
+    content: str
+    """Its content key (canonical JSON without the envelope), the tie breaker."""
+
+    @property
+    def order(self) -> FlagsOrder:
+        return flags_order(self.time, self.content)
+
+
+def latest_flags(events: Iterable[StoredEvent]) -> LatestFlags | None:
+    """The latest ConversationUnreadUpdate among `events` (greatest envelope `timestamp`;
+    none sorts lowest; ties by content); None when there is none. Other and unparsable
+    events are ignored."""
+    best: LatestFlags | None = None
     for event in events:
         try:
             payload = parse_payload(event.payload)
         except PayloadError:
             continue
-        if isinstance(payload, ConversationUnreadUpdatePayload):
-            updates.append((event, payload))
-    if not updates:
-        return ConversationFlags(None, None, None, None, None)
-    latest = max(updates, key=_flags_order)[1]
-    return ConversationFlags(
-        unread_count=latest.unreadCount,
-        starred=latest.starred,
-        inbox=latest.inbox,
-        deleted=latest.deleted,
-        contact_id=latest.contactId,
-    )
+        if not isinstance(payload, ConversationUnreadUpdatePayload):
+            continue
+        candidate = LatestFlags(
+            ConversationFlags(
+                unread_count=payload.unreadCount,
+                starred=payload.starred,
+                inbox=payload.inbox,
+                deleted=payload.deleted,
+                contact_id=payload.contactId,
+            ),
+            _envelope_time(event.payload.get("timestamp")),
+            _content_key(event.payload),
+        )
+        if best is None or candidate.order > best.order:
+            best = candidate
+    return best
+
+
+def build_flags(events: Iterable[StoredEvent]) -> ConversationFlags:
+    """The flags of the latest ConversationUnreadUpdate (`latest_flags`); all None when
+    there is none."""
+    latest = latest_flags(events)
+    return latest.flags if latest else ConversationFlags(None, None, None, None, None)
 
 
 # --- merges ---------------------------------------------------------------------------------

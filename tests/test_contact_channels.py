@@ -3,25 +3,18 @@ projection folds them in several batch cuttings, the read query answers per cont
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import MetaData, Table, select
+from sqlalchemy import select
 
-from conversations.database import create_async_engine
-from conversations.events import NewEvent, parse_json_object, to_new_event
 from conversations.messages import build_message
-from conversations.payloads import parse_payload
 from conversations.projections.base import EventBatch, Tables
 from conversations.projections.contact_channels import (
     PROJECTION,
@@ -30,42 +23,25 @@ from conversations.projections.contact_channels import (
     contact_channel_summaries,
     contact_channels,
 )
-from conversations.store import StoredEvent, append_events, read_range
+from conversations.store import StoredEvent
 from tests.helpers import message, new_id
+from tests.projection_support import (
+    Append,
+    append_documents,
+    at,
+    hold_live,
+    rebuild_in_one_pass,
+    side_tables,
+    table_rows,
+    time,
+)
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-def new_event(document: dict[str, Any]) -> NewEvent:
-    raw = json.dumps(document).encode()
-    parsed, raw_text = parse_json_object(raw)
-    return to_new_event(parse_payload(parsed), parsed, raw, raw_text, {"source": "test"})
-
-
-Append = Callable[[Sequence[dict[str, Any]]], list[StoredEvent]]
-
-
 @pytest.fixture(scope="module")
 def append(database_url: str, engine: sqlalchemy.Engine) -> Append:
-    """Append documents through the store, in this order and in one transaction; returns
-    the stored events as a fold reads them."""
-
-    def append_documents(documents: Sequence[dict[str, Any]]) -> list[StoredEvent]:
-        async def work() -> list[int]:
-            async_engine = create_async_engine(database_url, pool_size=1, timeout=10)
-            try:
-                async with async_engine.begin() as conn:
-                    results = await append_events(conn, [new_event(d) for d in documents])
-            finally:
-                await async_engine.dispose()
-            return [r.position for r in results]
-
-        positions = set(asyncio.run(work()))
-        with engine.connect() as conn:
-            events = read_range(conn, min(positions) - 1, max(positions), 1_000_000)
-        return [e for e in events if e.position in positions]
-
-    return append_documents
+    return lambda documents: append_documents(database_url, engine, documents)
 
 
 def fold(
@@ -79,6 +55,8 @@ def fold(
     for start in range(0, len(ordered), size):
         chunk = ordered[start : start + size]
         with engine.begin() as conn:
+            if tables is None:
+                hold_live(conn, PROJECTION)
             PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), tables or Tables())
 
 
@@ -86,14 +64,6 @@ def fold_everywhere(engine: sqlalchemy.Engine, events: Sequence[StoredEvent]) ->
     """Event by event, then everything again in one batch: the live tables must not mind."""
     fold(engine, events, 1)
     fold(engine, events, len(events))
-
-
-def at(hour: int, minute: int = 0) -> str:
-    return f"2025-03-04T{hour:02d}:{minute:02d}:00.000Z"
-
-
-def time(hour: int, minute: int = 0) -> datetime:
-    return datetime(2025, 3, 4, hour, minute, tzinfo=UTC)
 
 
 def outbound(**fields: Any) -> dict[str, Any]:
@@ -319,39 +289,13 @@ def test_reads_are_scoped_by_location(append: Append, engine: sqlalchemy.Engine)
 # --- any cutting, any order, any redelivery: the same tables ---------------------------------
 
 
-@contextmanager
-def side_tables(engine: sqlalchemy.Engine) -> Iterator[Tables]:
-    """Fresh copies of the projection's tables, as a rebuild gets them."""
-    suffix = uuid.uuid4().hex[:8]
-    copies = MetaData()
-    sides = {t.name: t.to_metadata(copies, name=f"{t.name}__{suffix}") for t in PROJECTION.tables}
-    quote = engine.dialect.identifier_preparer.quote
-    with engine.begin() as conn:
-        for live, side in sides.items():
-            conn.exec_driver_sql(
-                f"CREATE TABLE {quote(side.name)} (LIKE {quote(live)} INCLUDING ALL)"
-            )
-    try:
-        yield Tables(sides)
-    finally:
-        with engine.begin() as conn:
-            for side in sides.values():
-                conn.exec_driver_sql(f"DROP TABLE {quote(side.name)}")
-
-
 def ordered(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return sorted(rows, key=repr)
 
 
 def contents(engine: sqlalchemy.Engine, tables: Tables) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, without location_id (folds of two locations compare)."""
-    found = {}
-    with engine.connect() as conn:
-        for live in PROJECTION.tables:
-            table: Table = tables[live]
-            columns = [c for c in table.columns if c.name != "location_id"]
-            found[live.name] = ordered([tuple(r) for r in conn.execute(select(*columns))])
-    return found
+    return table_rows(engine, PROJECTION, tables)
 
 
 def expected_summary(events: Sequence[StoredEvent]) -> list[tuple[Any, ...]]:
@@ -450,10 +394,16 @@ def test_cuttings_orders_and_redeliveries_give_the_same_tables(
     in_order = append(documents(new_id("loc"), messages, deliveries))
     other_order = append(documents(new_id("loc"), messages, [*shuffled, *redelivered]))
 
-    with side_tables(engine) as whole, side_tables(engine) as cut:
+    with (
+        side_tables(engine, PROJECTION) as whole,
+        side_tables(engine, PROJECTION) as cut,
+        side_tables(engine, PROJECTION) as one_pass,
+    ):
         fold(engine, in_order, len(in_order), whole)
         fold(engine, other_order, size, cut)
         fold(engine, other_order[-size:], size, cut)  # a batch again changes nothing
+        rebuild_in_one_pass(engine, PROJECTION, one_pass, other_order)  # as `replay` does
         expected = contents(engine, whole)
         assert contents(engine, cut) == expected
+        assert contents(engine, one_pass) == expected
     assert expected["contact_channels"] == expected_summary(in_order)

@@ -4,10 +4,8 @@ location."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
@@ -18,53 +16,37 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from conversations.database import create_async_engine
-from conversations.events import NewEvent, parse_json_object, to_new_event
-from conversations.payloads import parse_payload
 from conversations.projections.base import EventBatch, Tables
 from conversations.projections.location_conversations import (
     PROJECTION,
     ConversationSummary,
+    conversation_flags,
     get,
     resolve,
     search,
 )
-from conversations.store import StoredEvent, append_events, read_range
+from conversations.store import StoredEvent
 from tests.helpers import message, new_id
+from tests.projection_support import (
+    Append,
+    again,
+    append_documents,
+    at,
+    hold_live,
+    merge,
+    rebuild_in_one_pass,
+    side_tables,
+    table_rows,
+    time,
+    unread,
+)
 
 # --- helpers --------------------------------------------------------------------------------
 
 
-def new_event(document: dict[str, Any]) -> NewEvent:
-    raw = json.dumps(document).encode()
-    parsed, raw_text = parse_json_object(raw)
-    return to_new_event(parse_payload(parsed), parsed, raw, raw_text, {"source": "test"})
-
-
-Append = Callable[[Sequence[dict[str, Any]]], list[StoredEvent]]
-
-
 @pytest.fixture(scope="module")
 def append(database_url: str, engine: sqlalchemy.Engine) -> Append:
-    """Append documents through the store, in this order and in one transaction; returns
-    the stored events as a fold reads them."""
-
-    def append_documents(documents: Sequence[dict[str, Any]]) -> list[StoredEvent]:
-        async def work() -> list[int]:
-            async_engine = create_async_engine(database_url, pool_size=1, timeout=10)
-            try:
-                async with async_engine.begin() as conn:
-                    results = await append_events(conn, [new_event(d) for d in documents])
-            finally:
-                await async_engine.dispose()
-            return [r.position for r in results]
-
-        positions = set(asyncio.run(work()))
-        with engine.connect() as conn:
-            events = read_range(conn, min(positions) - 1, max(positions), 1_000_000)
-        return [e for e in events if e.position in positions]
-
-    return append_documents
+    return lambda documents: append_documents(database_url, engine, documents)
 
 
 def fold(engine: sqlalchemy.Engine, events: Sequence[StoredEvent], cuts: Sequence[int]) -> None:
@@ -77,6 +59,7 @@ def fold(engine: sqlalchemy.Engine, events: Sequence[StoredEvent], cuts: Sequenc
     for start, stop in pairwise(bounds):
         chunk = ordered[start:stop]
         with engine.begin() as conn:
+            hold_live(conn, PROJECTION)
             PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), Tables())
 
 
@@ -84,40 +67,6 @@ def fold_all(engine: sqlalchemy.Engine, events: Sequence[StoredEvent]) -> None:
     """Event by event, then everything again in one batch: the tables must not mind."""
     fold(engine, events, range(len(events)))
     fold(engine, events, [])
-
-
-def at(hour: int, minute: int = 0) -> str:
-    return f"2025-03-04T{hour:02d}:{minute:02d}:00.000Z"
-
-
-def time(hour: int, minute: int = 0) -> datetime:
-    return datetime(2025, 3, 4, hour, minute, tzinfo=UTC)
-
-
-def unread(location: str, conversation: str, timestamp: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "type": "ConversationUnreadUpdate",
-        "locationId": location,
-        "id": conversation,
-        "timestamp": timestamp,
-        "webhookId": str(uuid.uuid4()),
-        **fields,
-    }
-
-
-def merge(location: str, old: str, new: str) -> dict[str, Any]:
-    return {
-        "type": "ConversationUpdate",
-        "locationId": location,
-        "oldConversationId": old,
-        "newConversationId": new,
-        "webhookId": str(uuid.uuid4()),
-    }
-
-
-def again(document: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    """Another delivery about the same thing (a new webhookId), with `fields` changed."""
-    return {**document, "webhookId": str(uuid.uuid4()), **fields}
 
 
 def conversation(engine: sqlalchemy.Engine, location: str, id: str) -> ConversationSummary:
@@ -133,14 +82,7 @@ def ids(found: Sequence[ConversationSummary]) -> list[str]:
 
 def rows(engine: sqlalchemy.Engine, location: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row the projection holds for one location, without the location id."""
-    found = {}
-    with engine.connect() as conn:
-        for table in PROJECTION.tables:
-            query = select(*(c for c in table.columns if c.name != "location_id")).where(
-                table.c.location_id == location
-            )
-            found[table.name] = sorted(tuple(row) for row in conn.execute(query))
-    return found
+    return table_rows(engine, PROJECTION, Tables(), location)
 
 
 # --- behaviour ------------------------------------------------------------------------------
@@ -311,6 +253,32 @@ def test_chained_merges_arriving_piecemeal(engine: sqlalchemy.Engine, append: Ap
         listed, total = search(conn, location)
     # `c` has neither messages nor flags of its own but gathers those of a and b.
     assert (ids(listed), total) == ([c], 1)
+
+
+def test_flags_rows_from_before_the_order_key_are_refolded_once(
+    engine: sqlalchemy.Engine, append: Append
+) -> None:
+    location, cnv = new_id("loc"), new_id("cnv")
+    fold_all(engine, append([unread(location, cnv, "2025-03-04T11:00:00Z", unreadCount=5)]))
+    flags = conversation_flags
+    with engine.begin() as conn:  # as migration 0009 leaves a row written before it
+        conn.execute(
+            flags.update()
+            .where(flags.c.location_id == location, flags.c.conversation_id == cnv)
+            .values(winner_at=None, winner_content=None)
+        )
+    # An older update arrives: the stored row cannot say it is older, so every update of
+    # the conversation is read again, and the newer one keeps winning.
+    fold_all(engine, append([unread(location, cnv, "2025-03-04T10:00:00Z", unreadCount=1)]))
+    assert conversation(engine, location, cnv).unread_count == 5
+    with engine.connect() as conn:
+        winner = conn.execute(
+            select(flags.c.winner_at, flags.c.winner_content).where(
+                flags.c.location_id == location, flags.c.conversation_id == cnv
+            )
+        ).one()
+    assert winner.winner_at == datetime(2025, 3, 4, 11, tzinfo=UTC)
+    assert winner.winner_content is not None and '"unreadCount":5' in winner.winner_content
 
 
 def test_flags_are_the_roots_own(engine: sqlalchemy.Engine, append: Append) -> None:
@@ -507,6 +475,11 @@ def test_tables_depend_only_on_the_set_of_events(
     if replay:
         repeated = [events[i] for i in sorted(replay)]
         with engine.begin() as conn:
+            hold_live(conn, PROJECTION)
             PROJECTION.apply(conn, EventBatch(repeated, events[-1].position), Tables())
 
     assert rows(engine, shuffled) == rows(engine, reference)
+    with side_tables(engine, PROJECTION) as one_pass:  # as `replay` does
+        rebuild_in_one_pass(engine, PROJECTION, one_pass, events)
+        rebuilt = table_rows(engine, PROJECTION, one_pass, shuffled)
+    assert rebuilt == rows(engine, reference)

@@ -22,6 +22,7 @@ from conversations.messages import (
     build_flags,
     build_message,
     channel_of,
+    latest_flags,
     preview_of,
     resolve_merges,
     status_rank,
@@ -248,7 +249,7 @@ def test_status_spelling_variants() -> None:
     assert status_rank("Opt-Out", None, "SMS") == status_rank("opt_out", None, "SMS")
     assert status_rank("DELIVERED", None, "WhatsApp") == 5
     assert status_rank("No Answer", None, "Call") == status_rank("no-answer", None, "Call")
-    assert status_rank(None, "in_progress", "Call") == 2
+    assert status_rank(None, "in_progress", "Call") == status_rank(None, "in-progress", "Call")
 
 
 def test_call_status_precedence() -> None:
@@ -264,20 +265,29 @@ def test_call_status_precedence() -> None:
         ["answered"],
         ["completed"],
     ]
-    for expected, group in enumerate(chain):
-        for value in group:
-            assert status_rank(None, value, "Call") == expected, value
-            assert status_rank(value, None, "Voicemail") == expected, value
+    by_call_status = [{status_rank(None, value, "Call") for value in group} for group in chain]
+    by_status = [{status_rank(value, None, "Voicemail") for value in group} for group in chain]
+    for ranks in (by_call_status, by_status):
+        assert all(len(group) == 1 for group in ranks)  # one rank per group
+        flat = [group.pop() for group in ranks]
+        assert flat == sorted(flat) and len(set(flat)) == len(flat)  # rising along the chain
 
 
-def test_call_status_wins_over_status() -> None:
-    assert status_rank("completed", "voicemail", "Call") == 7  # outbound to voicemail
-    assert status_rank("completed", "completed", "Call") == 9  # outbound answered
-    assert status_rank("voicemail", "voicemail", "Voicemail") == 7  # inbound missed
-    assert status_rank("completed", None, "Call") == 9
-    assert status_rank("completed", "mystery", "Call") == 9  # unknown callStatus: use status
+def test_call_outcome_wins_at_the_same_stage() -> None:
+    def rank(status: str | None, call_status: str | None) -> int:
+        return status_rank(status, call_status, "Call")
+
+    # The stage is the higher of the two fields; at the same stage the reported outcome
+    # (callStatus) decides, and reporting one beats not reporting any.
+    assert rank("completed", "completed") > rank("completed", "voicemail")  # answered
+    assert rank("completed", "voicemail") > rank("completed", None)  # the quirk, fixed
+    assert rank("completed", "no-answer") > rank("completed", None)
+    assert rank("completed", None) > rank("voicemail", "voicemail")  # a later stage
+    assert rank("completed", "mystery") == rank("completed", None)  # unknown: not an outcome
+    assert rank(None, "answered") > rank("ringing", None)
+    assert rank("failed", "busy") > rank("ringing", "ringing")
     # Calls do not use the message scale and vice versa.
-    assert status_rank("delivered", None, "Call") == 0
+    assert rank("delivered", None) == 0
     assert status_rank("completed", "completed", "SMS") == 0
 
 
@@ -442,6 +452,23 @@ def test_call_to_voicemail_and_missed_inbound() -> None:
         "voicemail",
         "inbound",
     )
+
+
+def test_a_reported_call_outcome_beats_a_bare_completed() -> None:
+    # HighLevel may report an outbound call's end twice: `completed` without a callStatus
+    # and `completed` + `voicemail`. In either order the entry shows the outcome.
+    entries = all_orders(
+        call(status="ringing"),
+        call(status="completed"),
+        call(status="completed", callStatus="voicemail", callDuration=0),
+    )
+    assert {(e.status, e.call_status, e.call_duration) for e in entries} == {
+        ("completed", "voicemail", 0)
+    }
+    answered = all_orders(
+        call(status="completed"), call(status="completed", callStatus="completed")
+    )
+    assert {e.call_status for e in answered} == {"completed"}
 
 
 def test_call_busy_and_no_answer() -> None:
@@ -900,6 +927,29 @@ def test_build_flags_ignores_order_and_duplicates(
     expected = build_flags(events)
     extra = data.draw(st.lists(st.sampled_from(events), max_size=3)) if events else []
     assert build_flags(data.draw(st.permutations(events + extra))) == expected
+
+
+@given(
+    payloads=st.lists(st.fixed_dictionaries({}, optional=FLAG_FIELDS), min_size=1, max_size=6),
+    data=st.data(),
+)
+@settings(max_examples=200, deadline=None)
+def test_latest_flags_is_a_max_over_any_grouping(
+    payloads: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """What the live projection relies on: the winner of a batch's updates against the
+    stored winner is the winner of all of them."""
+    events = stored_all(*(unread(**fields) for fields in payloads))
+    whole = latest_flags(events)
+    split = data.draw(st.integers(0, len(events)), label="split")
+    parts = [latest_flags(events[:split]), latest_flags(events[split:])]
+    best = max((p for p in parts if p is not None), key=attrgetter("order"), default=None)
+    if whole is None:  # no parsable update at all
+        assert best is None
+        return
+    assert best is not None
+    assert (best.flags, best.order) == (whole.flags, whole.order)
+    assert build_flags(events) == whole.flags
 
 
 # --- resolve_merges -------------------------------------------------------------------------

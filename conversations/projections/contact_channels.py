@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     DateTime,
     Index,
@@ -32,26 +33,20 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    cast,
     delete,
     exists,
     func,
-    literal,
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql import TableValuedAlias
 from sqlalchemy.sql.elements import FunctionFilter, Over
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.types import TypeEngine
 
-from conversations.messages import MessageEntry
-from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables, messages
+from conversations.messages import LatestFlags, MessageEntry
+from conversations.projections._sql import in_keys, load, unnest, upsert
+from conversations.projections.base import EventBatch, Row, Tables, message_keys, messages
 from conversations.schema import metadata
-from conversations.store import StoredEvent
 
 __all__ = [
     "PROJECTION",
@@ -98,7 +93,7 @@ contact_channel_summaries = Table(
     Index(None, "contact_id"),
 )
 
-_LEDGER_VALUES = ("contact_id", "channel", "direction", "status", "date_added", "preview")
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 MessageKey = tuple[str, str]
 """(location_id, message_key)"""
@@ -111,7 +106,7 @@ class ContactChannelsProjection:
     tables: tuple[Table, ...] = (contact_channel_messages, contact_channel_summaries)
 
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
-        keys = _message_keys(batch.events)
+        keys = message_keys(batch.events)
         if not keys:
             return
         ledger, summary = tables[contact_channel_messages], tables[contact_channel_summaries]
@@ -120,30 +115,29 @@ class ContactChannelsProjection:
         changed = [key for key in keys if old.get(key) != new.get(key)]
         if not changed:  # redeliveries, or events that change nothing shown here
             return
-        _upsert_ledger(conn, ledger, [row for key in changed if (row := new.get(key))])
-        _delete_ledger(conn, ledger, [key for key in changed if key not in new])
-        groups = {
-            (row["location_id"], row["contact_id"], row["channel"])
-            for key in changed
-            for row in (old.get(key), new.get(key))
-            if row is not None and row["contact_id"] is not None
-        }
-        _recompute(conn, ledger, summary, sorted(groups))
+        upsert(conn, ledger, [row for key in changed if (row := new.get(key))], update=None)
+        gone = [key for key in changed if key not in new]
+        if gone:
+            conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
+        _update_summaries(conn, ledger, summary, [(k, old.get(k), new.get(k)) for k in changed])
+
+    # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
+
+    def message_rows(self, key: MessageKey, entry: MessageEntry) -> Iterable[Row]:
+        return ((contact_channel_messages, _ledger_row(key, entry)),)
+
+    def flag_rows(self, key: tuple[str, str], latest: LatestFlags) -> Iterable[Row]:
+        return ()
+
+    def finish(self, conn: Connection, tables: Tables) -> None:
+        """Every summary from the complete ledger."""
+        _recompute(conn, tables[contact_channel_messages], tables[contact_channel_summaries], None)
 
 
 PROJECTION = ContactChannelsProjection()
 
 
 # --- apply ----------------------------------------------------------------------------------
-
-
-def _message_keys(events: Iterable[StoredEvent]) -> list[MessageKey]:
-    keys = {
-        (event.location_id, event.message_id)
-        for event in events
-        if event.message_id is not None and event.event_type in MESSAGE_EVENT_TYPES
-    }
-    return sorted(keys)
 
 
 def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
@@ -160,83 +154,122 @@ def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
     }
 
 
-def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
-    """`unnest(CAST(:a AS t[]), ...) AS anon(a, ...)`: a whole batch as one table and a
-    fixed number of parameters, so the statement is compiled once and stays small."""
-    columns = [
-        cast(literal(list(values), ARRAY(kind)), ARRAY(kind)) for values, kind in arrays.values()
-    ]
-    return func.unnest(*columns).table_valued(*arrays).render_derived()
-
-
-def _key_table(keys: Sequence[MessageKey]) -> TableValuedAlias:
-    return _unnest(
-        location_id=([k[0] for k in keys], Text()), message_key=([k[1] for k in keys], Text())
-    )
-
-
 def _load_ledger(
     conn: Connection, ledger: Table, keys: Sequence[MessageKey]
 ) -> dict[MessageKey, dict[str, Any]]:
-    wanted = _key_table(keys)
-    query = select(ledger).join(
-        wanted,
-        and_(
-            ledger.c.location_id == wanted.c.location_id,
-            ledger.c.message_key == wanted.c.message_key,
-        ),
-    )
-    return {(row.location_id, row.message_key): dict(row._mapping) for row in conn.execute(query)}
+    return {key: dict(row) for key, row in load(conn, ledger, "message_key", keys).items()}
 
 
-def _upsert_ledger(conn: Connection, ledger: Table, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    source = _unnest(
-        **{
-            name: ([row[name] for row in rows], ledger.c[name].type)
-            for name in ("location_id", "message_key", *_LEDGER_VALUES)
-        }
-    )
-    names = list(source.c.keys())
-    statement = pg_insert(ledger).from_select(names, select(*source.c))
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[ledger.c.location_id, ledger.c.message_key],
-            set_={name: statement.excluded[name] for name in _LEDGER_VALUES},
-        )
-    )
+LedgerChange = tuple[MessageKey, dict[str, Any] | None, dict[str, Any] | None]
+"""(message key, its ledger row before, after); None: no row."""
 
 
-def _delete_ledger(conn: Connection, ledger: Table, keys: Sequence[MessageKey]) -> None:
-    if not keys:
-        return
-    gone = _key_table(keys)
-    conn.execute(
-        delete(ledger).where(
-            tuple_(ledger.c.location_id, ledger.c.message_key).in_(
-                select(gone.c.location_id, gone.c.message_key)
-            )
-        )
-    )
+def _group(row: dict[str, Any] | None) -> Group | None:
+    if row is None or row["contact_id"] is None:
+        return None  # no contact: in no summary
+    return row["location_id"], row["contact_id"], row["channel"]
 
 
-def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence[Group]) -> None:
-    """Rewrite the summary rows of `groups` from the ledger; drop those left empty."""
+def _update_summaries(
+    conn: Connection, ledger: Table, summary: Table, changes: Sequence[LedgerChange]
+) -> None:
+    """The usual changes (a message joins a group; a message's status or preview changes)
+    as exact deltas on the stored summary rows; any other (a message leaves a group or
+    changes its date or direction, a tie on the last message's date, a group without a
+    row yet) by recomputing the group from the ledger."""
+    forced: set[Group] = set()
+    steps: list[tuple[Group, MessageKey, dict[str, Any] | None, dict[str, Any]]] = []
+    for key, before, after in changes:
+        old_group, new_group = _group(before), _group(after)
+        if old_group is not None and old_group != new_group:
+            forced.add(old_group)  # it leaves this group
+        if new_group is None or after is None:
+            continue
+        if old_group == new_group and before is not None:
+            if (
+                before["direction"] != after["direction"]
+                or before["date_added"] != after["date_added"]
+            ):
+                forced.add(new_group)
+                continue
+            steps.append((new_group, key, before, after))
+        else:
+            steps.append((new_group, key, None, after))
+    rows = _load_summaries(conn, summary, {g for g, *_ in steps} - forced)
+    changed: set[Group] = set()
+    for group, key, before, after in steps:
+        row = rows.get(group)
+        if group in forced or row is None or not _apply_delta(row, key, before, after):
+            forced.add(group)
+        else:
+            changed.add(group)
+    upsert(conn, summary, [rows[g] for g in sorted(changed - forced)], update=None)
+    _recompute(conn, ledger, summary, sorted(forced))
+
+
+def _load_summaries(
+    conn: Connection, summary: Table, groups: set[Group]
+) -> dict[Group, dict[str, Any]]:
     if not groups:
-        return
-    wanted = _unnest(
-        location_id=([g[0] for g in groups], Text()),
-        contact_id=([g[1] for g in groups], Text()),
-        channel=([g[2] for g in groups], Text()),
+        return {}
+    ordered = sorted(groups)
+    wanted = unnest(
+        location_id=([g[0] for g in ordered], Text()),
+        contact_id=([g[1] for g in ordered], Text()),
+        channel=([g[2] for g in ordered], Text()),
     )
-    in_group = and_(
-        ledger.c.location_id == wanted.c.location_id,
-        ledger.c.contact_id == wanted.c.contact_id,
-        ledger.c.channel == wanted.c.channel,
+    query = select(summary).where(
+        tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
+            select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
+        )
     )
-    group_columns = (ledger.c.location_id, ledger.c.contact_id, ledger.c.channel)
+    return {
+        (row.location_id, row.contact_id, row.channel): dict(row._mapping)
+        for row in conn.execute(query)
+    }
 
+
+def _date_order(date: datetime | None) -> tuple[bool, datetime]:
+    """Newest first by date, a missing date lowest (the key breaks ties: not compared here)."""
+    return date is not None, date or _NO_TIME
+
+
+def _apply_delta(
+    row: dict[str, Any], key: MessageKey, before: dict[str, Any] | None, after: dict[str, Any]
+) -> bool:
+    """Update a summary row for one message joining its group (`before` None) or changing
+    in place; False when the result cannot be told without the group's other messages."""
+    if before is not None:  # in place: only the last message's own fields show
+        if row["last_message_key"] == key[1]:
+            row["last_status"] = after["status"]
+            row["last_preview"] = after["preview"]
+        return True
+    date = after["date_added"]
+    current, new = _date_order(row["last_message_at"]), _date_order(date)
+    if new == current:
+        return False  # a tie on the date: broken by the key in SQL
+    row["message_count"] += 1
+    row["inbound_count"] += after["direction"] == "inbound"
+    row["outbound_count"] += after["direction"] == "outbound"
+    if date is not None and (row["first_message_at"] is None or date < row["first_message_at"]):
+        row["first_message_at"] = date
+    if new > current:
+        row["last_message_at"] = date
+        row["last_direction"] = after["direction"]
+        row["last_status"] = after["status"]
+        row["last_preview"] = after["preview"]
+        row["last_message_key"] = key[1]
+    return True
+
+
+def _recompute(
+    conn: Connection, ledger: Table, summary: Table, groups: Sequence[Group] | None
+) -> None:
+    """Rewrite the summary rows of `groups` (None: of every group) from the ledger; drop
+    those left empty."""
+    if groups is not None and not groups:
+        return
+    group_columns = (ledger.c.location_id, ledger.c.contact_id, ledger.c.channel)
     newest_first = (
         ledger.c.date_added.desc().nulls_last(),
         ledger.c.message_key.collate("C").desc(),
@@ -247,27 +280,45 @@ def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence
 
     # One sort of the groups' rows: window aggregates see the whole group, and the row
     # numbered 1 (newest first) carries the "last" fields.
-    ranked = (
-        select(
-            *group_columns,
-            per_group(func.count()).label("message_count"),
-            per_group(func.count().filter(ledger.c.direction == "inbound")).label("inbound_count"),
-            per_group(func.count().filter(ledger.c.direction == "outbound")).label(
-                "outbound_count"
-            ),
-            per_group(func.min(ledger.c.date_added)).label("first_message_at"),
-            ledger.c.date_added.label("last_message_at"),
-            ledger.c.direction.label("last_direction"),
-            ledger.c.status.label("last_status"),
-            ledger.c.preview.label("last_preview"),
-            ledger.c.message_key.label("last_message_key"),
-            func.row_number()
-            .over(partition_by=group_columns, order_by=newest_first)
-            .label("newest"),
-        )
-        .join(wanted, in_group)
-        .subquery()
+    ranked_rows = select(
+        *group_columns,
+        per_group(func.count()).label("message_count"),
+        per_group(func.count().filter(ledger.c.direction == "inbound")).label("inbound_count"),
+        per_group(func.count().filter(ledger.c.direction == "outbound")).label("outbound_count"),
+        per_group(func.min(ledger.c.date_added)).label("first_message_at"),
+        ledger.c.date_added.label("last_message_at"),
+        ledger.c.direction.label("last_direction"),
+        ledger.c.status.label("last_status"),
+        ledger.c.preview.label("last_preview"),
+        ledger.c.message_key.label("last_message_key"),
+        func.row_number().over(partition_by=group_columns, order_by=newest_first).label("newest"),
     )
+    still_used = exists().where(
+        ledger.c.location_id == summary.c.location_id,
+        ledger.c.contact_id == summary.c.contact_id,
+        ledger.c.channel == summary.c.channel,
+    )
+    if groups is None:  # every group (a rebuild's `finish`)
+        ranked = ranked_rows.where(ledger.c.contact_id.is_not(None)).subquery()
+        emptied: ColumnElement[bool] = ~still_used
+    else:
+        wanted = unnest(
+            location_id=([g[0] for g in groups], Text()),
+            contact_id=([g[1] for g in groups], Text()),
+            channel=([g[2] for g in groups], Text()),
+        )
+        in_group = and_(
+            ledger.c.location_id == wanted.c.location_id,
+            ledger.c.contact_id == wanted.c.contact_id,
+            ledger.c.channel == wanted.c.channel,
+        )
+        ranked = ranked_rows.join(wanted, in_group).subquery()
+        emptied = and_(
+            tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
+                select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
+            ),
+            ~still_used,
+        )
     recomputed = select(*[ranked.c[c.name] for c in summary.columns]).where(ranked.c.newest == 1)
     names = [column.name for column in summary.columns]
     statement = pg_insert(summary).from_select(names, recomputed)
@@ -277,16 +328,7 @@ def _recompute(conn: Connection, ledger: Table, summary: Table, groups: Sequence
             set_={name: statement.excluded[name] for name in names[3:]},
         )
     )
-
-    emptied = tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
-        select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
-    )
-    still_used = exists().where(
-        ledger.c.location_id == summary.c.location_id,
-        ledger.c.contact_id == summary.c.contact_id,
-        ledger.c.channel == summary.c.channel,
-    )
-    conn.execute(delete(summary).where(emptied, ~still_used))
+    conn.execute(delete(summary).where(emptied))
 
 
 # --- reads ----------------------------------------------------------------------------------

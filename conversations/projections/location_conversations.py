@@ -63,12 +63,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.sql import TableValuedAlias
-from sqlalchemy.types import TypeEngine
 
-from conversations.messages import MessageEntry, build_flags, resolve_merges
-from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables
+from conversations.messages import (
+    FlagsOrder,
+    LatestFlags,
+    MessageEntry,
+    flags_order,
+    latest_flags,
+    resolve_merges,
+)
+from conversations.projections._sql import in_keys, keys_table, load, upsert, upsert_json
+from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
 from conversations.store import StoredEvent, read_stream_events
@@ -89,7 +94,6 @@ __all__ = [
 ]
 
 UNREAD_UPDATE = "ConversationUnreadUpdate"
-MERGE = "ConversationUpdate"
 
 NO_TIME = datetime.min.replace(tzinfo=UTC)
 """`sort_at` of a conversation without a dated message: before every real date."""
@@ -120,6 +124,11 @@ conversation_flags = Table(
     Column("inbox", Boolean, nullable=True),
     Column("deleted", Boolean, nullable=True),
     Column("contact_id", Text, nullable=True),
+    # The winning update's order key (`messages.flags_order`), so a batch's updates are
+    # compared with it instead of rereading every earlier update. NULL `winner_content`:
+    # a row written before these columns existed (refolded from all updates once).
+    Column("winner_at", DateTime(timezone=True), nullable=True),
+    Column("winner_content", Text, nullable=True),
 )
 
 conversation_merges = Table(
@@ -196,7 +205,8 @@ _LEDGER_VALUES = (
     "date_added",
     "preview",
 )
-_FLAG_VALUES = ("unread_count", "starred", "inbox", "deleted", "contact_id")
+_SHOWN_FLAGS = ("unread_count", "starred", "inbox", "deleted", "contact_id")
+_FLAG_VALUES = (*_SHOWN_FLAGS, "winner_at", "winner_content")
 
 
 @dataclass(frozen=True)
@@ -232,89 +242,33 @@ class LocationConversationsProjection:
 
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
         physical = _Physical.of(tables)
-        touched: set[Key] = set()
-        touched |= _update_ledger(
-            conn, physical.messages, _message_keys(batch.events), batch_messages(conn, batch)
+        changes = _update_ledger(
+            conn, physical.messages, message_keys(batch.events), batch_messages(conn, batch)
         )
-        touched |= _update_flags(conn, physical.flags, _flag_keys(batch.events), batch.end)
-        touched |= _update_merges(conn, physical, _merge_pairs(batch.events))
-        if touched:
-            _update_summaries(conn, physical, touched)
+        flags = _update_flags(conn, physical.flags, batch)
+        touched = _update_merges(conn, physical, merge_pairs(batch.events))
+        if changes or flags or touched:
+            _update_summaries(conn, physical, changes, flags, touched)
+
+    # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
+
+    def message_rows(self, key: Key, entry: MessageEntry) -> Iterable[Row]:
+        return ((conversation_messages, _ledger_row(key, entry)),)
+
+    def flag_rows(self, key: Key, latest: LatestFlags) -> Iterable[Row]:
+        return ((conversation_flags, _flags_row(key, latest)),)
+
+    def finish(self, conn: Connection, tables: Tables) -> None:
+        """Every summary from the complete working tables (merges went through `apply`)."""
+        physical = _Physical.of(tables)
+        conn.execute(delete(physical.summary))
+        _recompute(conn, physical, None)
 
 
 PROJECTION = LocationConversationsProjection()
 
 
 # --- what a batch touches -------------------------------------------------------------------
-
-
-def _message_keys(events: Iterable[StoredEvent]) -> list[Key]:
-    keys = {
-        (event.location_id, event.message_id)
-        for event in events
-        if event.message_id and event.event_type in MESSAGE_EVENT_TYPES
-    }
-    return sorted(keys)
-
-
-def _flag_keys(events: Iterable[StoredEvent]) -> list[Key]:
-    # An unread update's stream is its conversation (payload `id`).
-    return sorted({(e.location_id, e.stream_id) for e in events if e.event_type == UNREAD_UPDATE})
-
-
-def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
-    pairs = set()
-    for event in events:
-        if event.event_type != MERGE:
-            continue
-        old, new = event.payload.get("oldConversationId"), event.payload.get("newConversationId")
-        if isinstance(old, str) and isinstance(new, str):  # always, once ingest accepted it
-            pairs.add((event.location_id, old, new))
-    return sorted(pairs)
-
-
-# --- set-based helpers ----------------------------------------------------------------------
-
-
-def _unnest(**arrays: tuple[Sequence[Any], TypeEngine[Any]]) -> TableValuedAlias:
-    """`unnest(CAST(:a AS t[]), ...) AS anon(a, ...)`: a whole batch as one table with a
-    fixed number of parameters."""
-    columns = [cast(literal(list(v), ARRAY(kind)), ARRAY(kind)) for v, kind in arrays.values()]
-    return func.unnest(*columns).table_valued(*arrays).render_derived()
-
-
-def _keys_table(keys: Iterable[Key], second: str) -> TableValuedAlias:
-    ordered = sorted(keys)
-    return _unnest(
-        location_id=([k[0] for k in ordered], Text()), **{second: ([k[1] for k in ordered], Text())}
-    )
-
-
-def _in_keys(table: Table, second: str, keys: Iterable[Key]) -> ColumnElement[bool]:
-    wanted = _keys_table(keys, second)
-    return tuple_(table.c.location_id, table.c[second]).in_(
-        select(wanted.c.location_id, wanted.c[second])
-    )
-
-
-def _load(conn: Connection, table: Table, second: str, keys: Iterable[Key]) -> dict[Key, Any]:
-    query = select(table).where(_in_keys(table, second, keys))
-    return {(row.location_id, row._mapping[second]): row._mapping for row in conn.execute(query)}
-
-
-def _upsert(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """One multi-row INSERT ... ON CONFLICT DO UPDATE for rows keyed by the primary key."""
-    if not rows:
-        return
-    source = _unnest(**{c.name: ([row[c.name] for row in rows], c.type) for c in table.columns})
-    statement = pg_insert(table).from_select(list(source.c.keys()), select(*source.c))
-    keys = [c.name for c in table.primary_key.columns]
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=keys,
-            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
-        )
-    )
 
 
 def _changed(old: Any, new: dict[str, Any], names: Sequence[str]) -> bool:
@@ -324,10 +278,11 @@ def _changed(old: Any, new: dict[str, Any], names: Sequence[str]) -> bool:
 # --- working tables -------------------------------------------------------------------------
 
 
-def _ledger_row(entry: MessageEntry) -> dict[str, Any]:
+def _ledger_row(key: Key, entry: MessageEntry) -> dict[str, Any]:
+    # Keyed by the events' message_id, the key every other step looks messages up by.
     return {
-        "location_id": entry.location_id,
-        "message_key": entry.message_key,
+        "location_id": key[0],
+        "message_key": key[1],
         "conversation_id": entry.conversation_id,
         "contact_id": entry.contact_id or None,
         "channel": entry.channel,
@@ -338,20 +293,21 @@ def _ledger_row(entry: MessageEntry) -> dict[str, Any]:
     }
 
 
+LedgerChange = tuple[Key, Mapping[str, Any] | None, Mapping[str, Any] | None]
+"""(message key, its ledger row before, after); None: no row."""
+
+
 def _update_ledger(
     conn: Connection, ledger: Table, keys: Sequence[Key], entries: Mapping[Key, MessageEntry]
-) -> set[Key]:
+) -> list[LedgerChange]:
     """Rewrite the touched messages (`entries`: each rebuilt from all of its events; a
     message none of whose events folds any more has none, and leaves the ledger); returns
-    the conversations, old and new, of those that changed."""
+    the rows that changed, before and after."""
     if not keys:
-        return set()
-    # Keyed by the events' message_id, the key every other step looks messages up by.
-    new = {
-        key: _ledger_row(entries[key]) | {"message_key": key[1]} for key in keys if key in entries
-    }
-    old = _load(conn, ledger, "message_key", keys)
-    touched: set[Key] = set()
+        return []
+    new = {key: _ledger_row(key, entries[key]) for key in keys if key in entries}
+    old = load(conn, ledger, "message_key", keys)
+    changes: list[LedgerChange] = []
     upserts, gone = [], []
     for key in keys:
         before, after = old.get(key), new.get(key)
@@ -361,41 +317,69 @@ def _update_ledger(
             gone.append(key)
         else:
             continue
-        for row in (before, after):
-            if row is not None:
-                touched.add((key[0], row["conversation_id"]))
-    _upsert(conn, ledger, upserts)
+        changes.append((key, before, after))
+    upsert(conn, ledger, upserts, update=None)
     if gone:
-        conn.execute(delete(ledger).where(_in_keys(ledger, "message_key", gone)))
-    return touched
+        conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
+    return changes
 
 
-def _update_flags(conn: Connection, flags: Table, keys: Sequence[Key], end: int) -> set[Key]:
-    """Rebuild the flags of the touched conversations; returns those that changed."""
-    if not keys:
-        return set()
+def _flags_row(key: Key, latest: LatestFlags) -> dict[str, Any]:
+    flags = latest.flags
+    return {
+        "location_id": key[0],
+        "conversation_id": key[1],
+        "unread_count": flags.unread_count,
+        "starred": flags.starred,
+        "inbox": flags.inbox,
+        "deleted": flags.deleted,
+        "contact_id": flags.contact_id or None,
+        "winner_at": latest.time,
+        "winner_content": latest.content,
+    }
+
+
+def _stored_order(row: Any) -> FlagsOrder:
+    return flags_order(row["winner_at"], row["winner_content"])
+
+
+FlagsChange = tuple[Key, Mapping[str, Any] | None, Mapping[str, Any]]
+"""(conversation, its flags row before (None: none), after)"""
+
+
+def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> list[FlagsChange]:
+    """Fold the batch's unread updates into the flags: per conversation, the batch's
+    latest update against the stored winner, the greater order key wins (a max: the same
+    whatever the order, cutting or duplicates). Returns the conversations that changed."""
     by_stream: dict[Key, list[StoredEvent]] = defaultdict(list)
-    for event in read_stream_events(conn, keys, UNREAD_UPDATE, end):
-        by_stream[(event.location_id, event.stream_id)].append(event)
-    old = _load(conn, flags, "conversation_id", keys)
+    for event in batch.events:
+        if event.event_type == UNREAD_UPDATE:
+            by_stream[(event.location_id, event.stream_id)].append(event)
+    if not by_stream:
+        return []
+    keys = sorted(by_stream)
+    old = load(conn, flags, "conversation_id", keys)
+    legacy = [key for key in keys if key in old and old[key]["winner_content"] is None]
+    if legacy:  # rows older than the order key: refold them from every update once
+        for event in read_stream_events(conn, legacy, UNREAD_UPDATE, batch.end):
+            by_stream[(event.location_id, event.stream_id)].append(event)
     rows: list[dict[str, Any]] = []
+    shown: list[FlagsChange] = []
     for key in keys:
-        if key not in by_stream:
+        latest = latest_flags(by_stream[key])
+        if latest is None:
             continue
-        found = build_flags(by_stream[key])
-        row = {
-            "location_id": key[0],
-            "conversation_id": key[1],
-            "unread_count": found.unread_count,
-            "starred": found.starred,
-            "inbox": found.inbox,
-            "deleted": found.deleted,
-            "contact_id": found.contact_id or None,
-        }
-        if _changed(old.get(key), row, _FLAG_VALUES):
+        before = old.get(key)
+        stored = before is not None and before["winner_content"] is not None
+        if stored and _stored_order(before) >= latest.order:
+            continue  # the stored winner stays
+        row = _flags_row(key, latest)
+        if _changed(before, row, _FLAG_VALUES):
             rows.append(row)
-    _upsert(conn, flags, rows)
-    return {(row["location_id"], row["conversation_id"]) for row in rows}
+            if _changed(before, row, _SHOWN_FLAGS):
+                shown.append((key, before, row))
+    upsert(conn, flags, rows, update=None)
+    return shown
 
 
 def _update_merges(
@@ -437,38 +421,192 @@ def _update_merges(
                 continue
             rows.append({"location_id": location, "conversation_id": conversation, "root_id": root})
             touched |= {key, (location, before), (location, root)}
-    _upsert(conn, roots, rows)
+    upsert(conn, roots, rows, update=None)
     return touched
 
 
 # --- the summary ----------------------------------------------------------------------------
 
 
-def _update_summaries(conn: Connection, tables: _Physical, touched: set[Key]) -> None:
-    """Recompute the summary of the roots of every touched conversation; delete the rows of
-    touched ids that are no longer roots or have nothing left to show."""
+def _update_summaries(
+    conn: Connection,
+    tables: _Physical,
+    changes: Sequence[LedgerChange],
+    flags: Sequence[FlagsChange],
+    touched: set[Key],
+) -> None:
+    """Bring the summaries of everything that changed up to date: the usual changes (a new
+    message, a new status or preview of a known one, new flags) as exact deltas on the
+    stored rows (`_Delta`); any other (merges, a message that moves or changes its date,
+    channel or contact, ties on the last message's date) by recomputing the whole root
+    from the working tables. Rows of touched ids that are no longer roots or have nothing
+    left to show are deleted."""
+    conversations = set(touched) | {key for key, _, _ in flags}
+    for key, before, after in changes:
+        for row in (before, after):
+            if row is not None:
+                conversations.add((key[0], row["conversation_id"]))
     roots = tables.roots
     root_of = {
         (row.location_id, row.conversation_id): row.root_id
         for row in conn.execute(
             select(roots.c.location_id, roots.c.conversation_id, roots.c.root_id).where(
-                _in_keys(roots, "conversation_id", touched)
+                in_keys(roots, "conversation_id", conversations)
             )
         )
     }
-    wanted = {(key[0], root_of.get(key, key[1])) for key in touched}
-    kept = _recompute(conn, tables, wanted)
-    stale = (touched | wanted) - kept
+
+    def root(location: str, conversation: str) -> Key:
+        return location, root_of.get((location, conversation), conversation)
+
+    forced = set(touched)  # conversations whose roots are recomputed
+    steps: list[tuple[Key, Key, Mapping[str, Any] | None, Mapping[str, Any]]] = []
+    for key, before, after in changes:
+        if after is not None and (before is None or _in_place(before, after)):
+            steps.append((root(key[0], after["conversation_id"]), key, before, after))
+        else:
+            forced |= {(key[0], row["conversation_id"]) for row in (before, after) if row}
+    # Flags show on their own conversation's row only while it is a root.
+    own_flags = [change for change in flags if root(*change[0]) == change[0]]
+    forced_roots = {root(*key) for key in forced}
+    delta_roots = {r for r, *_ in steps} | {key for key, _, _ in own_flags}
+    delta = _Delta(conn, tables.summary, delta_roots - forced_roots)
+    for root_key, key, before, after in steps:
+        if root_key not in forced_roots and not delta.apply(root_key, key, before, after):
+            forced_roots.add(root_key)
+    for key, before, after in own_flags:
+        if key not in forced_roots and not delta.apply_flags(key, before, after):
+            forced_roots.add(key)
+    delta.write(exclude=forced_roots)
+    if not forced_roots:
+        return
+    kept = _recompute(conn, tables, forced_roots)
+    stale = (forced | forced_roots) - kept
     if stale:
         summary = tables.summary
-        conn.execute(delete(summary).where(_in_keys(summary, "conversation_id", stale)))
+        conn.execute(delete(summary).where(in_keys(summary, "conversation_id", stale)))
 
 
-def _recompute(conn: Connection, tables: _Physical, wanted: set[Key]) -> set[Key]:
-    """Upsert the summary rows of the roots `wanted` from the working tables, in one
-    INSERT ... SELECT; returns the roots that got a row (those with anything to show)."""
+def _in_place(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """A change that leaves the message where it was in its summary: same conversation,
+    date, channel and contact (only its status, preview or direction changed)."""
+    same = ("conversation_id", "date_added", "channel", "contact_id")
+    return all(before[name] == after[name] for name in same)
+
+
+def _date_order(date: datetime | None) -> tuple[bool, datetime]:
+    """Newest first by date, a missing date lowest (the key breaks ties: not compared here)."""
+    return date is not None, date or NO_TIME
+
+
+class _Delta:
+    """Summary rows updated in memory from single ledger changes, where the result is
+    exactly what `_recompute` would give; `apply` says False where it cannot tell (the
+    root must then be recomputed)."""
+
+    def __init__(self, conn: Connection, summary: Table, roots: set[Key]) -> None:
+        self._conn, self._summary = conn, summary
+        self._rows: dict[Key, dict[str, Any]] = {
+            key: dict(row) for key, row in load(conn, summary, "conversation_id", roots).items()
+        }
+        self._changed: set[Key] = set()
+
+    def apply(
+        self,
+        root: Key,
+        message_key: Key,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any],
+    ) -> bool:
+        row = self._rows.get(root)
+        if row is None:  # a root without a row: recompute (merged ids, first message...)
+            return False
+        is_last = row["last_message_key"] == message_key[1]
+        if before is not None:  # in place: only the last message's own fields show
+            if is_last:
+                row["last_message_direction"] = after["direction"]
+                row["last_message_status"] = after["status"]
+                row["last_message_preview"] = after["preview"]
+                self._changed.add(root)
+            return True
+        date = after["date_added"]
+        current = _date_order(row["last_message_at"])
+        new = _date_order(date)
+        if row["last_message_key"] is not None and new == current:
+            return False  # a tie on the date: broken by the key in SQL's collation
+        newest = row["last_message_key"] is None or new > current
+        contact = after["contact_id"]
+        if contact is not None and not newest and contact != row["contact_id"]:
+            return False  # whether it is the newest message with a contact: unknown here
+        row["message_count"] += 1
+        # Sorted as SQL's array_agg(... ORDER BY channel) sorts them: the vocabulary
+        # (`messages.CHANNELS`) orders the same in "C" and in linguistic collations.
+        row["channels"] = sorted({*row["channels"], after["channel"]})
+        if date is not None and (row["first_message_at"] is None or date < row["first_message_at"]):
+            row["first_message_at"] = date
+        if newest:
+            row["last_message_at"] = date
+            row["last_message_channel"] = after["channel"]
+            row["last_message_direction"] = after["direction"]
+            row["last_message_status"] = after["status"]
+            row["last_message_preview"] = after["preview"]
+            row["last_message_key"] = message_key[1]
+            row["sort_at"] = date or NO_TIME
+            if contact is not None:
+                row["contact_id"] = contact
+        self._changed.add(root)
+        return True
+
+    def apply_flags(
+        self, root: Key, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+    ) -> bool:
+        """New flags of a root conversation."""
+        row = self._rows.get(root)
+        if row is None:  # flags of a conversation with no row yet: recompute
+            return False
+        old_contact = before["contact_id"] if before is not None else None
+        if after["contact_id"] != old_contact:
+            return False  # the row's contact may come from the flags: recompute
+        for name in ("unread_count", "starred", "inbox", "deleted"):
+            row[name] = after[name]
+        row["unread"] = (after["unread_count"] or 0) > 0
+        self._changed.add(root)
+        return True
+
+    def write(self, exclude: set[Key]) -> None:
+        rows = [self._rows[key] for key in sorted(self._changed - exclude)]
+        upsert_json(self._conn, self._summary, rows, update=None)
+
+
+def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> set[Key]:
+    """Upsert the summary rows of the roots `wanted` (None: of every conversation there is
+    anything of) from the working tables, in one INSERT ... SELECT; returns the roots
+    that got a row (those with anything to show)."""
     messages, flags, roots, summary = tables.messages, tables.flags, tables.roots, tables.summary
-    affected = select(_keys_table(wanted, "root_id")).cte("affected")
+    if wanted is None:  # every root: of each conversation with messages or flags
+        seen = union(
+            select(messages.c.location_id, messages.c.conversation_id),
+            select(flags.c.location_id, flags.c.conversation_id),
+        ).subquery()
+        affected = (
+            select(
+                seen.c.location_id,
+                func.coalesce(roots.c.root_id, seen.c.conversation_id).label("root_id"),
+            )
+            .select_from(
+                seen.outerjoin(
+                    roots,
+                    and_(
+                        roots.c.location_id == seen.c.location_id,
+                        roots.c.conversation_id == seen.c.conversation_id,
+                    ),
+                )
+            )
+            .distinct()
+            .cte("affected")
+        )
+    else:
+        affected = select(keys_table(wanted, "root_id")).cte("affected")
     members = union(
         select(
             affected.c.location_id,

@@ -24,7 +24,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, MetaData, Table, text
 
-from conversations.projections.base import EventBatch, Projection, Tables
+from conversations.projections import bulk
+from conversations.projections.base import BulkProjection, EventBatch, Projection, Tables
 from conversations.store import head_position, read_range
 
 log = logging.getLogger("conversations.projections")
@@ -283,23 +284,40 @@ def _build(
     progress: Progress | None,
     batch_size: int,
 ) -> tuple[dict[str, dict[str, Table]], int]:
-    """Fresh side tables folded up to `until`, one committed batch at a time (memory and
-    transaction size stay bounded whatever the store's size). Every event is read once
-    for all the projections."""
+    """Fresh side tables folded up to `until`; memory stays bounded whatever the store's
+    size. Projections that support it are filled in one pass (`bulk.build`: each key
+    folded once, in one transaction); any other one batch by batch, a committed batch at
+    a time, every event read once for all of them."""
     sides = {p.name: _side_tables(p, suffix) for p in projections}
     with engine.begin() as conn:
         for tables in sides.values():
             _create_side_tables(conn, tables)
+    in_bulk = [p for p in projections if isinstance(p, BulkProjection)]
+    batched = [p for p in projections if not isinstance(p, BulkProjection)]
+    if in_bulk:
+        with engine.begin() as conn:
+            bulk.build(
+                conn,
+                in_bulk,
+                {p.name: Tables(sides[p.name]) for p in in_bulk},
+                0,
+                until,
+                None if batched else progress,
+            )
+        if not batched:
+            if progress:
+                progress(until)
+            return sides, until
     position = 0
     while position < until:
         with engine.begin() as conn:
-            reached = _fold(conn, projections, sides, position, until, batch_size, max_batches=1)
+            reached = _fold(conn, batched, sides, position, until, batch_size, max_batches=1)
         if reached == position:
             break
         position = reached
         if progress:
             progress(position)
-    return sides, position
+    return sides, max(position, until) if in_bulk else position
 
 
 def _drop_all(engine: Engine, projections: Sequence[Projection], suffix: str) -> None:

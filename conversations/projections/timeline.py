@@ -24,7 +24,6 @@ before the old conversation's messages gives the same result as one that arrives
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,10 +42,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    bindparam,
     case,
-    cast,
-    column,
     delete,
     func,
     or_,
@@ -55,14 +51,13 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql import ColumnElement
 
-from conversations.messages import MessageEntry, resolve_merges
-from conversations.payloads import MESSAGE_EVENT_TYPES
-from conversations.projections.base import EventBatch, Tables, messages
+from conversations.messages import LatestFlags, MessageEntry, resolve_merges
+from conversations.projections._sql import upsert_json
+from conversations.projections.base import EventBatch, Tables, merge_pairs, messages
+from conversations.projections.base import Row as ProjectionRow
 from conversations.schema import metadata
-from conversations.store import StoredEvent
 
 __all__ = [
     "PROJECTION",
@@ -83,8 +78,6 @@ __all__ = [
     "timeline_merges",
     "timeline_messages",
 ]
-
-MERGE_EVENT_TYPE = "ConversationUpdate"
 
 # Every MessageEntry field is a column of the same name, plus `updated_position`.
 timeline_messages = Table(
@@ -195,68 +188,11 @@ def _message_row(entry: MessageEntry) -> dict[str, Any]:
     }
 
 
-def _message_keys(events: Iterable[StoredEvent]) -> list[tuple[str, str]]:
-    keys = {
-        (e.location_id, e.message_id)
-        for e in events
-        if e.event_type in MESSAGE_EVENT_TYPES and e.message_id is not None
-    }
-    return sorted(keys)
-
-
-def _merge_pairs(events: Iterable[StoredEvent]) -> list[tuple[str, str, str]]:
-    pairs = set()
-    for event in events:
-        if event.event_type != MERGE_EVENT_TYPE:
-            continue
-        old, new = event.payload.get("oldConversationId"), event.payload.get("newConversationId")
-        if isinstance(old, str) and isinstance(new, str) and old and new:
-            pairs.add((event.location_id, old, new))
-    return sorted(pairs)
-
-
-def _json(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _upsert(
-    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], update: Sequence[str]
-) -> None:
-    """Insert `rows` (dicts of every column) in one statement with one parameter, the rows
-    as a JSON array; on a primary key conflict set the `update` columns (or do nothing).
-
-    One parameter, not one per value: a statement with a parameter for each of 5,000 rows
-    times 32 columns takes SQLAlchemy seconds to compile, and PostgreSQL allows only 65,535.
-    The text is the same for every batch, so it compiles once.
-    """
-    if not rows:
-        return
-    records = (
-        func.jsonb_to_recordset(cast(bindparam("rows", type_=Text), JSONB))
-        .table_valued(*(column(c.name, c.type) for c in table.columns))
-        .render_derived(with_types=True)
-    )
-    statement = pg_insert(table).from_select(
-        [c.name for c in table.columns], select(*(records.c[c.name] for c in table.columns))
-    )
-    keys = [c for c in table.primary_key.columns]
-    if update:
-        statement = statement.on_conflict_do_update(
-            index_elements=keys, set_={name: statement.excluded[name] for name in update}
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=keys)
-    conn.execute(statement, {"rows": json.dumps(rows, default=_json, ensure_ascii=False)})
-
-
 def _upsert_messages(conn: Connection, table: Table, entries: Iterable[MessageEntry]) -> None:
     # Sorted by key, so concurrent writers (a rebuild's final catch-up, say) lock rows in
     # the same order and cannot deadlock.
     rows = sorted(map(_message_row, entries), key=lambda r: (r["location_id"], r["message_key"]))
-    keys = {c.name for c in table.primary_key.columns}
-    _upsert(conn, table, rows, [c.name for c in table.columns if c.name not in keys])
+    upsert_json(conn, table, rows, update=None)
 
 
 def _apply_messages(conn: Connection, batch: EventBatch, tables: Tables) -> None:
@@ -266,7 +202,7 @@ def _apply_messages(conn: Connection, batch: EventBatch, tables: Tables) -> None
 
 
 def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
-    pairs = _merge_pairs(batch.events)
+    pairs = merge_pairs(batch.events)
     if not pairs:
         return
     merges, roots = tables[timeline_merges], tables[timeline_conversation_roots]
@@ -274,7 +210,7 @@ def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
         {"location_id": loc, "old_conversation_id": old, "new_conversation_id": new}
         for loc, old, new in pairs
     ]
-    _upsert(conn, merges, rows, update=())
+    upsert_json(conn, merges, rows, update=())
     locations = sorted({loc for loc, _, _ in pairs})
     by_location: dict[str, list[tuple[str, str]]] = defaultdict(list)
     stored = conn.execute(
@@ -290,7 +226,7 @@ def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
         for cid, root in sorted(resolve_merges(by_location[loc]).items())
     ]
     conn.execute(delete(roots).where(roots.c.location_id.in_(locations)))
-    _upsert(conn, roots, roots_rows, update=["root_id"])
+    upsert_json(conn, roots, roots_rows, update=["root_id"])
 
 
 class TimelineProjection:
@@ -302,6 +238,17 @@ class TimelineProjection:
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
         _apply_messages(conn, batch, tables)
         _apply_merges(conn, batch, tables)
+
+    # A rebuild in one pass (`projections.bulk`): the same rows as `apply`.
+
+    def message_rows(self, key: tuple[str, str], entry: MessageEntry) -> Iterable[ProjectionRow]:
+        return ((timeline_messages, _message_row(entry)),)
+
+    def flag_rows(self, key: tuple[str, str], latest: LatestFlags) -> Iterable[ProjectionRow]:
+        return ()
+
+    def finish(self, conn: Connection, tables: Tables) -> None:
+        """Nothing to derive: merges went through `apply`."""
 
 
 PROJECTION = TimelineProjection()
