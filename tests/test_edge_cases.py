@@ -98,14 +98,6 @@ def test_a_browser_event_source_can_follow_the_feed(
                 break
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="messages.py build_message takes call_status from the dominant event only "
-    "('call_status': top['callStatus']), so a call HighLevel reported as "
-    "status completed + callStatus voicemail (an outbound call that reached voicemail) "
-    "reads callStatus null once an event without callStatus outranks it. Fix: merge "
-    "callStatus like the other fields (the most dominant event that has one).",
-)
 def test_a_call_status_reported_by_one_event_is_kept(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
