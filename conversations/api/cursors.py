@@ -13,10 +13,13 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, text
 from starlette.exceptions import HTTPException
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 
 class Cursors:
@@ -34,6 +37,18 @@ class Cursors:
                 raise RuntimeError("no cursor secret: run `conversations migrate`")
             self._secret = bytes.fromhex(value)
         return self._secret
+
+    async def load(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Read the secret on the async pool, unless known (call before `encode` and
+        `decode` in async endpoints, so they never block the event loop)."""
+        if self._secret is not None:
+            return
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SELECT value FROM service_secrets WHERE name = 'cursor'")
+            row = await cursor.fetchone()
+        if row is None or not row[0]:
+            raise RuntimeError("no cursor secret: run `conversations migrate`")
+        self._secret = bytes.fromhex(row[0])
 
     def _mac(self, body: bytes, context: str) -> bytes:
         return hmac.new(self.secret, body + b"\x00" + context.encode(), hashlib.sha256).digest()[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -71,7 +72,16 @@ async def server_error(request: Request, exc: Exception) -> Response:
 def _database_away(error: Exception) -> bool:
     """A lost, refused or timed-out connection (or no pooled connection in time), as
     opposed to an error in a query or in the data."""
-    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
+    # psycopg's own errors come from the async read pool (its PoolTimeout is an
+    # OperationalError); SQLAlchemy's from the engines.
+    return isinstance(
+        error,
+        sa_exc.OperationalError
+        | sa_exc.InterfaceError
+        | sa_exc.TimeoutError
+        | psycopg.OperationalError
+        | psycopg.InterfaceError,
+    )
 
 
 def _phrase(status: int) -> str:
