@@ -18,12 +18,14 @@ not, sort direction) and cached, so psycopg prepares it on each pooled connectio
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncRawCursor
 
 from conversations.api import dialect
 from conversations.projections.location_conversations import NO_TIME, Status
@@ -40,6 +42,38 @@ __all__ = [
 ]
 
 Position = tuple[datetime | None, str]
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """An SQL text with `$n` placeholders (written with `%(name)s` ones), run on a raw
+    cursor: psycopg parses a `%(name)s` query on every execution when it is longer than
+    its cache allows (4 kB), and these are longer; a `$n` query is sent as it is."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, named: str) -> Statement:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        # Line breaks and indentation out (never inside a literal): less to send and parse.
+        compact = re.sub(r"\s*\n\s*", " ", named).strip()
+        return cls(_NAMED.sub(number, compact).replace("%%", "%"), tuple(names))
+
+    async def one(self, conn: AsyncConnection[Any], params: Mapping[str, Any]) -> Any:
+        """The first row (a tuple) or None."""
+        cursor = AsyncRawCursor(conn)
+        await cursor.execute(self.sql, [params[name] for name in self.names])
+        return await cursor.fetchone()
 
 
 def _quote(value: str) -> str:
@@ -206,6 +240,10 @@ def _segments(
 
 
 @cache
+def _messages_statement(*variant: Any) -> Statement:
+    return Statement.of(_messages_sql(*variant))
+
+
 def _messages_sql(
     all_locations: bool,
     after_kind: str,
@@ -287,7 +325,7 @@ async def message_page(
 
     `locations` None: every location."""
     after_kind = "none" if after is None else ("undated" if after[0] is None else "dated")
-    sql = _messages_sql(
+    statement = _messages_statement(
         locations is None,
         after_kind,
         descending,
@@ -306,8 +344,7 @@ async def message_page(
         "since": since,
         "until": until,
     }
-    cursor = await conn.execute(sql, params)
-    row = await cursor.fetchone()
+    row = await statement.one(conn, params)
     if row is None:
         return None
     root, body, more, last_date, last_key, last_id = row
@@ -333,9 +370,9 @@ SELECT a.date_added, a.message_key, a.conversation_id IN (SELECT cid FROM grp)
 
 
 @cache
-def _anchor_sql(all_locations: bool) -> str:
+def _anchor_statement(all_locations: bool) -> Statement:
     within = "" if all_locations else "AND location_id = ANY(%(locations)s)"
-    return _ANCHOR.format(conversation=_CONVERSATION.format(within=within))
+    return Statement.of(_ANCHOR.format(conversation=_CONVERSATION.format(within=within)))
 
 
 async def message_anchor(
@@ -343,11 +380,9 @@ async def message_anchor(
 ) -> tuple[bool, Position | None]:
     """For HighLevel's `lastMessageId`: whether the conversation is found, and the cursor
     position of that message when it is one of the conversation's (else None)."""
-    cursor = await conn.execute(
-        _anchor_sql(locations is None),
-        {"id": conversation_id, "locations": locations, "message": message},
+    row = await _anchor_statement(locations is None).one(
+        conn, {"id": conversation_id, "locations": locations, "message": message}
     )
-    row = await cursor.fetchone()
     if row is None:
         return False, None
     date_added, key, member = row
@@ -375,6 +410,10 @@ _STATUS_WHERE: dict[str, str] = {
 
 
 @cache
+def _search_statement(*variant: Any) -> Statement:
+    return Statement.of(_search_sql(*variant))
+
+
 def _search_sql(
     contact: bool,
     channel: bool,
@@ -434,7 +473,7 @@ async def search_page(
     after: Position | None,
 ) -> ConversationPage:
     """`location_conversations.search` with its JSON: a page and the total."""
-    sql = _search_sql(
+    statement = _search_statement(
         contact_id is not None,
         last_message_channel is not None,
         last_message_direction is not None,
@@ -456,8 +495,7 @@ async def search_page(
         "limit": limit,
         "fetch": limit + 1,
     }
-    cursor = await conn.execute(sql, params)
-    row = await cursor.fetchone()
+    row = await statement.one(conn, params)
     assert row is not None  # an aggregate without GROUP BY always answers one row
     total, body, more, last_at, last_id = row
     return ConversationPage(

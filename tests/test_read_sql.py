@@ -242,7 +242,7 @@ def test_last_message_id_continues_after_that_message(world: tuple[str, str, Rea
 @pytest.mark.parametrize("sort", ["asc", "desc"])
 @pytest.mark.parametrize("status", ["all", "unread", "read"])
 def test_search_pages_are_the_python_read_paths(
-    world: tuple[str, str, Reader], engine: sqlalchemy.Engine, sort: str, status: str
+    world: tuple[str, str, Reader], engine: sqlalchemy.Engine, sort: str, status: catalogue.Status
 ) -> None:
     location, _, reader = world
     got: list[dict[str, Any]] = []
@@ -262,7 +262,7 @@ def test_search_pages_are_the_python_read_paths(
             location,
             status=status,
             descending=sort == "desc",
-            limit=1000,  # type: ignore[arg-type]
+            limit=1000,
         )
     assert page["total"] == total == len(got)
     assert got == [dialect.conversation_json(s) for s in expected]
