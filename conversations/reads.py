@@ -179,11 +179,7 @@ def conversation_json_sql(s: str) -> str:
 _CONVERSATION = """
 conv AS (
     SELECT s.location_id, s.conversation_id AS root
-      FROM (SELECT location_id FROM location_conversation_roots
-             WHERE conversation_id = %(id)s {within}
-            UNION
-            SELECT location_id FROM location_conversations
-             WHERE conversation_id = %(id)s {within}) c
+      FROM {candidates}
      CROSS JOIN LATERAL (
            SELECT coalesce((SELECT r.root_id FROM location_conversation_roots r
                              WHERE r.location_id = c.location_id
@@ -210,6 +206,33 @@ grp AS (
 first location, in code point order, where the id names one), and the timeline group
 its messages are read from (`timeline.conversation_ids`)."""
 
+_SCOPED_CANDIDATES = "unnest(%(locations)s::text[]) AS c(location_id)"
+"""A key's locations: where the id is neither a conversation nor a merged one, the join
+finds no summary row, as `conversation_locations` would not list the location."""
+
+_ANY_CANDIDATES = """(SELECT location_id FROM location_conversation_roots
+        WHERE conversation_id = %(id)s
+       UNION
+       SELECT location_id FROM location_conversations WHERE conversation_id = %(id)s) c"""
+"""Every location where the id names a conversation (a key for every location)."""
+
+
+def _conversation_cte(all_locations: bool) -> str:
+    return _CONVERSATION.format(candidates=_ANY_CANDIDATES if all_locations else _SCOPED_CANDIDATES)
+
+
+_MESSAGE_COLUMNS = ", ".join(
+    f"t.{name}"
+    for name in (
+        "location_id", "message_key", "contact_id", "direction", "channel", "message_type",
+        "message_type_string", "message_type_id", "status", "call_status", "call_duration",
+        "body", "content_type", "attachments", "from_", '"to"', "cc", "bcc", "subject",
+        "thread_id", "email_message_id", "message_id", "user_id", "source",
+        "conversation_provider_id", "date_added",
+    )
+)  # fmt: skip
+"""What the JSON of a message needs."""
+
 
 def _segments(
     after: Position | None, descending: bool, since: bool, until: bool
@@ -224,6 +247,10 @@ def _segments(
     with_undated = not (since or until)
     with_dated = True
     op = "<" if descending else ">"
+    if after is None and with_undated:
+        # From either end of the whole order: one index scan in the index's own order
+        # (NULLS LAST ascending, so backwards undated first), no segments to join.
+        return [()]
     if after is not None:
         if after[0] is not None:
             dated.append(f"(t.date_added, t.message_key) {op} (%(after_date)s, %(after_key)s)")
@@ -252,22 +279,22 @@ def _messages_sql(
     since: bool,
     until: bool,
 ) -> str:
-    within = "" if all_locations else "AND location_id = ANY(%(locations)s)"
     after: Position | None = None
     if after_kind == "dated":
         after = (NO_TIME, "")
     elif after_kind == "undated":
         after = (None, "")
     direction = "DESC" if descending else "ASC"
-    order = f"date_added {direction}, message_key {direction}"
+    nulls = "FIRST" if descending else "LAST"  # undated sort last (see `timeline`)
+    order = f"date_added {direction} NULLS {nulls}, message_key {direction}"
     extra = " AND t.channel = ANY(%(channels)s)" if channels else ""
     parts = []
     for number, segment in enumerate(_segments(after, descending, since, until)):
         parts.append(
             f"""(SELECT {number} AS seg, m.* FROM grp CROSS JOIN LATERAL (
-                   SELECT t.* FROM timeline_messages t
+                   SELECT {_MESSAGE_COLUMNS} FROM timeline_messages t
                     WHERE t.location_id = grp.location_id AND t.conversation_id = grp.cid
-                      AND {" AND ".join(segment)}{extra}
+                          {"".join(f" AND {c}" for c in segment)}{extra}
                     ORDER BY t.{order.replace(", ", ", t.")}
                     LIMIT %(fetch)s) m
                  ORDER BY m.{order.replace(", ", ", m.")}
@@ -275,7 +302,7 @@ def _messages_sql(
         )
     message = message_json_sql("p", "conv.root")
     return f"""
-WITH {_CONVERSATION.format(within=within)},
+WITH {_conversation_cte(all_locations)},
 page AS (
     SELECT u.*, row_number() OVER (ORDER BY seg, {order}) AS rn
       FROM ({" UNION ALL ".join(parts)}) u
@@ -371,8 +398,7 @@ SELECT a.date_added, a.message_key, a.conversation_id IN (SELECT cid FROM grp)
 
 @cache
 def _anchor_statement(all_locations: bool) -> Statement:
-    within = "" if all_locations else "AND location_id = ANY(%(locations)s)"
-    return Statement.of(_ANCHOR.format(conversation=_CONVERSATION.format(within=within)))
+    return Statement.of(_ANCHOR.format(conversation=_conversation_cte(all_locations)))
 
 
 async def message_anchor(
