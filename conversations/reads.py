@@ -38,7 +38,6 @@ __all__ = [
     "message_json_sql",
     "message_page",
     "search_page",
-    "type_name_sql",
 ]
 
 Position = tuple[datetime | None, str]
@@ -99,7 +98,7 @@ def _epoch_ms(column: str) -> str:
     return f"floor(extract(epoch FROM {column}) * 1000)::bigint"
 
 
-def type_name_sql(m: str) -> str:
+def _type_name(m: str) -> str:
     """`dialect.message_type`: the first of messageTypeString, messageType that is a
     `TYPE_*` name (upper-cased), else the name of the channel."""
     parts = []
@@ -108,9 +107,19 @@ def type_name_sql(m: str) -> str:
     return f"CASE {' '.join(parts)} ELSE {_case(f'{m}.channel', dialect.CHANNEL_TYPES)} END"
 
 
-def message_json_sql(m: str, conversation_id: str) -> str:
-    """The `dialect.message_json` of row alias `m`, read under `conversation_id` (an SQL
-    expression); the type name is computed once, by a lateral `n(type_name)`."""
+def _object(alias: str, fields: dict[str, str]) -> str:
+    """`CROSS JOIN LATERAL (SELECT value AS "key", ...) alias`: `row_to_json(alias)` (or
+    `json_agg(alias)`) is then the JSON object of `fields`, in that order. Cheaper than
+    `json_build_object`, which works out the JSON kind of every key and value anew for
+    every row (PostgreSQL 15)."""
+    columns = ", ".join(f'{value} AS "{key}"' for key, value in fields.items())
+    return f"CROSS JOIN LATERAL (SELECT {columns}) {alias}"
+
+
+def message_json_sql(m: str, conversation_id: str, alias: str = "j") -> str:
+    """Lateral joins after row alias `m` (a `timeline_messages` row) that make row
+    `alias` the `dialect.message_json` of it, read under `conversation_id` (an SQL
+    expression): select `row_to_json(alias)` or aggregate `json_agg(alias)`."""
     email = (
         f"CASE WHEN {m}.channel = 'Email' THEN json_build_object("
         f"'messageIds', CASE WHEN coalesce({m}.email_message_id, '') <> '' "
@@ -118,32 +127,36 @@ def message_json_sql(m: str, conversation_id: str) -> str:
         f"'threadId', {m}.thread_id, 'subject', {m}.subject, 'from', {m}.from_, "
         f"""'to', {m}."to", 'cc', {m}.cc, 'bcc', {m}.bcc) END"""
     )
-    code = _case("n.type_name", dialect.MESSAGE_TYPE_CODES)
-    return (
-        "json_build_object("
-        f"'id', coalesce(nullif({m}.message_id, ''), {m}.message_key), "
-        f"'type', coalesce({m}.message_type_id, {code}), "
-        "'messageType', n.type_name, "
-        f"'locationId', {m}.location_id, "
-        f"'contactId', {m}.contact_id, "
-        f"'conversationId', {conversation_id}, "
-        f"'dateAdded', {_iso(f'{m}.date_added')}, "
-        f"'body', {m}.body, "
-        f"'direction', {m}.direction, "
-        f"'status', {m}.status, "
-        f"'contentType', {m}.content_type, "
-        f"'attachments', {m}.attachments, "
-        f"'meta', json_build_object('callDuration', {m}.call_duration, "
-        f"'callStatus', {m}.call_status, 'email', {email}), "
-        f"'source', {m}.source, "
-        f"'userId', {m}.user_id, "
-        f"'conversationProviderId', {m}.conversation_provider_id, "
-        "'chatWidgetId', NULL)"
+    name = f"{alias}_type.type_name"
+    fields = {
+        "id": f"coalesce(nullif({m}.message_id, ''), {m}.message_key)",
+        "type": f"coalesce({m}.message_type_id, {_case(name, dialect.MESSAGE_TYPE_CODES)})",
+        "messageType": name,
+        "locationId": f"{m}.location_id",
+        "contactId": f"{m}.contact_id",
+        "conversationId": conversation_id,
+        "dateAdded": _iso(f"{m}.date_added"),
+        "body": f"{m}.body",
+        "direction": f"{m}.direction",
+        "status": f"{m}.status",
+        "contentType": f"{m}.content_type",
+        "attachments": f"{m}.attachments",
+        "meta": f"json_build_object('callDuration', {m}.call_duration, "
+        f"'callStatus', {m}.call_status, 'email', {email})",
+        "source": f"{m}.source",
+        "userId": f"{m}.user_id",
+        "conversationProviderId": f"{m}.conversation_provider_id",
+        "chatWidgetId": "NULL::text",
+    }
+    # The type name first, on its own: two fields use it.
+    return f"CROSS JOIN LATERAL (SELECT {_type_name(m)} AS type_name) {alias}_type " + _object(
+        alias, fields
     )
 
 
-def conversation_json_sql(s: str) -> str:
-    """`dialect.conversation_json` of row alias `s` (a `location_conversations` row)."""
+def conversation_json_sql(s: str, alias: str = "j") -> str:
+    """A lateral join after row alias `s` (a `location_conversations` row) that makes row
+    `alias` the `dialect.conversation_json` of it."""
     channels = f"{s}.channels"
     kind = (
         f"CASE WHEN cardinality({channels}) > 0 AND {channels} <@ ARRAY['Email']::text[] "
@@ -153,23 +166,25 @@ def conversation_json_sql(s: str) -> str:
         "ELSE 'TYPE_PHONE' END"
     )
     last = _epoch_ms(f"{s}.last_message_at")
-    return (
-        "json_build_object("
-        f"'id', {s}.conversation_id, "
-        f"'contactId', {s}.contact_id, "
-        f"'locationId', {s}.location_id, "
-        f"'lastMessageBody', {s}.last_message_preview, "
-        f"'lastMessageType', {_case(f'{s}.last_message_channel', dialect.CHANNEL_TYPES)}, "
-        f"'lastMessageDate', {last}, "
-        f"'lastMessageDirection', {s}.last_message_direction, "
-        f"'unreadCount', coalesce({s}.unread_count, 0), "
-        f"'starred', coalesce({s}.starred, false), "
-        f"'inbox', coalesce({s}.inbox, true), "
-        f"'deleted', coalesce({s}.deleted, false), "
-        f"'dateAdded', {_epoch_ms(f'{s}.first_message_at')}, "
-        f"'dateUpdated', {last}, "
-        f"'type', {kind}, "
-        f"'sort', json_build_array({last}))"
+    return _object(
+        alias,
+        {
+            "id": f"{s}.conversation_id",
+            "contactId": f"{s}.contact_id",
+            "locationId": f"{s}.location_id",
+            "lastMessageBody": f"{s}.last_message_preview",
+            "lastMessageType": _case(f"{s}.last_message_channel", dialect.CHANNEL_TYPES),
+            "lastMessageDate": last,
+            "lastMessageDirection": f"{s}.last_message_direction",
+            "unreadCount": f"coalesce({s}.unread_count, 0)",
+            "starred": f"coalesce({s}.starred, false)",
+            "inbox": f"coalesce({s}.inbox, true)",
+            "deleted": f"coalesce({s}.deleted, false)",
+            "dateAdded": _epoch_ms(f"{s}.first_message_at"),
+            "dateUpdated": last,
+            "type": kind,
+            "sort": f"json_build_array({last})",
+        },
     )
 
 
@@ -300,7 +315,6 @@ def _messages_sql(
                  ORDER BY m.{order.replace(", ", ", m.")}
                  LIMIT %(fetch)s)"""
         )
-    message = message_json_sql("p", "conv.root")
     return f"""
 WITH {_conversation_cte(all_locations)},
 page AS (
@@ -310,15 +324,13 @@ page AS (
      LIMIT %(fetch)s
 )
 SELECT conv.root,
-       coalesce(json_agg({message} ORDER BY p.rn) FILTER (WHERE p.rn <= %(limit)s),
-                '[]')::text,
+       coalesce(json_agg(j ORDER BY p.rn) FILTER (WHERE p.rn <= %(limit)s), '[]')::text,
        count(p.rn) > %(limit)s,
        (array_agg(p.date_added ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
        (array_agg(p.message_key ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
-       (array_agg(coalesce(nullif(p.message_id, ''), p.message_key) ORDER BY p.rn DESC)
-            FILTER (WHERE p.rn <= %(limit)s))[1]
+       (array_agg(j.id ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1]
   FROM conv
-  LEFT JOIN (page p CROSS JOIN LATERAL (SELECT {type_name_sql("p")} AS type_name) n) ON true
+  LEFT JOIN (page p {message_json_sql("p", "conv.root")}) ON true
  GROUP BY conv.root
 """
 
@@ -475,12 +487,13 @@ SELECT (SELECT count(*) FROM location_conversations s WHERE {where}),
        count(p.rn) > %(limit)s,
        (array_agg(p.last_message_at ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
        (array_agg(p.conversation_id ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1]
-  FROM (SELECT {conversation_json_sql("q")} AS doc, q.last_message_at, q.conversation_id,
+  FROM (SELECT row_to_json(j) AS doc, q.last_message_at, q.conversation_id,
                row_number() OVER (ORDER BY q.{order.replace(", ", ", q.")}) AS rn
           FROM (SELECT * FROM location_conversations s
                  WHERE {where}{keyset}
                  ORDER BY s.{order.replace(", ", ", s.")}
-                 LIMIT %(fetch)s) q) p
+                 LIMIT %(fetch)s) q
+               {conversation_json_sql("q")}) p
 """
 
 
