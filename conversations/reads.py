@@ -212,10 +212,11 @@ troot AS (
 ),
 grp AS (
     SELECT location_id, root AS cid FROM troot
-    UNION
+    UNION ALL
     SELECT r.location_id, r.conversation_id
       FROM troot JOIN timeline_conversation_roots r
         ON r.location_id = troot.location_id AND r.root_id = troot.root
+       AND r.conversation_id <> troot.root
 )"""
 """The conversation an id names among the allowed locations (`catalogue.get` in the
 first location, in code point order, where the id names one), and the timeline group
@@ -323,15 +324,13 @@ page AS (
      ORDER BY seg, {order}
      LIMIT %(fetch)s
 )
-SELECT conv.root,
+SELECT (SELECT root FROM conv),
        coalesce(json_agg(j ORDER BY p.rn) FILTER (WHERE p.rn <= %(limit)s), '[]')::text,
-       count(p.rn) > %(limit)s,
+       count(*) > %(limit)s,
        (array_agg(p.date_added ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
        (array_agg(p.message_key ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
        (array_agg(j.id ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1]
-  FROM conv
-  LEFT JOIN (page p {message_json_sql("p", "conv.root")}) ON true
- GROUP BY conv.root
+  FROM page p {message_json_sql("p", "(SELECT root FROM conv)")}
 """
 
 
@@ -384,7 +383,7 @@ async def message_page(
         "until": until,
     }
     row = await statement.one(conn, params)
-    if row is None:
+    if row is None or row[0] is None:  # one aggregate row; no root: no conversation
         return None
     root, body, more, last_date, last_key, last_id = row
     return MessagePage(
