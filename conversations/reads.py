@@ -52,7 +52,9 @@ class Statement:
     cursor: psycopg parses a `%(name)s` query on every execution when it is longer than
     its cache allows (4 kB), and these are longer; a `$n` query is sent as it is."""
 
-    sql: str
+    sql: bytes
+    """Bytes, as psycopg sends it: not encoded again, and its hash (the key of psycopg's
+    prepared statements) computed once."""
     names: tuple[str, ...]
 
     @classmethod
@@ -66,7 +68,7 @@ class Statement:
 
         # Line breaks and indentation out (never inside a literal): less to send and parse.
         compact = re.sub(r"\s*\n\s*", " ", named).strip()
-        return cls(_NAMED.sub(number, compact).replace("%%", "%"), tuple(names))
+        return cls(_NAMED.sub(number, compact).replace("%%", "%").encode(), tuple(names))
 
     async def one(self, conn: AsyncConnection[Any], params: Mapping[str, Any]) -> Any:
         """The first row (a tuple) or None."""
