@@ -196,8 +196,9 @@ class KeyCache:
         cached = self._entries.get(token)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        async with pool.connection() as conn:
-            scope = await lookup_async(conn, token)
+        from conversations.pool import run  # the CLI imports this module, not the pool
+
+        scope = await run(pool, lambda conn: lookup_async(conn, token))
         self._remember(token, now, scope)
         return scope
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import sqlalchemy
 
+from conversations.keys import create_key
 from tests.conftest import start_server
 from tests.helpers import KeyPair, Server, message
 from tests.proxy import Proxy
@@ -320,3 +321,47 @@ def test_hung_database_is_answered_in_bounded_time(
         assert request(client, "not_json")[0] == 400
         assert request(client, "readyz")[0] == 200
     assert_stored_once(engine, [retry])
+
+
+def test_reads_answer_503_while_the_database_is_cut_then_recover(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
+    """The async read endpoints (their own connection pool) answer a lost database as the
+    webhook does: 503 with Retry-After, in bounded time, and serve again once it is back."""
+    proxy, server = outage.proxy, outage.server
+    document = message()
+    with engine.begin() as conn:
+        key = create_key(conn, [document["locationId"]])
+    headers = {"Authorization": f"Bearer {key}"}
+    paths = [
+        f"/conversations/{document['conversationId']}/messages",
+        f"/conversations/search?locationId={document['locationId']}",
+    ]
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        assert send(client, server, json.dumps(document).encode()).status == 201
+        for path in paths:  # pooled connections and the key cache in use
+            assert client.get(f"{server.url}{path}", headers=headers).status_code in (200, 404)
+        # A blip: every pooled connection is reset, the database is back at once. The
+        # next reads find dead connections and must go on with live ones, not fail.
+        proxy.cut()
+        proxy.restore()
+        for path in paths:
+            assert client.get(f"{server.url}{path}", headers=headers).status_code in (200, 404)
+        time.sleep(2.5)  # past the key cache's 2 s: the key is looked up again, too
+        proxy.cut()
+        try:
+            for path in paths * 2:
+                started = time.monotonic()
+                response = client.get(f"{server.url}{path}", headers=headers)
+                assert time.monotonic() - started < DB_TIMEOUT + SLACK, path
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["content-type"].startswith("application/problem+json")
+                assert response.headers.get("retry-after") == str(RETRY_AFTER)
+        finally:
+            proxy.restore()
+        deadline = time.monotonic() + 10
+        for path in paths:
+            while (answer := client.get(f"{server.url}{path}", headers=headers)).status_code == 503:
+                assert time.monotonic() < deadline, "still 503 ten seconds after the restore"
+                time.sleep(0.1)
+            assert answer.status_code in (200, 404), answer.text

@@ -7,20 +7,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conversations import pool
 from conversations.api import contacts, conversations, feed, health, openapi, webhooks
 from conversations.api.cursors import Cursors
-from conversations.api.problems import http_exception, server_error
+from conversations.api.problems import (
+    DATABASE_AWAY,
+    database_away,
+    http_exception,
+    server_error,
+)
 from conversations.api.state import AppState
-from conversations.database import LIVENESS, create_async_engine, create_engine, libpq_url
+from conversations.database import create_async_engine, create_engine
 from conversations.ingest import Ingestor
 from conversations.keys import KeyCache
 from conversations.logs import access_log
@@ -54,7 +58,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             pool_timeout=settings.db_timeout,
             connect_args={"connect_timeout": int(max(2, settings.db_timeout))},
         )
-        read_pool = _read_pool(database_url, settings)
+        read_pool = pool.read_pool(database_url, settings.db_pool_size, settings.db_timeout)
         await read_pool.open(wait=False)  # the service starts even if the database is late
         worker = None
         if settings.projection_worker:
@@ -101,28 +105,13 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             *feed.ROUTES,
             *openapi.ROUTES,
         ],
-        exception_handlers={HTTPException: http_exception, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_exception,
+            **dict.fromkeys(DATABASE_AWAY, database_away),
+            Exception: server_error,
+        },
         middleware=[Middleware(RequestLog, metrics=metrics)],
         lifespan=lifespan,
-    )
-
-
-def _read_pool(database_url: str, settings: Settings) -> AsyncConnectionPool[Any]:
-    """Autocommit connections: a read is one statement, so no BEGIN/COMMIT round trips;
-    psycopg prepares a statement on a connection once it has run it a few times."""
-    return AsyncConnectionPool(
-        libpq_url(database_url),
-        min_size=min(4, settings.db_pool_size),
-        max_size=settings.db_pool_size,
-        timeout=settings.db_timeout,
-        kwargs={
-            **LIVENESS,
-            "autocommit": True,
-            "prepare_threshold": 2,
-            "connect_timeout": int(max(2, settings.db_timeout)),
-        },
-        open=False,
-        name="reads",
     )
 
 

@@ -41,6 +41,7 @@ from conversations.api.auth import require_scope, require_scope_async
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope
+from conversations.pool import run
 from conversations.projections import location_conversations as catalogue
 from conversations.projections import timeline
 from conversations.projections.location_conversations import ConversationSummary
@@ -211,8 +212,9 @@ async def search_conversations(request: Request) -> Response:
         after = (bound, "")
     if not visible:
         return JSONResponse({"conversations": [], "total": 0, "nextCursor": None})
-    async with state.read_pool.connection() as conn:
-        page = await reads.search_page(
+    page = await run(
+        state.read_pool,
+        lambda conn: reads.search_page(
             conn,
             location,
             contact_id=contact,
@@ -224,7 +226,8 @@ async def search_conversations(request: Request) -> Response:
             descending=descending,
             limit=limit,
             after=after,
-        )
+        ),
+    )
     following = (
         _encode(request, page.last_position, context) if page.more and page.last_position else None
     )
@@ -315,14 +318,18 @@ async def conversation_messages(request: Request) -> Response:
     if within is not None and not within:
         raise _not_found("conversation", conversation_id)
     locations = None if within is None else sorted(within)
-    async with state.read_pool.connection() as conn:
-        if last_id is not None:
-            found, after = await reads.message_anchor(conn, conversation_id, locations, last_id)
-            if not found:
-                raise _not_found("conversation", conversation_id)
-            if after is None:
-                raise bad("lastMessageId", "not a message of this conversation")
-        page = await reads.message_page(
+    if last_id is not None:
+        found, after = await run(
+            state.read_pool,
+            lambda conn: reads.message_anchor(conn, conversation_id, locations, last_id),
+        )
+        if not found:
+            raise _not_found("conversation", conversation_id)
+        if after is None:
+            raise bad("lastMessageId", "not a message of this conversation")
+    page = await run(
+        state.read_pool,
+        lambda conn: reads.message_page(
             conn,
             conversation_id,
             locations,
@@ -332,7 +339,8 @@ async def conversation_messages(request: Request) -> Response:
             channels=channels,
             since=since,
             until=until,
-        )
+        ),
+    )
     if page is None:
         raise _not_found("conversation", conversation_id)
     following = (

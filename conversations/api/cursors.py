@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, text
 from starlette.exceptions import HTTPException
 
+from conversations.pool import run
+
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
 
@@ -43,9 +46,12 @@ class Cursors:
         `decode` in async endpoints, so they never block the event loop)."""
         if self._secret is not None:
             return
-        async with pool.connection() as conn:
+
+        async def read(conn: AsyncConnection[Any]) -> Any:
             cursor = await conn.execute("SELECT value FROM service_secrets WHERE name = 'cursor'")
-            row = await cursor.fetchone()
+            return await cursor.fetchone()
+
+        row = await run(pool, read)
         if row is None or not row[0]:
             raise RuntimeError("no cursor secret: run `conversations migrate`")
         self._secret = bytes.fromhex(row[0])
