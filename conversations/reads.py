@@ -150,7 +150,7 @@ def message_json_sql(m: str, conversation_id: str, alias: str = "j") -> str:
         "conversationProviderId": f"{m}.conversation_provider_id",
         "chatWidgetId": "NULL::text",
     }
-    # The type name first, on its own: two fields use it.
+    # The type name in a lateral of its own, named: two fields use it (written once).
     return f"CROSS JOIN LATERAL (SELECT {_type_name(m)} AS type_name) {alias}_type " + _object(
         alias, fields
     )
@@ -318,20 +318,24 @@ def _messages_sql(
                  ORDER BY m.{order.replace(", ", ", m.")}
                  LIMIT %(fetch)s)"""
         )
+    # The last row of the page by `rn = least(n, limit)`, not by aggregates with their
+    # own ORDER BY: each of those sorts its input again.
+    page_order = order if len(parts) == 1 else f"seg, {order}"
     return f"""
 WITH {_conversation_cte(all_locations)},
 page AS (
-    SELECT u.*, row_number() OVER (ORDER BY seg, {order}) AS rn
-      FROM ({" UNION ALL ".join(parts)}) u
-     ORDER BY seg, {order}
-     LIMIT %(fetch)s
+    SELECT v.*, count(*) OVER () AS n
+      FROM (SELECT u.*, row_number() OVER (ORDER BY {page_order}) AS rn
+              FROM ({" UNION ALL ".join(parts)}) u
+             ORDER BY {page_order}
+             LIMIT %(fetch)s) v
 )
 SELECT (SELECT root FROM conv),
        coalesce(json_agg(j ORDER BY p.rn) FILTER (WHERE p.rn <= %(limit)s), '[]')::text,
        count(*) > %(limit)s,
-       (array_agg(p.date_added ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
-       (array_agg(p.message_key ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
-       (array_agg(j.id ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1]
+       max(p.date_added) FILTER (WHERE p.rn = least(p.n, %(limit)s)),
+       max(p.message_key) FILTER (WHERE p.rn = least(p.n, %(limit)s)),
+       max(j.id) FILTER (WHERE p.rn = least(p.n, %(limit)s))
   FROM page p {message_json_sql("p", "(SELECT root FROM conv)")}
 """
 
@@ -485,11 +489,12 @@ def _search_sql(
     return f"""
 SELECT (SELECT count(*) FROM location_conversations s WHERE {where}),
        coalesce(json_agg(p.doc ORDER BY p.rn) FILTER (WHERE p.rn <= %(limit)s), '[]')::text,
-       count(p.rn) > %(limit)s,
-       (array_agg(p.last_message_at ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1],
-       (array_agg(p.conversation_id ORDER BY p.rn DESC) FILTER (WHERE p.rn <= %(limit)s))[1]
+       count(*) > %(limit)s,
+       max(p.last_message_at) FILTER (WHERE p.rn = least(p.n, %(limit)s)),
+       max(p.conversation_id) FILTER (WHERE p.rn = least(p.n, %(limit)s))
   FROM (SELECT row_to_json(j) AS doc, q.last_message_at, q.conversation_id,
-               row_number() OVER (ORDER BY q.{order.replace(", ", ", q.")}) AS rn
+               row_number() OVER (ORDER BY q.{order.replace(", ", ", q.")}) AS rn,
+               count(*) OVER () AS n
           FROM (SELECT * FROM location_conversations s
                  WHERE {where}{keyset}
                  ORDER BY s.{order.replace(", ", ", s.")}
