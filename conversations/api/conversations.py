@@ -25,7 +25,6 @@ reads as a location without data (empty list, total 0).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -273,15 +272,6 @@ def get_conversation(request: Request) -> Response:
 
 
 # --- GET /conversations/{conversationId}/messages -------------------------------------------
-
-
-def _after_message(
-    conn: Connection, location: str, group: Sequence[str], message_id: str
-) -> Position:
-    message = timeline.get_message(conn, location, message_id)
-    if message is None or message.conversation_id not in group:
-        raise bad("lastMessageId", "not a message of this conversation")
-    return message.cursor
 
 
 async def conversation_messages(request: Request) -> Response:
