@@ -267,3 +267,21 @@ def test_search_pages_are_the_python_read_paths(
         )
     assert page["total"] == total == len(got)
     assert got == [dialect.conversation_json(s) for s in expected]
+
+
+def test_every_kind_of_key_reads_the_same_pages(
+    world: tuple[str, str, Reader], server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A key for every location finds the conversation by its id alone, a key for
+    several locations through each of them: the same pages as the one-location key."""
+    location, root, reader = world
+    path = f"/conversations/{root}/messages"
+    expected = _follow(reader, path, {"limit": 4})
+    for key in (
+        make_key(engine, all_locations=True),
+        make_key(engine, new_id("loc"), location, new_id("loc")),
+    ):
+        other = Reader(server, key)
+        assert _follow(other, path, {"limit": 4}) == expected
+        assert _follow(other, path, {"limit": 4, "locationId": location}) == expected
+        assert other.get(path, {"locationId": new_id("loc")}).status_code == 404
