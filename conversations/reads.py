@@ -235,6 +235,15 @@ _ANY_CANDIDATES = """(SELECT location_id FROM location_conversation_roots
 """Every location where the id names a conversation (a key for every location)."""
 
 
+def _text_array(values: list[str] | None) -> str | None:
+    """A `text[]` literal: psycopg sends a str as is, where a list goes through its array
+    dumper machinery on every request."""
+    if values is None:
+        return None
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
+
+
 def _conversation_cte(all_locations: bool) -> str:
     return _CONVERSATION.format(candidates=_ANY_CANDIDATES if all_locations else _SCOPED_CANDIDATES)
 
@@ -379,7 +388,7 @@ async def message_page(
     )
     params = {
         "id": conversation_id,
-        "locations": locations,
+        "locations": _text_array(locations),
         "fetch": limit + 1,
         "limit": limit,
         "after_date": after[0] if after else None,
@@ -424,7 +433,7 @@ async def message_anchor(
     """For HighLevel's `lastMessageId`: whether the conversation is found, and the cursor
     position of that message when it is one of the conversation's (else None)."""
     row = await _anchor_statement(locations is None).one(
-        conn, {"id": conversation_id, "locations": locations, "message": message}
+        conn, {"id": conversation_id, "locations": _text_array(locations), "message": message}
     )
     if row is None:
         return False, None

@@ -10,7 +10,6 @@ tenant's rows or crash a query.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 from typing import TYPE_CHECKING, Any
@@ -57,9 +56,8 @@ class Cursors:
         self._secret = bytes.fromhex(row[0])
 
     def _mac(self, body: bytes, context: str) -> bytes:
-        return hmac.new(self.secret, body + b"\x00" + context.encode(), hashlib.sha256).digest()[
-            :16
-        ]
+        # hmac.digest: one call into OpenSSL, several times cheaper than hmac.new(...).
+        return hmac.digest(self.secret, body + b"\x00" + context.encode(), "sha256")[:16]
 
     def encode(self, position: list[Any], context: str) -> str:
         body = json.dumps(position, separators=(",", ":"), default=str).encode()
