@@ -55,6 +55,11 @@ def sqlalchemy_url(url: str) -> str:
     return f"postgresql+psycopg://{rest}"
 
 
+def libpq_url(url: str) -> str:
+    """`url` (or its SQLAlchemy form) as a libpq connection URL, for psycopg itself."""
+    return "postgresql://" + sqlalchemy_url(url).partition("://")[2]
+
+
 def redact(url: str) -> str:
     """`url` with any password replaced by `***`."""
     scheme, sep, rest = url.partition("://")

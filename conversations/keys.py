@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -32,6 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from conversations.schema import metadata
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
 
 PREFIX = "cvk"
 
@@ -147,6 +152,25 @@ def lookup(conn: Connection, token: str) -> Scope | None:
     return Scope(row.key_id, frozenset(row.locations), row.all_locations)
 
 
+_LOOKUP = (
+    "SELECT key_id, secret_sha256, locations, all_locations FROM api_keys"
+    " WHERE key_id = %s AND revoked_at IS NULL"
+)
+
+
+async def lookup_async(conn: AsyncConnection[Any], token: str) -> Scope | None:
+    """`lookup` on an async psycopg connection."""
+    parts = _split(token)
+    if parts is None:
+        return None
+    key_id, secret = parts
+    cursor = await conn.execute(_LOOKUP, (key_id,))
+    row = await cursor.fetchone()
+    if row is None or not hmac.compare_digest(row[1], _hash(secret)):
+        return None
+    return Scope(row[0], frozenset(row[2]), row[3])
+
+
 class KeyCache:
     """Remembers looked-up keys for a few seconds so a read costs no extra query; a
     revocation takes effect within `ttl` seconds in every process."""
@@ -163,7 +187,22 @@ class KeyCache:
             return cached[1]
         with self._engine.connect() as conn:
             scope = lookup(conn, token)
+        self._remember(token, now, scope)
+        return scope
+
+    async def scope_async(self, token: str, pool: AsyncConnectionPool[Any]) -> Scope | None:
+        """`scope` for async endpoints: a miss is looked up on the async pool."""
+        now = time.monotonic()
+        cached = self._entries.get(token)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        from conversations.pool import run  # the CLI imports this module, not the pool
+
+        scope = await run(pool, lambda conn: lookup_async(conn, token))
+        self._remember(token, now, scope)
+        return scope
+
+    def _remember(self, token: str, now: float, scope: Scope | None) -> None:
         if len(self._entries) > 10_000:
             self._entries.clear()
         self._entries[token] = (now, scope)
-        return scope

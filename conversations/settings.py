@@ -64,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CONVERSATIONS_DB_POOL_SIZE",
         "10",
-        "Connections each `serve` process keeps open to PostgreSQL.",
+        "Size of each of a `serve` process's connection pools to PostgreSQL (webhooks, "
+        "async reads, sync reads; the group-commit writer has 2 of its own).",
     ),
     Setting(
         "CONVERSATIONS_DB_TIMEOUT",

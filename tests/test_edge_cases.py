@@ -16,12 +16,6 @@ from tests.api_support import Reader, make_key, post_all, wait_folded
 from tests.helpers import Server, message, new_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/dialect.py iso() formats with strftime('%Y'), which does not pad years "
-    "before 1000 on glibc: Go's zero time 0001-01-01 comes out as '1-01-01T00:00:00.000Z'. "
-    "Fix: f'{utc.year:04d}-...' (or isoformat) in iso().",
-)
 def test_dates_before_the_year_1000_are_valid_iso_8601(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import sqlalchemy
 
+from conversations.keys import create_key
 from tests.api_support import make_key
 from tests.conftest import start_server
 from tests.helpers import KeyPair, Server, message, new_id
@@ -354,3 +355,47 @@ def test_read_during_an_outage_is_logged_as_answered(
     access = [line for line in lines if line.get("path") == "/conversations/search"]
     assert [line["status"] for line in access] == [503], access
     assert not [line for line in lines if line["level"] == "error" and "uvicorn" in line["logger"]]
+
+
+def test_reads_answer_503_while_the_database_is_cut_then_recover(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
+    """The async read endpoints (their own connection pool) answer a lost database as the
+    webhook does: 503 with Retry-After, in bounded time, and serve again once it is back."""
+    proxy, server = outage.proxy, outage.server
+    document = message()
+    with engine.begin() as conn:
+        key = create_key(conn, [document["locationId"]])
+    headers = {"Authorization": f"Bearer {key}"}
+    paths = [
+        f"/conversations/{document['conversationId']}/messages",
+        f"/conversations/search?locationId={document['locationId']}",
+    ]
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        assert send(client, server, json.dumps(document).encode()).status == 201
+        for path in paths:  # pooled connections and the key cache in use
+            assert client.get(f"{server.url}{path}", headers=headers).status_code in (200, 404)
+        # A blip: every pooled connection is reset, the database is back at once. The
+        # next reads find dead connections and must go on with live ones, not fail.
+        proxy.cut()
+        proxy.restore()
+        for path in paths:
+            assert client.get(f"{server.url}{path}", headers=headers).status_code in (200, 404)
+        time.sleep(2.5)  # past the key cache's 2 s: the key is looked up again, too
+        proxy.cut()
+        try:
+            for path in paths * 2:
+                started = time.monotonic()
+                response = client.get(f"{server.url}{path}", headers=headers)
+                assert time.monotonic() - started < DB_TIMEOUT + SLACK, path
+                assert response.status_code == 503, (path, response.text)
+                assert response.headers["content-type"].startswith("application/problem+json")
+                assert response.headers.get("retry-after") == str(RETRY_AFTER)
+        finally:
+            proxy.restore()
+        deadline = time.monotonic() + 10
+        for path in paths:
+            while (answer := client.get(f"{server.url}{path}", headers=headers)).status_code == 503:
+                assert time.monotonic() < deadline, "still 503 ten seconds after the restore"
+                time.sleep(0.1)
+            assert answer.status_code in (200, 404), answer.text

@@ -15,9 +15,15 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conversations import pool
 from conversations.api import contacts, conversations, feed, health, openapi, webhooks
 from conversations.api.cursors import Cursors
-from conversations.api.problems import http_exception, server_error
+from conversations.api.problems import (
+    DATABASE_AWAY,
+    database_away,
+    http_exception,
+    server_error,
+)
 from conversations.api.state import AppState
 from conversations.database import create_async_engine, create_engine
 from conversations.ingest import Ingestor
@@ -53,6 +59,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             pool_timeout=settings.db_timeout,
             connect_args={"connect_timeout": int(max(2, settings.db_timeout))},
         )
+        read_pool = pool.read_pool(database_url, settings.db_pool_size, settings.db_timeout)
+        await read_pool.open(wait=False)  # the service starts even if the database is late
         worker = None
         if settings.projection_worker:
             worker = CatchUpWorker(read_engine, database_url, PROJECTIONS)
@@ -71,6 +79,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             ),
             metrics=metrics,
             read_engine=read_engine,
+            read_pool=read_pool,
             keys=KeyCache(read_engine),
             cursors=Cursors(read_engine),
         )
@@ -83,6 +92,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             if worker is not None:
                 await asyncio.to_thread(worker.stop)
             read_engine.dispose()
+            await read_pool.close()
 
     return Starlette(
         routes=[
@@ -96,7 +106,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             *feed.ROUTES,
             *openapi.ROUTES,
         ],
-        exception_handlers={HTTPException: http_exception, Exception: server_error},
+        exception_handlers={
+            HTTPException: http_exception,
+            **dict.fromkeys(DATABASE_AWAY, database_away),
+            Exception: server_error,
+        },
         middleware=[Middleware(RequestLog, metrics=metrics)],
         lifespan=lifespan,
     )

@@ -24,7 +24,7 @@ reads as a location without data (empty list, total 0).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,11 +34,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from conversations import reads
 from conversations.api import dialect
-from conversations.api.auth import require_scope
+from conversations.api.auth import require_scope, require_scope_async
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope
+from conversations.pool import run
 from conversations.projections import location_conversations as catalogue
 from conversations.projections import timeline
 from conversations.projections.location_conversations import ConversationSummary
@@ -158,8 +160,9 @@ def _one_cursor(params: Params, native: str) -> tuple[str | None, str | None]:
 # --- GET /conversations/search --------------------------------------------------------------
 
 
-def search_conversations(request: Request) -> Response:
-    scope = require_scope(request)
+async def search_conversations(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_scope_async(request)
     for name in _UNSUPPORTED_SEARCH:
         if name in request.query_params:
             raise bad(name, "HighLevel's filter is not supported by this service")
@@ -196,6 +199,7 @@ def search_conversations(request: Request) -> Response:
         "search", scope.key_id, location, contact, channel, direction, status, since, until,
         descending,
     )  # fmt: skip
+    await state.cursors.load(state.read_pool)
     after: Position | None = _decode(request, token, context) if token else None
     if start_after is not None:
         # After (t, ""): descending reads what sorts before t, ascending what sorts at or
@@ -207,8 +211,9 @@ def search_conversations(request: Request) -> Response:
         after = (bound, "")
     if not visible:
         return JSONResponse({"conversations": [], "total": 0, "nextCursor": None})
-    with app_state(request).read_engine.connect() as conn:
-        page, total = catalogue.search(
+    page = await run(
+        state.read_pool,
+        lambda conn: reads.search_page(
             conn,
             location,
             contact_id=contact,
@@ -218,18 +223,27 @@ def search_conversations(request: Request) -> Response:
             since=since,
             until=until,
             descending=descending,
-            limit=limit + 1,
+            limit=limit,
             after=after,
-        )
-    more = len(page) > limit
-    page = page[:limit]
-    return JSONResponse(
-        {
-            "conversations": [dialect.conversation_json(s) for s in page],
-            "total": total,
-            "nextCursor": _encode(request, page[-1].cursor, context) if more else None,
-        }
+        ),
     )
+    following = (
+        _encode(request, page.last_position, context) if page.more and page.last_position else None
+    )
+    return _json_body(
+        '{"conversations":',
+        page.conversations_json,
+        f',"total":{page.total},"nextCursor":{_json_string(following)}}}',
+    )
+
+
+def _json_string(value: str | None) -> str:
+    return "null" if value is None else json.dumps(value)
+
+
+def _json_body(*parts: str) -> Response:
+    """A JSON document assembled from JSON texts (the database's and ours), sent as is."""
+    return Response("".join(parts).encode(), media_type="application/json")
 
 
 # --- GET /conversations/{conversationId} ----------------------------------------------------
@@ -260,17 +274,9 @@ def get_conversation(request: Request) -> Response:
 # --- GET /conversations/{conversationId}/messages -------------------------------------------
 
 
-def _after_message(
-    conn: Connection, location: str, group: Sequence[str], message_id: str
-) -> Position:
-    message = timeline.get_message(conn, location, message_id)
-    if message is None or message.conversation_id not in group:
-        raise bad("lastMessageId", "not a message of this conversation")
-    return message.cursor
-
-
-def conversation_messages(request: Request) -> Response:
-    scope = require_scope(request)
+async def conversation_messages(request: Request) -> Response:
+    state = app_state(request)
+    scope = await require_scope_async(request)
     conversation_id = _path_id(request, "conversationId", "conversation")
     params = Params(
         request,
@@ -296,37 +302,46 @@ def conversation_messages(request: Request) -> Response:
         "messages", scope.key_id, conversation_id, location_param, channels, since, until,
         descending,
     )  # fmt: skip
-    decoded = _decode(request, token, context) if token else None
-    with app_state(request).read_engine.connect() as conn:
-        summary = _find_conversation(conn, scope, conversation_id, location_param)
-        location, root = summary.location_id, summary.conversation_id
-        after = decoded
-        if last_id is not None:
-            group = timeline.conversation_ids(conn, location, root)
-            after = _after_message(conn, location, group, last_id)
-        page = timeline.list_messages(
+    await state.cursors.load(state.read_pool)
+    after = _decode(request, token, context) if token else None
+    within = _within(scope, location_param)
+    if within is not None and not within:
+        raise _not_found("conversation", conversation_id)
+    locations = None if within is None else sorted(within)
+    if last_id is not None:
+        found, after = await run(
+            state.read_pool,
+            lambda conn: reads.message_anchor(conn, conversation_id, locations, last_id),
+        )
+        if not found:
+            raise _not_found("conversation", conversation_id)
+        if after is None:
+            raise bad("lastMessageId", "not a message of this conversation")
+    page = await run(
+        state.read_pool,
+        lambda conn: reads.message_page(
             conn,
-            location,
-            root,
-            limit=limit + 1,
+            conversation_id,
+            locations,
+            limit=limit,
             after=after,
             descending=descending,
             channels=channels,
             since=since,
             until=until,
-        )
-    more = len(page) > limit
-    page = page[:limit]
-    shaped = [dialect.message_json(m, root) for m in page]
-    return JSONResponse(
-        {
-            "messages": {
-                "lastMessageId": shaped[-1]["id"] if shaped else None,
-                "nextPage": more,
-                "nextCursor": _encode(request, page[-1].cursor, context) if more else None,
-                "messages": shaped,
-            }
-        }
+        ),
+    )
+    if page is None:
+        raise _not_found("conversation", conversation_id)
+    following = (
+        _encode(request, page.last_position, context) if page.more and page.last_position else None
+    )
+    return _json_body(
+        f'{{"messages":{{"lastMessageId":{_json_string(page.last_message_id)},'
+        f'"nextPage":{"true" if page.more else "false"},'
+        f'"nextCursor":{_json_string(following)},"messages":',
+        page.messages_json,
+        "}}",
     )
 
 

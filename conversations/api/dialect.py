@@ -144,7 +144,11 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # Not strftime: glibc does not pad years before 1000 (Go's zero time is 0001-01-01).
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )
 
 
 def epoch_ms(value: datetime | None) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -49,29 +50,42 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     )
 
 
+DATABASE_AWAY: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    # psycopg's own, from the async read pool (its PoolTimeout is an OperationalError).
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+"""A lost, refused or timed-out connection (or no pooled connection in time), as
+opposed to an error in a query or in the data."""
+
+
+async def database_away(request: Request, exc: Exception) -> Response:
+    """A read (or a key lookup) that found no database: the client may retry, as a
+    webhook is told to. Registered for `DATABASE_AWAY`, so the connection stays usable
+    (an error left to the `Exception` handler is re-raised to the server, which then
+    drops the connection)."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    retry_after = str(request.app.state.conversations.settings.retry_after)
+    return problem_response(
+        503,
+        "unavailable",
+        "Database unavailable",
+        "The database did not answer; retry later.",
+        headers={"Retry-After": retry_after},
+    )
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
-    if _database_away(exc):
-        # A read (or a key lookup) that found no database: the client may retry, as a
-        # webhook is told to. Anything else unexpected stays a 500 (a bug to see).
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        retry_after = str(request.app.state.conversations.settings.retry_after)
-        return problem_response(
-            503,
-            "unavailable",
-            "Database unavailable",
-            "The database did not answer; retry later.",
-            headers={"Retry-After": retry_after},
-        )
+    if isinstance(exc, DATABASE_AWAY):  # raised where no other handler sees it
+        return await database_away(request, exc)
+    # Anything else unexpected stays a 500 (a bug to see).
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
         500, "internal_error", "Internal error", "The service failed; the error is logged."
     )
-
-
-def _database_away(error: Exception) -> bool:
-    """A lost, refused or timed-out connection (or no pooled connection in time), as
-    opposed to an error in a query or in the data."""
-    return isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
 
 
 def _phrase(status: int) -> str:

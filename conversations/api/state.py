@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
@@ -24,7 +26,10 @@ class AppState:
     ingestor: Ingestor
     metrics: Metrics
     read_engine: Engine
-    """Sync engine of the read API (its endpoints run in a thread pool)."""
+    """Sync engine of the read API's sync endpoints (they run in a thread pool)."""
+    read_pool: AsyncConnectionPool[Any]
+    """psycopg's own async pool (autocommit) for the hot, async read endpoints: no ORM
+    layer between a request and its one statement."""
     keys: KeyCache
     cursors: Cursors
 
