@@ -385,6 +385,35 @@ def _check_id(document: dict[str, Any], field: str, reason: PayloadReason) -> No
         raise _field_error(reason, field, f"is empty ({_describe(value)})")
 
 
+MAX_ID_BYTES = 512
+"""The longest id (in UTF-8 bytes) an event may carry. Ids are keys of the store's and the
+projections' indexes, whose entries PostgreSQL caps near 2.7 kB: a longer id would be refused
+by the database, or worse, stop a projection. HighLevel's ids are about 20 characters and an
+email's Message-ID rarely passes 250; a longer one is quarantined as `invalid_field`."""
+
+_BOUNDED_IDS = (
+    "locationId",
+    "conversationId",
+    "contactId",
+    "messageId",
+    "emailMessageId",
+    "id",
+    "oldConversationId",
+    "newConversationId",
+    "webhookId",
+)
+
+
+def _check_id_sizes(document: dict[str, Any]) -> None:
+    for field in _BOUNDED_IDS:
+        value = document.get(field)
+        if isinstance(value, str) and len(value) * 4 > MAX_ID_BYTES:
+            size = len(value.encode())
+            if size > MAX_ID_BYTES:
+                message = f"is {size} bytes long; ids longer than {MAX_ID_BYTES} bytes are not kept"
+                raise _field_error("invalid_field", field, message)
+
+
 _PYDANTIC_MESSAGES: dict[str, str] = {
     "string_type": "expected a string",
     "literal_error": "expected one of the event types",
@@ -435,6 +464,7 @@ def parse_payload(document: dict[str, Any]) -> Payload:
     _check_id(document, "locationId", "missing_location")
     for field in _CONVERSATION_FIELDS[event_type]:
         _check_id(document, field, "missing_conversation")
+    _check_id_sizes(document)
     validate: Callable[[Any], Payload] = _MODELS[event_type].model_validate
     try:
         return validate(document)
@@ -567,6 +597,10 @@ def _plain_message(document: Any) -> dict[str, Any]:
         and "from_" not in document  # by name: which of `from`/`from_` wins is pydantic's rule
     ):
         raise _Unsure
+    try:
+        _check_id_sizes(document)
+    except PayloadError:
+        raise _Unsure from None
     for key in document.keys() - _PLAIN_KEYS:
         if type(key) is not str:
             raise _Unsure

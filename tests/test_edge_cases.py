@@ -5,13 +5,16 @@ where the fix goes. A strict xfail that starts passing fails the suite: drop its
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import os
 
 import httpx
 import pytest
 import sqlalchemy
 
+from conversations.payloads import MAX_ID_BYTES
 from tests.api_support import Reader, make_key, post_all, wait_folded
 from tests.helpers import Server, message, new_id
 
@@ -117,20 +120,11 @@ def test_a_call_status_reported_by_one_event_is_kept(
     assert found["meta"]["callStatus"] == "voicemail"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest accepts ids of any length, but the read API caps `cursor` at 2048 "
-    "characters and `lastMessageId` at 256 (api/conversations.py), and a cursor carries "
-    "the message key: a message whose id is long (here 1,600 and 300 characters) cannot "
-    "be paged past, so every message after it is unreachable. Fix: bound ids at ingest "
-    "(quarantine as invalid_field; mind that replay folds events stored before), or put "
-    "a bounded form of the key (a hash, or the position) in cursors.",
-)
 def test_a_message_with_a_long_id_can_be_paged_past(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
     location, conversation = new_id("loc"), new_id("cnv")
-    long_ids = ["a" * 1600, "b" * 300]
+    long_ids = ["a" * MAX_ID_BYTES, "é" * (MAX_ID_BYTES // 2)]  # the longest kept
     documents = [
         message(
             locationId=location,
@@ -159,3 +153,21 @@ def test_a_message_with_a_long_id_can_be_paged_past(
             key = "nextCursor" if cursor_name == "cursor" else "lastMessageId"
             params = {"limit": 1, cursor_name: page[key]}
         assert seen == expected, cursor_name
+
+
+@pytest.mark.parametrize("field", ["messageId", "conversationId", "contactId", "locationId"])
+def test_a_huge_id_never_stops_the_projections(
+    server: Server, engine: sqlalchemy.Engine, field: str
+) -> None:
+    """An id too long for an index entry must not poison the store: it is kept aside
+    with the reason, and the projections go on folding what comes after it."""
+    incompressible = base64.b64encode(os.urandom(6000)).decode()  # > a btree entry's 2,704 bytes
+    huge = message(**{field: incompressible})
+    after = message()
+    kept = server.post(huge)
+    assert kept.status_code == 202, kept.text
+    assert kept.json()["reason"] == "invalid_field"
+    assert server.post(after).status_code == 201
+    wait_folded(engine)
+    reader = Reader(server, make_key(engine, after["locationId"]))
+    assert reader.get(f"/conversations/messages/{after['messageId']}").status_code == 200

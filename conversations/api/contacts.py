@@ -37,11 +37,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from conversations.api.auth import require_scope
+from conversations.api.cursors import MAX_CURSOR
 from conversations.api.dialect import iso, message_json
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope
 from conversations.messages import CHANNELS
+from conversations.payloads import MAX_ID_BYTES
 from conversations.projections import contact_channels as channels_model
 from conversations.projections import timeline
 from conversations.projections.contact_channels import ChannelSummary, ContactSummary
@@ -118,7 +120,7 @@ def _scope_locations(scope: Scope, location_id: str | None) -> list[str] | None:
 
 def _visible_id(value: str) -> bool:
     """Ids the database can compare at all (a NUL fits no PostgreSQL text)."""
-    return "\x00" not in value and len(value) <= 256
+    return "\x00" not in value and len(value) <= MAX_ID_BYTES
 
 
 def _read_page(
@@ -206,7 +208,7 @@ def contact_messages(request: Request) -> Response:
     location_id = params.text("locationId")
     state = app_state(request)
     context = _cursor_context(scope, query, location_id)
-    token = params.text("cursor", max_length=8192)
+    token = params.text("cursor", max_length=MAX_CURSOR)
     position = None
     if token is not None:
         try:

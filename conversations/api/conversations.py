@@ -37,9 +37,11 @@ from starlette.routing import BaseRoute, Route
 from conversations import reads
 from conversations.api import dialect
 from conversations.api.auth import require_scope, require_scope_async
+from conversations.api.cursors import MAX_CURSOR
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope
+from conversations.payloads import MAX_ID_BYTES
 from conversations.pool import run
 from conversations.projections import location_conversations as catalogue
 from conversations.projections import timeline
@@ -62,7 +64,7 @@ _UNSUPPORTED_SEARCH = (
     "scoreProfileMin",
     "scoreProfileMax",
 )
-_MAX_ID = 256
+_MAX_ID = MAX_ID_BYTES  # every stored id fits (ingest refuses longer ones)
 _STATUSES: dict[str, catalogue.Status] = {status: status for status in catalogue.STATUSES}
 
 
@@ -151,7 +153,7 @@ def _context(*parts: object) -> str:
 
 
 def _one_cursor(params: Params, native: str) -> tuple[str | None, str | None]:
-    token, other = params.text("cursor", max_length=2048), params.text(native)
+    token, other = params.text("cursor", max_length=MAX_CURSOR), params.text(native)
     if token is not None and other is not None:
         raise bad("cursor", f"give either cursor or {native}, not both")
     return token, other
@@ -414,7 +416,7 @@ def export_messages(request: Request) -> Response:
         raise bad("sortBy", "updatedAt is not supported; follow changes with GET /events")
     descending = params.choice("sortOrder", ["asc", "desc"], "desc") == "desc"
     limit = params.integer("limit", 100, 10, 500)
-    token = params.text("cursor", max_length=2048)
+    token = params.text("cursor", max_length=MAX_CURSOR)
     context = _context(
         "export", scope.key_id, location, conversation, contact, channels, since, until,
         descending,

@@ -19,6 +19,9 @@ from starlette.exceptions import HTTPException
 
 from conversations.pool import run
 
+MAX_CURSOR = 8192
+"""Characters a cursor may have: it carries a few ids of at most `MAX_ID_BYTES` each."""
+
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool

@@ -20,7 +20,9 @@ from starlette.routing import BaseRoute, Route
 
 from conversations import __version__
 from conversations.api import dialect
+from conversations.api.cursors import MAX_CURSOR
 from conversations.messages import CHANNELS
+from conversations.payloads import MAX_ID_BYTES
 from conversations.projections.location_conversations import STATUSES
 
 Schema = dict[str, Any]
@@ -80,7 +82,12 @@ def path(name: str, description: str) -> Schema:
         "required": True,
         "description": description,
         # A "/" in an id would address another path (HighLevel's ids never hold one).
-        "schema": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^/]+$"},
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_ID_BYTES,
+            "pattern": "^[^/]+$",
+        },
     }
 
 
@@ -138,8 +145,8 @@ def operation(
 
 # --- parameters -----------------------------------------------------------------------------
 
-_ID: Schema = {"type": "string", "maxLength": 256}
-_CURSOR: Schema = {"type": "string", "maxLength": 2048}
+_ID: Schema = {"type": "string", "maxLength": MAX_ID_BYTES}
+_CURSOR: Schema = {"type": "string", "maxLength": MAX_CURSOR}
 _TIMESTAMP: Schema = {
     "anyOf": [
         {"type": "string", "format": "date-time"},

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from conversations.payloads import MAX_ID_BYTES
+
 
 class Params:
     def __init__(self, request: Request, allowed: Sequence[str]) -> None:
@@ -17,7 +19,7 @@ class Params:
         if unknown:
             raise bad(unknown[0], f"unknown parameter; allowed: {', '.join(allowed)}")
 
-    def text(self, name: str, *, max_length: int = 256) -> str | None:
+    def text(self, name: str, *, max_length: int = MAX_ID_BYTES) -> str | None:
         values = self._query.getlist(name)
         if not values:
             return None
