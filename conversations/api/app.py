@@ -3,8 +3,9 @@ database engine and the group-commit writer."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -23,10 +24,9 @@ from conversations.ingest import Ingestor
 from conversations.keys import KeyCache
 from conversations.logs import access_log
 from conversations.metrics import Metrics
-from conversations.projections.registry import PROJECTIONS
-from conversations.projections.worker import CatchUpWorker
 from conversations.settings import Settings
 from conversations.signatures import SignatureVerifier
+from conversations.supervisor import Supervisor
 from conversations.writer import GroupCommitWriter
 
 
@@ -54,8 +54,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
         worker = None
         if settings.projection_worker:
-            worker = CatchUpWorker(read_engine, database_url, PROJECTIONS)
-            worker.start()
+            worker = projection_worker(database_url)
+            await worker.start()
         app.state.conversations = AppState(
             settings=settings,
             engine=engine,
@@ -80,7 +80,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             await appends.dispose()
             await engine.dispose()
             if worker is not None:
-                await asyncio.to_thread(worker.stop)
+                await worker.stop()
             read_engine.dispose()
 
     return Starlette(
@@ -98,6 +98,15 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         exception_handlers={HTTPException: http_exception, Exception: server_error},
         middleware=[Middleware(RequestLog, metrics=metrics)],
         lifespan=lifespan,
+    )
+
+
+def projection_worker(database_url: str) -> Supervisor:
+    """`conversations work` as a supervised child process, on this process's database
+    (given by URL, so an embedded PostgreSQL is not opened a second time)."""
+    command = [sys.executable, "-m", "conversations", "work", "--parent-pid", str(os.getpid())]
+    return Supervisor(
+        "projection worker", command, env={**os.environ, "DATABASE_URL": database_url}
     )
 
 
