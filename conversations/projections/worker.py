@@ -79,9 +79,21 @@ class CatchUpWorker:
                 ensure_checkpoints(conn, self._projections)
             while not self._done():
                 catch_up_all(self._engine, self._projections)
-                # Sleep until an append commits (or the poll interval passes), then let
-                # more arrive for a moment: under load a fold then covers many events
-                # (one transaction for a batch, not one per webhook), within the lag
-                # budget of a second.
-                for _ in listener.notifies(timeout=self._poll, stop_after=1):
-                    self._stopping.wait(self._gather)
+                self._wait(listener)
+
+    def _wait(self, listener: psycopg.Connection[object]) -> None:
+        """Sleep until an append commits (or the poll interval passes), then let more
+        arrive for a moment: under load a fold then covers many events (one transaction
+        for a batch, not one per webhook), within the lag budget of a second."""
+        notified = False
+        for _ in listener.notifies(timeout=self._poll):
+            notified = True
+            break
+        if not notified:
+            return
+        self._stopping.wait(self._gather)
+        # Every commit sends its own notification, and one read can bring dozens: the
+        # fold that follows covers all of them, so they are consumed here (and not each
+        # answered by another pause).
+        for _ in listener.notifies(timeout=0):
+            pass
