@@ -213,6 +213,7 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     import os
     import signal
 
+    from conversations.gc_tuning import freeze_startup_heap
     from conversations.projections.registry import PROJECTIONS
     from conversations.projections.worker import CatchUpWorker
     from conversations.supervisor import parent_gone
@@ -231,6 +232,7 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     # together, so the rolled back transaction is simply folded again by the next worker.
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
+    freeze_startup_heap()
     log.info(
         "projection worker running",
         extra={"database": handle.describe(), "pid": os.getpid()},
