@@ -6,7 +6,12 @@ one process, no access log) on a throwaway database:
 - `bare`: `bench/baselines.py` `POST /bare` (read the body, `json.loads`, answer `{}`);
 - `insert`: `bench/baselines.py` `POST /insert` (one autocommit `INSERT` per webhook
   through a psycopg pool of 10 connections);
-- `service`: `conversations serve`, `POST /webhooks/highlevel`, every body signed.
+- `service`: `conversations serve`, `POST /webhooks/highlevel`, every body signed; its
+  projection worker (a child process) keeps folding meanwhile, its CPU shown apart.
+
+While the service runs, a thread of this process samples each projection's lag from the
+database every 0.1 s (the age of the oldest event it has not applied, as `/projections`
+says), and after each run times how long the projections take to reach the newest event.
 
 This process is the load generator: a minimal HTTP/1.1 keep-alive client over asyncio
 streams (uvloop when installed) with every request's bytes built before the clock starts.
@@ -14,7 +19,9 @@ Concurrency C is C connections, each sending its next request as soon as the pre
 answer is read. Every request is a distinct webhook (its own `webhookId` and `messageId`).
 
     python bench/ingest.py [--requests 5000] [--concurrency 1,16,64] [--only bare,insert]
-    python bench/ingest.py --smoke    # CI: 50 requests at concurrency 1 and 4
+    python bench/ingest.py --smoke    # CI: 50 requests at concurrency 1 and 4; exit 1 on
+                                      # any failed request, count mismatch or projections
+                                      # that do not catch up
 """
 
 from __future__ import annotations
@@ -823,6 +830,9 @@ def main(argv: list[str] | None = None) -> int:
                             runs.append(result)
                             acked += result.acked
                             failed |= result.errors > 0
+                            if lag_url and result.catch_up is None:
+                                print("    projections did not catch up", file=sys.stderr)
+                                failed = True
                             print(
                                 f"  {name:<8} c={level:<3} {result.rate:>8,.0f}/s "
                                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
