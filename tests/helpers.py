@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import sqlalchemy
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
@@ -138,3 +139,14 @@ def message(**fields: Any) -> dict[str, Any]:
     }
     document.update(fields)
     return {key: value for key, value in document.items() if value is not ...}
+
+
+def hold_projection(conn: sqlalchemy.Connection, name: str) -> None:
+    """Lock the projection's checkpoint row for this transaction, as every catch-up worker
+    does before it folds. A test that folds into the live tables itself must: the session's
+    `serve` runs a worker on the same database, which could otherwise fold the same events
+    at the same time and commit its older view of them after the test's."""
+    conn.execute(
+        sqlalchemy.text("SELECT 1 FROM projection_checkpoints WHERE name = :name FOR UPDATE"),
+        {"name": name},
+    )

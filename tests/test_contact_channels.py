@@ -31,7 +31,7 @@ from conversations.projections.contact_channels import (
     contact_channels,
 )
 from conversations.store import StoredEvent, append_events, read_range
-from tests.helpers import message, new_id
+from tests.helpers import hold_projection, message, new_id
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -79,6 +79,7 @@ def fold(
     for start in range(0, len(ordered), size):
         chunk = ordered[start : start + size]
         with engine.begin() as conn:
+            hold_projection(conn, PROJECTION.name)
             PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), tables or Tables())
 
 

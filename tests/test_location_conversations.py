@@ -30,7 +30,7 @@ from conversations.projections.location_conversations import (
     search,
 )
 from conversations.store import StoredEvent, append_events, read_range
-from tests.helpers import message, new_id
+from tests.helpers import hold_projection, message, new_id
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -77,6 +77,7 @@ def fold(engine: sqlalchemy.Engine, events: Sequence[StoredEvent], cuts: Sequenc
     for start, stop in pairwise(bounds):
         chunk = ordered[start:stop]
         with engine.begin() as conn:
+            hold_projection(conn, PROJECTION.name)
             PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), Tables())
 
 
@@ -507,6 +508,7 @@ def test_tables_depend_only_on_the_set_of_events(
     if replay:
         repeated = [events[i] for i in sorted(replay)]
         with engine.begin() as conn:
+            hold_projection(conn, PROJECTION.name)
             PROJECTION.apply(conn, EventBatch(repeated, events[-1].position), Tables())
 
     assert rows(engine, shuffled) == rows(engine, reference)

@@ -36,7 +36,7 @@ from conversations.projections.timeline import (
     resolve_conversations,
 )
 from conversations.store import StoredEvent, append_events, head_position, read_range
-from tests.helpers import fixture, message, new_id
+from tests.helpers import fixture, hold_projection, message, new_id
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -114,6 +114,7 @@ class Harness:
 
     def fold(self, batch_size: int = 1000) -> None:
         with self.engine.begin() as conn:
+            hold_projection(conn, PROJECTION.name)
             head = head_position(conn)
             events = read_range(conn, self.position, head, 1_000_000)
             for batch in cut(events, itertools.repeat(batch_size)):
