@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -641,7 +641,10 @@ def _print_table(results: list[Result], repeat: int) -> None:
     insert = {r.concurrency: r.rate for r in results if r.server == "insert"}
     print()
     if repeat > 1:
-        print(f"median run of {repeat} per row (by webhooks/s); errors summed over all runs")
+        print(
+            f"median run of {repeat} per row (by webhooks/s); errors summed, lag and "
+            "catch-up the worst of all runs"
+        )
     print(
         "| server | concurrency | requests | webhooks/s | p50 ms | p99 ms | errors "
         "| vs insert | max lag s | catch-up s | CPU load gen | CPU server | CPU worker "
@@ -658,6 +661,14 @@ def _print_table(results: list[Result], repeat: int) -> None:
             f"| {_seconds(r.catch_up)} | {r.generator_cpu:.0%} | {r.server_cpu:.0%} "
             f"| {_share(r.worker_cpu)} | {r.other_cpu:.0%} |"
         )
+
+
+def _worst(values: Iterable[float | None]) -> float | None:
+    """The largest, None if any is None (the projections did not catch up) or none."""
+    listed = list(values)
+    if not listed or any(value is None for value in listed):
+        return None
+    return max(value for value in listed if value is not None)
 
 
 def _seconds(value: float | None) -> str:
@@ -843,7 +854,14 @@ def main(argv: list[str] | None = None) -> int:
                                 flush=True,
                             )
                         median = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
-                        results.append(replace(median, errors=sum(r.errors for r in runs)))
+                        results.append(
+                            replace(
+                                median,
+                                errors=sum(r.errors for r in runs),
+                                lag_max=_worst(r.lag_max for r in runs),
+                                catch_up=_worst(r.catch_up for r in runs),
+                            )
+                        )
                     table = {"insert": "baseline_events", "service": "events"}.get(name)
                     if table is not None:
                         stored = _count(url, table)
