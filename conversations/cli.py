@@ -232,12 +232,12 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     # together, so the rolled back transaction is simply folded again by the next worker.
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    freeze_startup_heap()
-    log.info(
-        "projection worker running",
-        extra={"database": handle.describe(), "pid": os.getpid()},
-    )
     try:
+        freeze_startup_heap()
+        log.info(
+            "projection worker running",
+            extra={"database": handle.describe(), "pid": os.getpid()},
+        )
         worker.run()
     except _Stop:
         pass
