@@ -6,7 +6,12 @@ one process, no access log) on a throwaway database:
 - `bare`: `bench/baselines.py` `POST /bare` (read the body, `json.loads`, answer `{}`);
 - `insert`: `bench/baselines.py` `POST /insert` (one autocommit `INSERT` per webhook
   through a psycopg pool of 10 connections);
-- `service`: `conversations serve`, `POST /webhooks/highlevel`, every body signed.
+- `service`: `conversations serve`, `POST /webhooks/highlevel`, every body signed; its
+  projection worker (a child process) keeps folding meanwhile, its CPU shown apart.
+
+While the service runs, a thread of this process samples each projection's lag from the
+database every 0.1 s (the age of the oldest event it has not applied, as `/projections`
+says), and after each run times how long the projections take to reach the newest event.
 
 This process is the load generator: a minimal HTTP/1.1 keep-alive client over asyncio
 streams (uvloop when installed) with every request's bytes built before the clock starts.
@@ -14,7 +19,9 @@ Concurrency C is C connections, each sending its next request as soon as the pre
 answer is read. Every request is a distinct webhook (its own `webhookId` and `messageId`).
 
     python bench/ingest.py [--requests 5000] [--concurrency 1,16,64] [--only bare,insert]
-    python bench/ingest.py --smoke    # CI: 50 requests at concurrency 1 and 4
+    python bench/ingest.py --smoke    # CI: 50 requests at concurrency 1 and 4; exit 1 on
+                                      # any failed request, count mismatch or projections
+                                      # that do not catch up
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ import string
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -316,6 +324,15 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux /proc; none when unknown)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in listed.split()]
+    except (OSError, ValueError):
+        return []
+
+
 def _machine_cpu() -> float:
     """Seconds of CPU the whole machine has spent busy (Linux /proc/stat), 0.0 if unknown."""
     try:
@@ -426,6 +443,88 @@ def _checkpoint(url: str) -> None:
         print(f"  CHECKPOINT failed (ignored): {error}", file=sys.stderr)
 
 
+# --- projection lag -----------------------------------------------------------------------
+
+# The age of the oldest event each projection has not applied (0 when caught up): what
+# `/projections`, `/readyz` and `conversations status` call its lag. Before the service's
+# worker has created the checkpoint rows, nothing is applied: one row, named "(none)".
+_LAG = """
+    SELECT coalesce(c.name, '(none)'),
+           coalesce(extract(epoch FROM clock_timestamp() - (
+               SELECT recorded_at FROM events WHERE position > coalesce(c.position, 0)
+                ORDER BY position LIMIT 1)), 0)::float8
+      FROM (SELECT) AS one LEFT JOIN projection_checkpoints c ON true
+"""
+# Caught up: the checkpoint rows exist (the worker creates all of them in one
+# transaction) and none is below the newest event.
+_CAUGHT_UP = """
+    SELECT EXISTS (SELECT FROM projection_checkpoints)
+       AND NOT EXISTS (SELECT FROM projection_checkpoints
+                        WHERE position < (SELECT coalesce(max(position), 0) FROM events))
+"""
+
+
+@dataclass
+class LagSampler:
+    """Samples each projection's lag from the database every `interval` seconds on a
+    thread of its own (its own connection), while the load runs."""
+
+    url: str
+    interval: float = 0.1
+    worst: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    failure: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _conn: psycopg.Connection[Any] = field(init=False)
+
+    def __enter__(self) -> LagSampler:
+        self._conn = psycopg.connect(self.url, autocommit=True)  # before the clock starts
+        self._thread = threading.Thread(target=self._sample, name="lag-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._conn.close()
+
+    def _sample(self) -> None:
+        """From the start of the run to its end, both included."""
+        try:
+            while True:
+                for name, lag in self._conn.execute(_LAG).fetchall():
+                    self.worst[name] = max(self.worst.get(name, 0.0), float(lag))
+                self.samples += 1
+                if self._stop.is_set():
+                    return
+                self._stop.wait(self.interval)
+        except psycopg.Error as error:
+            self.failure = str(error)
+
+    @property
+    def max_lag(self) -> float | None:
+        return max(self.worst.values()) if self.worst else None
+
+    @property
+    def by_projection(self) -> str:
+        return ", ".join(f"{name} {lag:.2f}" for name, lag in sorted(self.worst.items()))
+
+
+def catch_up_seconds(url: str, timeout: float = 120.0) -> float | None:
+    """Seconds from now (the last webhook answered) until every projection reached the
+    newest event; None when that did not happen within `timeout`."""
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.perf_counter() - started < timeout:
+            row = conn.execute(_CAUGHT_UP).fetchone()
+            if row is not None and row[0]:
+                return time.perf_counter() - started
+            time.sleep(0.01)
+    return None
+
+
 def _servers(
     url: str, public_pem: str, service_command: list[str], service_env: dict[str, str]
 ) -> dict[str, Server]:
@@ -464,7 +563,12 @@ class Result:
     p99_ms: float
     generator_cpu: float
     server_cpu: float
+    worker_cpu: float
     other_cpu: float
+    lag_max: float | None = None
+    """The service's worst projection lag sampled during the run (seconds)."""
+    catch_up: float | None = None
+    """Seconds from the last answer until every projection had folded every event."""
 
     @property
     def rate(self) -> float:
@@ -478,18 +582,39 @@ def _percentile(ordered: Sequence[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def measure(server: str, port: int, pid: int, requests: list[bytes], concurrency: int) -> Result:
+def measure(
+    server: str,
+    port: int,
+    pid: int,
+    requests: list[bytes],
+    concurrency: int,
+    lag_url: str | None = None,
+) -> Result:
+    """One run against the server process `pid`; the CPU of its child processes (the
+    service's projection worker) is counted apart. With `lag_url`, the projections' lag
+    is sampled during the run and their catch-up timed after it."""
     load = Load(requests)
+    sampler = LagSampler(lag_url) if lag_url else None
+    children = _children(pid)
     gc.collect()
     gc.disable()
     try:
         cpu_gen, cpu_server, cpu_all = time.process_time(), _process_cpu(pid), _machine_cpu()
-        seconds = _run(_drive(port, load, concurrency))
+        cpu_children = sum(map(_process_cpu, children))
+        if sampler is not None:
+            with sampler:
+                seconds = _run(_drive(port, load, concurrency))
+        else:
+            seconds = _run(_drive(port, load, concurrency))
         cpu_gen = time.process_time() - cpu_gen
         cpu_server = _process_cpu(pid) - cpu_server
+        cpu_children = sum(map(_process_cpu, children)) - cpu_children
         cpu_all = _machine_cpu() - cpu_all
     finally:
         gc.enable()
+    catch_up = catch_up_seconds(lag_url) if lag_url else None
+    if sampler is not None and sampler.failure:
+        print(f"    lag sampling failed: {sampler.failure}", file=sys.stderr)
     for sample in load.error_samples:
         print(f"    error sample: {sample}", file=sys.stderr)
     ordered = sorted(load.latencies)
@@ -505,7 +630,10 @@ def measure(server: str, port: int, pid: int, requests: list[bytes], concurrency
         p99_ms=_percentile(ordered, 0.99) * 1000,
         generator_cpu=cpu_gen / seconds,
         server_cpu=cpu_server / seconds,
-        other_cpu=max(0.0, cpu_all - cpu_gen - cpu_server) / seconds,
+        worker_cpu=cpu_children / seconds,
+        other_cpu=max(0.0, cpu_all - cpu_gen - cpu_server - cpu_children) / seconds,
+        lag_max=sampler.max_lag if sampler is not None else None,
+        catch_up=catch_up,
     )
 
 
@@ -513,21 +641,42 @@ def _print_table(results: list[Result], repeat: int) -> None:
     insert = {r.concurrency: r.rate for r in results if r.server == "insert"}
     print()
     if repeat > 1:
-        print(f"median run of {repeat} per row (by webhooks/s); errors summed over all runs")
+        print(
+            f"median run of {repeat} per row (by webhooks/s); errors summed, lag and "
+            "catch-up the worst of all runs"
+        )
     print(
         "| server | concurrency | requests | webhooks/s | p50 ms | p99 ms | errors "
-        "| vs insert | CPU load gen | CPU server | CPU rest |"
+        "| vs insert | max lag s | catch-up s | CPU load gen | CPU server | CPU worker "
+        "| CPU rest |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in results:
         ratio = ""
         if r.server != "insert" and r.concurrency in insert:
             ratio = f"{r.rate / insert[r.concurrency]:.2f}x"
         print(
             f"| {r.server} | {r.concurrency} | {r.requests} | {r.rate:,.0f} | {r.p50_ms:.2f} "
-            f"| {r.p99_ms:.2f} | {r.errors} | {ratio} | {r.generator_cpu:.0%} "
-            f"| {r.server_cpu:.0%} | {r.other_cpu:.0%} |"
+            f"| {r.p99_ms:.2f} | {r.errors} | {ratio} | {_seconds(r.lag_max)} "
+            f"| {_seconds(r.catch_up)} | {r.generator_cpu:.0%} | {r.server_cpu:.0%} "
+            f"| {_share(r.worker_cpu)} | {r.other_cpu:.0%} |"
         )
+
+
+def _worst(values: Iterable[float | None]) -> float | None:
+    """The largest, None if any is None (the projections did not catch up) or none."""
+    listed = list(values)
+    if not listed or any(value is None for value in listed):
+        return None
+    return max(value for value in listed if value is not None)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def _share(value: float) -> str:
+    return f"{value:.0%}" if value else ""
 
 
 def _print_targets(results: list[Result], concurrency: int) -> None:
@@ -551,6 +700,19 @@ def _print_targets(results: list[Result], concurrency: int) -> None:
     print(
         f"target at concurrency {concurrency}: service p99 < 50 ms: {met} ({service.p99_ms:.2f} ms)"
     )
+    if service.lag_max is not None:
+        met = "met" if service.lag_max < 1 else "NOT met"
+        print(
+            f"target at concurrency {concurrency}: projection lag < 1 s (issue 3): {met} "
+            f"(worst sampled {service.lag_max:.2f} s; all caught up "
+            f"{_seconds(service.catch_up) or 'NOT within 120'} s after the last answer)"
+        )
+
+
+def _lag_note(result: Result) -> str:
+    if result.lag_max is None:
+        return ""
+    return f"  lag max {result.lag_max:.2f} s, caught up after {_seconds(result.catch_up)} s"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -614,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="extra environment for the service, e.g. CONVERSATIONS_PROJECTION_WORKER=false",
     )
+    parser.add_argument(
+        "--no-lag",
+        dest="lag",
+        action="store_false",
+        help="do not sample the service's projection lag (e.g. with its worker off)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--smoke",
@@ -628,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
 
+    worker = dict(args.service_env).get("CONVERSATIONS_PROJECTION_WORKER", "true")
+    lag = args.lag and worker.strip().lower() not in ("0", "false", "no", "off")
     key = Ed25519PrivateKey.generate()
     public_pem = (
         key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
@@ -652,30 +822,46 @@ def main(argv: list[str] | None = None) -> int:
                 log = Path(tmp) / f"{name}.log"
                 _checkpoint(url)
                 print(f"  {name}: load average before start {os.getloadavg()[0]:.2f}", flush=True)
+                # Only the service has projections (and only when its worker runs).
+                lag_url = url if name == "service" and lag else None
                 with serving(server, port, log) as process:
                     acked = 0
                     if args.warmup:
                         warm = build_requests(corpus, key, port, server.path, args.warmup)
                         warmed = measure(name, port, process.pid, warm, 8)
+                        if lag_url:  # every level starts with the projections caught up
+                            catch_up_seconds(lag_url)
                         acked += warmed.acked
                         failed |= warmed.errors > 0
                     for level in args.concurrency:
                         runs: list[Result] = []
                         for _ in range(args.repeat):
                             requests = build_requests(corpus, key, port, server.path, args.requests)
-                            result = measure(name, port, process.pid, requests, level)
+                            result = measure(name, port, process.pid, requests, level, lag_url)
                             runs.append(result)
                             acked += result.acked
                             failed |= result.errors > 0
+                            if lag_url and result.catch_up is None:
+                                print("    projections did not catch up", file=sys.stderr)
+                                failed = True
                             print(
                                 f"  {name:<8} c={level:<3} {result.rate:>8,.0f}/s "
                                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
                                 f"errors {result.errors}  CPU gen {result.generator_cpu:.0%} "
-                                f"server {result.server_cpu:.0%} rest {result.other_cpu:.0%}",
+                                f"server {result.server_cpu:.0%} worker "
+                                f"{result.worker_cpu:.0%} rest {result.other_cpu:.0%}"
+                                + _lag_note(result),
                                 flush=True,
                             )
                         median = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
-                        results.append(replace(median, errors=sum(r.errors for r in runs)))
+                        results.append(
+                            replace(
+                                median,
+                                errors=sum(r.errors for r in runs),
+                                lag_max=_worst(r.lag_max for r in runs),
+                                catch_up=_worst(r.catch_up for r in runs),
+                            )
+                        )
                     table = {"insert": "baseline_events", "service": "events"}.get(name)
                     if table is not None:
                         stored = _count(url, table)

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help="do not apply pending migrations on start (CONVERSATIONS_AUTO_MIGRATE=false)",
     )
 
+    work = commands.add_parser(
+        "work", help="keep the projections current (what `serve` runs beside itself)"
+    )
+    # Given by `serve` to the worker it starts: stop when that process is gone.
+    work.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
     migrate = commands.add_parser("migrate", help="apply schema migrations")
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
     migrate.add_argument(
@@ -172,6 +178,8 @@ def _run(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -
     command: str = args.command
     if command == "serve":
         return _serve(args, settings, handle)
+    if command == "work":
+        return _work(args, settings, handle)
     if command == "migrate":
         return _migrate(args, handle)
     if command == "import":
@@ -259,6 +267,54 @@ def _migrate(args: argparse.Namespace, handle: DatabaseHandle) -> int:
     finally:
         engine.dispose()
     log.info("migrations applied", extra={"database": handle.describe()})
+    return 0
+
+
+class _Stop(BaseException):
+    """SIGTERM (or SIGINT) asked the worker to stop."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
+    import os
+    import signal
+
+    from conversations.gc_tuning import freeze_startup_heap
+    from conversations.projections.registry import PROJECTIONS
+    from conversations.projections.worker import CatchUpWorker
+    from conversations.supervisor import parent_gone
+
+    parent: int | None = args.parent_pid
+    engine = create_engine(
+        handle.url, connect_args={"connect_timeout": int(max(2, settings.db_timeout))}
+    )
+    worker = CatchUpWorker(
+        engine,
+        handle.url,
+        PROJECTIONS,
+        orphaned=(lambda: parent_gone(parent)) if parent is not None else (lambda: False),
+    )
+    # A stop signal interrupts even a fold in progress: its batch and checkpoint commit
+    # together, so the rolled back transaction is simply folded again by the next worker.
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    try:
+        freeze_startup_heap()
+        log.info(
+            "projection worker running",
+            extra={"database": handle.describe(), "pid": os.getpid()},
+        )
+        worker.run()
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        engine.dispose()
+    log.info("projection worker stopped")
     return 0
 
 

@@ -41,6 +41,9 @@ class NewEvent:
     raw: bytes
     metadata: dict[str, Any]
     dedup_key: str
+    payload_is_raw: bool = False
+    """`payload_json` is exactly `raw` decoded (the usual case): the store then sends
+    the bytes once and lets PostgreSQL decode them, instead of sending both."""
 
 
 # --- canonical JSON and keys ----------------------------------------------------------------
@@ -173,16 +176,18 @@ def to_new_event(
     metadata: dict[str, Any],
 ) -> NewEvent:
     """The event for one delivery; `document`/`raw_text` are what `parse_json_object` gave."""
+    payload_json = jsonb_text(raw_text, document)
     return NewEvent(
         location_id=payload.locationId,
         stream_id=_stream_id(payload),
         event_type=payload.type,
         message_id=message_identity(payload) if isinstance(payload, MessagePayload) else None,
         occurred_at=payload.dateAdded if isinstance(payload, MessagePayload) else None,
-        payload_json=jsonb_text(raw_text, document),
+        payload_json=payload_json,
         raw=raw,
         metadata=metadata,
         dedup_key=dedup_key(document),
+        payload_is_raw=payload_json is raw_text,
     )
 
 
@@ -207,6 +212,9 @@ def _finite_float(text: str) -> float:
         raise NotJSONError(f"the body contains the number {text[:40]}, too large for a float")
     return value
 
+
+# Built once: json.loads with hooks builds a new decoder for every body.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 _KINDS: tuple[tuple[type, str], ...] = (
     (list, "a JSON array"),
@@ -233,7 +241,7 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
     if not text.strip():
         raise NotJSONError("the body is empty")
     try:
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        document = _DECODER.decode(text)
     except NotJSONError:
         raise
     except json.JSONDecodeError as error:

@@ -113,10 +113,9 @@ class Ingestor:
         if is_unavailable(error) and isinstance(error, DBAPIError):
             return self.unavailable(type(error).__name__)
         log.exception("unexpected error while ingesting a webhook")
-        kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
         try:
             qid = await self._quarantine(
-                raw, kept, source, "internal_error", f"{type(error).__name__}: {error}"
+                raw, _kept(headers), source, "internal_error", f"{type(error).__name__}: {error}"
             )
         except StoreUnavailable as failure:
             return self.unavailable(str(failure))
@@ -143,12 +142,11 @@ class Ingestor:
                 extra={"bytes": len(raw), "signature": verification.header},
             )
             return problem(401, "unauthenticated", "Invalid signature", verification.reason)
-        kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
         prepared = prepare(raw, source, verification)
         if isinstance(prepared, Rejection):
             qid = await self._quarantine(
                 raw,
-                kept,
+                _kept(headers),
                 source,
                 prepared.reason,
                 prepared.detail,
@@ -165,7 +163,13 @@ class Ingestor:
             result = await self._writer.append(event)
         except EventRejected as error:
             qid = await self._quarantine(
-                raw, kept, source, "rejected_by_database", str(error), (), event.location_id
+                raw,
+                _kept(headers),
+                source,
+                "rejected_by_database",
+                str(error),
+                (),
+                event.location_id,
             )
             return _quarantined(qid, "rejected_by_database", str(error))
         return Outcome(
@@ -240,6 +244,11 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
             location if isinstance(location, str) and location.strip() else None,
         )
     return to_new_event(payload, document, raw, raw_text, _metadata(verification, document, source))
+
+
+def _kept(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers kept with a quarantined body (only built when one is kept)."""
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
 
 
 def _quarantined(qid: int, reason: str, detail: str) -> Outcome:

@@ -85,8 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CONVERSATIONS_PROJECTION_WORKER",
         "true",
-        "`serve` keeps the projections current in a background worker woken by new events "
-        "(`false` to leave that to other processes).",
+        "`serve` keeps the projections current with a catch-up worker (`conversations work`) "
+        "it runs as a child process, restarted if it dies (`false`: run `conversations work` "
+        "elsewhere, or not at all).",
     ),
     Setting(
         "CONVERSATIONS_READY_MAX_LAG",

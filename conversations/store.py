@@ -66,7 +66,8 @@ _INSERT_EVENTS = text(
     INSERT INTO events (location_id, stream_id, event_type, message_id, occurred_at,
                         payload, raw, metadata, dedup_key)
     SELECT u.location_id, u.stream_id, u.event_type, u.message_id, u.occurred_at,
-           u.payload::jsonb, u.raw, u.metadata::jsonb, u.dedup_key
+           coalesce(u.payload, convert_from(u.raw, 'UTF8'))::jsonb, u.raw, u.metadata::jsonb,
+           u.dedup_key
       FROM unnest(CAST(:location_id AS text[]), CAST(:stream_id AS text[]),
                   CAST(:event_type AS text[]), CAST(:message_id AS text[]),
                   CAST(:occurred_at AS timestamptz[]), CAST(:payload AS text[]),
@@ -266,6 +267,10 @@ def read_feed(
     return [FeedEvent(**row._mapping) for row in result]
 
 
+# Built once (json.dumps with options builds an encoder per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 async def append_events(conn: AsyncConnection, batch: Sequence[NewEvent]) -> list[AppendResult]:
     """Append a batch in the caller's transaction, absorbing duplicates.
 
@@ -280,9 +285,10 @@ async def append_events(conn: AsyncConnection, batch: Sequence[NewEvent]) -> lis
         "event_type": [e.event_type for e in batch],
         "message_id": [e.message_id for e in batch],
         "occurred_at": [e.occurred_at for e in batch],
-        "payload": [e.payload_json for e in batch],
+        # NULL: the payload is the raw bytes as text (most webhooks: sent once, not twice).
+        "payload": [None if e.payload_is_raw else e.payload_json for e in batch],
         "raw": [e.raw for e in batch],
-        "metadata": [json.dumps(e.metadata, separators=(",", ":")) for e in batch],
+        "metadata": [_COMPACT.encode(e.metadata) for e in batch],
         "dedup_key": [e.dedup_key for e in batch],
     }
     found: dict[str, AppendResult] = {}

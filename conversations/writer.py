@@ -10,6 +10,7 @@ after its transaction committed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -29,9 +30,11 @@ from conversations.store import (
 log = logging.getLogger("conversations.writer")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     event: NewEvent
+    deadline: float
+    """Loop time after which the webhook is answered 503 if not committed."""
     future: asyncio.Future[AppendResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -39,13 +42,24 @@ class _Pending:
 
 class GroupCommitWriter:
     def __init__(
-        self, engine: AsyncEngine, *, batch_max: int, timeout: float, queue_max: int = 10_000
+        self,
+        engine: AsyncEngine,
+        *,
+        batch_max: int,
+        timeout: float,
+        queue_max: int = 10_000,
+        sweep_interval: float = 0.05,
     ) -> None:
         self._engine = engine
         self._batch_max = batch_max
         self._timeout = timeout
+        self._sweep_interval = min(sweep_interval, timeout / 4)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
+        # Every webhook waiting for an answer, oldest first (same timeout for all, so
+        # deadlines are in order too); completed ones leave it when they reach the front.
+        self._waiting: collections.deque[_Pending] = collections.deque()
         self._task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._failing = False
 
     @property
@@ -55,6 +69,7 @@ class GroupCommitWriter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+        self._sweeper = asyncio.create_task(self._expire(), name="group-commit-deadlines")
 
     async def stop(self) -> None:
         """Finish what is queued (bounded by the timeout), then stop."""
@@ -62,10 +77,12 @@ class GroupCommitWriter:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), self._timeout)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for task in (self._task, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._sweeper = None
 
     async def append(self, event: NewEvent) -> AppendResult:
         """Store one event; returns after its transaction committed.
@@ -74,17 +91,31 @@ class GroupCommitWriter:
         still commit later: a retry is then answered as a duplicate) and EventRejected
         when the database refuses this event's data.
         """
-        pending = _Pending(event)
+        # One future per webhook and no timer of its own: `_expire` enforces every
+        # deadline (asyncio.wait_for and shield cost more than the rest of the wait).
+        pending = _Pending(event, asyncio.get_running_loop().time() + self._timeout)
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
             raise StoreUnavailable("too many webhooks are waiting for the database") from None
-        try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), self._timeout)
-        except TimeoutError:
-            # Not committed in time: skip it if it has not been taken yet.
-            pending.future.cancel()
-            raise StoreUnavailable("the database did not confirm the write in time") from None
+        self._waiting.append(pending)
+        return await pending.future
+
+    async def _expire(self) -> None:
+        """Answer 503 to every webhook whose deadline passed; a batch that commits after
+        that finds its future done and leaves it (a retry is then a duplicate), and one
+        not taken yet is skipped."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            now = loop.time()
+            while waiting and (waiting[0].future.done() or waiting[0].deadline <= now):
+                pending = waiting.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        StoreUnavailable("the database did not confirm the write in time")
+                    )
 
     async def _run(self) -> None:
         while True:

@@ -69,6 +69,32 @@ def test_append_assigns_positions_versions_and_keeps_bytes(database_url: str) ->
     run(database_url, work)
 
 
+def test_the_payload_is_decoded_from_the_raw_bytes_or_sent_scrubbed(database_url: str) -> None:
+    """A payload equal to the body is sent once (as the raw bytes) and decoded by
+    PostgreSQL; one that jsonb cannot take as sent (a \\u0000 escape) is sent scrubbed."""
+    location = new_id("loc")
+
+    def event(body: str) -> NewEvent:
+        raw = json.dumps(message(locationId=location, body=body), ensure_ascii=False).encode()
+        parsed, raw_text = parse_json_object(raw)
+        return to_new_event(parse_payload(parsed), parsed, raw, raw_text, {"source": "test"})
+
+    plain = event('h\u00e9llo \U0001f44b "q" \\ \n\t')
+    nul = event("a\u0000b")
+    assert plain.payload_is_raw and not nul.payload_is_raw
+
+    async def work(engine: AsyncEngine) -> None:
+        first, second = await append(engine, plain, nul)
+        async with engine.connect() as conn:
+            stored = {s.position: s for s in await read_after(conn, first.position - 1, 2)}
+        assert stored[first.position].payload == json.loads(plain.raw)
+        assert stored[first.position].raw == plain.raw
+        assert stored[second.position].payload["body"] == "a\ufffdb"
+        assert stored[second.position].raw == nul.raw
+
+    run(database_url, work)
+
+
 def test_duplicates_answer_the_original_position(database_url: str) -> None:
     document = message()
     reordered = json.loads(json.dumps(dict(reversed(list(document.items())))))

@@ -3,8 +3,9 @@ database engine and the group-commit writer."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -26,14 +27,14 @@ from conversations.api.problems import (
 )
 from conversations.api.state import AppState
 from conversations.database import create_async_engine, create_engine
+from conversations.gc_tuning import freeze_startup_heap
 from conversations.ingest import Ingestor
 from conversations.keys import KeyCache
 from conversations.logs import access_log
 from conversations.metrics import Metrics
-from conversations.projections.registry import PROJECTIONS
-from conversations.projections.worker import CatchUpWorker
 from conversations.settings import Settings
 from conversations.signatures import SignatureVerifier
+from conversations.supervisor import Supervisor
 from conversations.writer import GroupCommitWriter
 
 
@@ -63,8 +64,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         await read_pool.open(wait=False)  # the service starts even if the database is late
         worker = None
         if settings.projection_worker:
-            worker = CatchUpWorker(read_engine, database_url, PROJECTIONS)
-            worker.start()
+            worker = projection_worker(database_url)
+            await worker.start()
         app.state.conversations = AppState(
             settings=settings,
             engine=engine,
@@ -83,6 +84,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             keys=KeyCache(read_engine),
             cursors=Cursors(read_engine),
         )
+        freeze_startup_heap()  # see gc_tuning: the p99 at concurrency 64
         try:
             yield
         finally:
@@ -90,7 +92,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             await appends.dispose()
             await engine.dispose()
             if worker is not None:
-                await asyncio.to_thread(worker.stop)
+                await worker.stop()
             read_engine.dispose()
             await read_pool.close()
 
@@ -113,6 +115,15 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         },
         middleware=[Middleware(RequestLog, metrics=metrics)],
         lifespan=lifespan,
+    )
+
+
+def projection_worker(database_url: str) -> Supervisor:
+    """`conversations work` as a supervised child process, on this process's database
+    (given by URL, so an embedded PostgreSQL is not opened a second time)."""
+    command = [sys.executable, "-m", "conversations", "work", "--parent-pid", str(os.getpid())]
+    return Supervisor(
+        "projection worker", command, env={**os.environ, "DATABASE_URL": database_url}
     )
 
 

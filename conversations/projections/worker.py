@@ -1,11 +1,17 @@
-"""The catch-up worker `serve` runs: woken by NOTIFY when appends commit, it folds new
-events into every projection, and polls now and then in case a notification was lost."""
+"""The catch-up worker: woken by NOTIFY when appends commit, it folds new events into
+every projection, and polls now and then in case a notification was lost.
+
+It runs in a process of its own (`conversations work`, which `serve` starts and
+supervises), never in the HTTP process: a fold is CPU work, and sharing the HTTP
+process's interpreter lock with it slowed every webhook. Any number of workers may run
+against one database; they coordinate through the checkpoint rows (see runner.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg
 from sqlalchemy import Engine
@@ -32,28 +38,32 @@ class CatchUpWorker:
         projections: Sequence[Projection],
         poll_interval: float = 1.0,
         gather: float = 0.05,
+        orphaned: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`orphaned` is asked at least every `poll_interval` seconds; when it says
+        True the worker stops (a child whose supervisor died must not run on)."""
         self._engine = engine
         self._url = libpq_url(url)
         self._projections = tuple(projections)
         self._poll = poll_interval
         self._gather = gather
+        self._orphaned = orphaned
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="catch-up", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
+        """Ask `run` to return (from a signal handler or another thread)."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
-    def _run(self) -> None:
+    def _done(self) -> bool:
+        if not self._stopping.is_set() and self._orphaned():
+            log.warning("projection worker stops: the process that started it is gone")
+            self._stopping.set()
+        return self._stopping.is_set()
+
+    def run(self) -> None:
+        """Fold until stopped; a failure (database away) is retried with backoff."""
         backoff = 0.5
-        while not self._stopping.is_set():
+        while not self._done():
             try:
                 self._listen_and_fold()
                 backoff = 0.5
@@ -67,11 +77,23 @@ class CatchUpWorker:
             listener.execute(f"LISTEN {CHANNEL}")
             with self._engine.begin() as conn:
                 ensure_checkpoints(conn, self._projections)
-            while not self._stopping.is_set():
+            while not self._done():
                 catch_up_all(self._engine, self._projections)
-                # Sleep until an append commits (or the poll interval passes), then let
-                # more arrive for a moment: under load a fold then covers many events
-                # (one transaction for a batch, not one per webhook), within the lag
-                # budget of a second.
-                for _ in listener.notifies(timeout=self._poll, stop_after=1):
-                    self._stopping.wait(self._gather)
+                self._wait(listener)
+
+    def _wait(self, listener: psycopg.Connection[object]) -> None:
+        """Sleep until an append commits (or the poll interval passes), then let more
+        arrive for a moment: under load a fold then covers many events (one transaction
+        for a batch, not one per webhook), within the lag budget of a second."""
+        notified = False
+        for _ in listener.notifies(timeout=self._poll):
+            notified = True
+            break
+        if not notified:
+            return
+        self._stopping.wait(self._gather)
+        # Every commit sends its own notification, and one read can bring dozens: the
+        # fold that follows covers all of them, so they are consumed here (and not each
+        # answered by another pause).
+        for _ in listener.notifies(timeout=0):
+            pass

@@ -1,0 +1,243 @@
+"""The projection worker runs in its own process: `serve` starts it as a supervised child
+(restarted when it dies, stopped with the server, never left behind), and `conversations
+work` runs the same worker standalone, any number of them beside each other.
+
+These run on their own database, so that no other test's worker folds what these expect
+to stay behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+
+from conversations import migrate
+from conversations.cli import main
+from conversations.database import create_database, create_engine, drop_database
+from conversations.supervisor import Supervisor
+from tests.conftest import REPO, start_server
+from tests.helpers import KeyPair, Server, message, new_id
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def worker_database(server_url: str) -> Iterator[str]:
+    name = f"conversations_work_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        migrate.upgrade(conn)
+    engine.dispose()
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.fixture(scope="module")
+def worker_engine(worker_database: str) -> Iterator[sqlalchemy.Engine]:
+    engine = create_engine(worker_database)
+    yield engine
+    engine.dispose()
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    try:
+        text_ = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text_.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not reaped it yet
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def one_child(server: Server) -> int:
+    found: list[int] = []
+
+    def has_one() -> bool:
+        found[:] = children(server.process.pid)
+        return len(found) == 1
+
+    wait_for(has_one, 20, "serve has exactly one worker child")
+    return found[0]
+
+
+def folded(engine: sqlalchemy.Engine, location: str) -> int:
+    with engine.connect() as conn:
+        count = conn.scalar(
+            text("SELECT count(*) FROM timeline_messages WHERE location_id = :l"), {"l": location}
+        )
+    return int(count or 0)
+
+
+def post_new(server: Server, count: int = 1) -> str:
+    location = new_id("loc")
+    for _ in range(count):
+        assert server.post(message(locationId=location)).status_code == 201
+    return location
+
+
+def start_work(database_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "conversations", "work"],
+        env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "info"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+# --- serve supervises its worker --------------------------------------------------------------
+
+
+def test_serve_restarts_a_worker_that_dies(
+    worker_database: str, worker_engine: sqlalchemy.Engine, keys: KeyPair
+) -> None:
+    server = start_server(worker_database, keys, CONVERSATIONS_LOG_LEVEL="info")
+    try:
+        first = one_child(server)
+        location = post_new(server)
+        wait_for(lambda: folded(worker_engine, location) == 1, 20, "folded by the first worker")
+
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: children(server.process.pid) not in ([], [first]), 20, "restarted")
+        second = one_child(server)
+        assert second != first
+        location = post_new(server, 3)
+        wait_for(lambda: folded(worker_engine, location) == 3, 20, "folded by the restarted one")
+        assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200
+    finally:
+        server.stop()
+    assert "projection worker exited (status -9); restarting" in server.output
+
+
+def test_stopping_serve_stops_its_worker(worker_database: str, keys: KeyPair) -> None:
+    server = start_server(worker_database, keys, CONVERSATIONS_LOG_LEVEL="info")
+    worker = one_child(server)
+    wait_for(lambda: "projection worker running" in server.output, 20, "the worker runs")
+    server.stop()
+    assert not alive(worker)
+    assert '"message": "projection worker stopped"' in server.output
+
+
+def test_a_worker_whose_serve_was_killed_stops_by_itself(
+    worker_database: str, keys: KeyPair
+) -> None:
+    server = start_server(worker_database, keys)
+    worker = one_child(server)
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.stop()
+    wait_for(lambda: not alive(worker), 15, "the orphaned worker exits")
+
+
+def test_serve_without_the_worker_setting_starts_none(worker_database: str, keys: KeyPair) -> None:
+    server = start_server(worker_database, keys, CONVERSATIONS_PROJECTION_WORKER="false")
+    try:
+        time.sleep(1.0)
+        assert children(server.process.pid) == []
+    finally:
+        server.stop()
+
+
+# --- conversations work --------------------------------------------------------------------------
+
+
+def test_standalone_workers_fold_exactly_once_and_stop_on_sigterm(
+    worker_database: str,
+    worker_engine: sqlalchemy.Engine,
+    keys: KeyPair,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = start_server(worker_database, keys, CONVERSATIONS_PROJECTION_WORKER="false")
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        location = post_new(server, 5)
+        time.sleep(0.5)
+        assert folded(worker_engine, location) == 0  # nobody folds: no worker runs
+
+        workers = [start_work(worker_database), start_work(worker_database)]
+        wait_for(lambda: folded(worker_engine, location) == 5, 30, "folded by `work`")
+        more = post_new(server, 20)
+        wait_for(lambda: folded(worker_engine, more) == 20, 30, "new webhooks folded")
+        body = httpx.get(f"{server.url}/projections", timeout=10).json()
+        assert all(p["behindEvents"] == 0 for p in body["projections"]), body
+
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            output = worker.communicate(timeout=15)[0].decode()
+            assert worker.returncode == 0, output
+            assert '"message": "projection worker stopped"' in output
+            assert "Traceback" not in output
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        server.stop()
+    monkeypatch.setenv("DATABASE_URL", worker_database)
+    assert main(["verify"]) == 0
+
+
+# --- the supervisor itself ---------------------------------------------------------------------
+
+
+def test_supervisor_restarts_with_growing_backoff(tmp_path: Path) -> None:
+    starts = tmp_path / "starts"
+    script = f"open({str(starts)!r}, 'a').write('x'); raise SystemExit(3)"
+
+    async def scenario() -> str:
+        supervisor = Supervisor(
+            "failing child", [sys.executable, "-c", script], backoff=0.1, max_backoff=0.4
+        )
+        await supervisor.start()
+        await asyncio.sleep(2.0)
+        await supervisor.stop()
+        return starts.read_text()
+
+    started = asyncio.run(scenario())
+    # 0.1, 0.2, 0.4, 0.4 ... of backoff plus each interpreter's start: a few restarts,
+    # far fewer than without a backoff.
+    assert 3 <= len(started) <= 10, started
+
+
+def test_supervisor_kills_a_child_that_ignores_sigterm() -> None:
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+
+    async def scenario() -> tuple[int | None, float]:
+        supervisor = Supervisor("stubborn child", [sys.executable, "-c", script], stop_timeout=0.5)
+        await supervisor.start()
+        await asyncio.sleep(0.5)
+        pid = supervisor.pid
+        started = time.monotonic()
+        await supervisor.stop()
+        return pid, time.monotonic() - started
+
+    pid, took = asyncio.run(scenario())
+    assert pid is not None and not alive(pid)
+    assert took < 5
