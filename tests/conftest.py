@@ -4,6 +4,7 @@ subprocess for end-to-end tests. Tests use random ids, so they never clean up.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -36,17 +37,26 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return handle.url
 
 
-@pytest.fixture(scope="session")
-def database_url(server_url: str) -> Iterator[str]:
-    """A fresh database for this test session, migrated to head."""
-    name = f"conversations_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def migrated_database(server_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database named `<prefix>_<random>`, migrated to head, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     url = create_database(server_url, name)
     engine = create_engine(url)
     with engine.connect() as conn:
         migrate.upgrade(conn)
     engine.dispose()
-    yield url
-    drop_database(server_url, name)
+    try:
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh database for this test session, migrated to head."""
+    with migrated_database(server_url, "conversations_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

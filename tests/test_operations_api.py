@@ -24,7 +24,7 @@ from conversations.database import create_database, create_engine, drop_database
 from conversations.projections.registry import PROJECTIONS
 from conversations.projections.runner import catch_up_all
 from tests.api_support import PROBLEM_JSON, assert_problem, eventually, make_key
-from tests.conftest import start_server
+from tests.conftest import migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
 
 pytestmark = pytest.mark.e2e
@@ -35,14 +35,8 @@ NAMES = sorted(p.name for p in PROJECTIONS)
 
 @pytest.fixture(scope="module")
 def ops_database(server_url: str) -> Iterator[str]:
-    name = f"conversations_ops_{uuid.uuid4().hex[:10]}"
-    url = create_database(server_url, name)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        migrate.upgrade(conn)
-    engine.dispose()
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url, "conversations_ops") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

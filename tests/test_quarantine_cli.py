@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ import sqlalchemy
 from sqlalchemy import RowMapping, text
 from sqlalchemy.engine import make_url
 
-from conversations import migrate
 from conversations.cli import main
-from conversations.database import create_database, create_engine, drop_database
+from conversations.database import create_engine
+from tests.conftest import migrated_database
 from tests.helpers import Server, message, new_id
 
 
@@ -36,14 +35,8 @@ Run = Callable[..., Result]
 @pytest.fixture
 def fresh_url(server_url: str) -> Iterator[str]:
     """A database of its own, migrated to head: `list` and `retry --all` see every row."""
-    name = f"conversations_test_q_{uuid.uuid4().hex[:10]}"
-    url = create_database(server_url, name)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        migrate.upgrade(conn)
-    engine.dispose()
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url, "conversations_test_q") as url:
+        yield url
 
 
 @pytest.fixture

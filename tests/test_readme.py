@@ -10,16 +10,14 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conversations import migrate
-from conversations.database import create_database, create_engine, drop_database
+from conversations.database import create_engine
 from tests.api_support import wait_folded
-from tests.conftest import REPO, start_server
+from tests.conftest import REPO, migrated_database, start_server
 from tests.helpers import KeyPair, Server, fixture, fixture_names
 
 README = (REPO / "README.md").read_text()
@@ -30,14 +28,8 @@ pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl
 @pytest.fixture(scope="module")
 def own_database(server_url: str) -> Iterator[str]:
     """The README's ids are HighLevel's documented ones, which other tests post too."""
-    name = f"conversations_readme_{uuid.uuid4().hex[:10]}"
-    url = create_database(server_url, name)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        migrate.upgrade(conn)
-    engine.dispose()
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url, "conversations_readme") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import pytest
 import sqlalchemy
 from sqlalchemy import text
 
-from conversations import migrate
 from conversations.cli import main
-from conversations.database import create_database, create_engine, drop_database
+from conversations.database import create_engine
 from conversations.supervisor import Supervisor
-from tests.conftest import REPO, start_server
+from tests.conftest import REPO, migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
 
 pytestmark = pytest.mark.e2e
@@ -34,14 +32,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def worker_database(server_url: str) -> Iterator[str]:
-    name = f"conversations_work_{uuid.uuid4().hex[:10]}"
-    url = create_database(server_url, name)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        migrate.upgrade(conn)
-    engine.dispose()
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url, "conversations_work") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
