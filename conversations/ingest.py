@@ -121,6 +121,31 @@ class Ingestor:
             return self.unavailable(str(failure))
         return _quarantined(qid, "internal_error", "the service failed on this body")
 
+    async def bad_encoding(self, raw: bytes, headers: Mapping[str, str], detail: str) -> Outcome:
+        """A body that is not valid in the Content-Encoding it declares: 400.
+
+        Its signature covers the decoded JSON, which cannot be had, so it is
+        unauthenticated: with signatures enforced it is refused and not kept (nothing
+        unauthenticated is stored). With verification off it is kept in the quarantine
+        as received, with its Content-Encoding header, to be inspected.
+        """
+        detail = f"The body is not valid in its Content-Encoding: {detail}"
+        if self._enforce:
+            log.warning("webhook refused: %s", detail, extra={"bytes": len(raw)})
+            outcome = problem(400, "bad_encoding", "Body cannot be decoded", detail)
+        else:
+            kept = {**_kept(headers), "content-encoding": headers.get("content-encoding", "")}
+            try:
+                qid = await self._quarantine(raw, kept, "webhook", "bad_encoding", detail)
+            except StoreUnavailable as error:
+                outcome = self.unavailable(str(error))
+            else:
+                outcome = problem(
+                    400, "bad_encoding", "Body cannot be decoded", detail, quarantineId=qid
+                )
+        self._metrics.webhooks.inc(outcome.name)
+        return outcome
+
     def unavailable(self, detail: str) -> Outcome:
         outcome = problem(
             503,

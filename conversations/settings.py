@@ -95,6 +95,12 @@ SETTINGS: tuple[Setting, ...] = (
         "`/readyz` answers 503 while a projection has not applied an event recorded more "
         "than this many seconds ago.",
     ),
+    Setting(
+        "CONVERSATIONS_CORS_ORIGINS",
+        None,
+        "Web origins whose pages may call the read API from a browser (CORS): `*`, or a "
+        "comma-separated list such as `https://app.example.com`. Unset: no CORS headers.",
+    ),
     Setting("CONVERSATIONS_LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`."),
     Setting("CONVERSATIONS_LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
 )
@@ -155,6 +161,23 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """`*`, or origins (`scheme://host[:port]`, as a browser sends them in `Origin`)."""
+    raw = _get(env, name) or ""
+    origins = tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+    if "*" in origins:
+        if len(origins) > 1:
+            raise SettingsError(f"Setting {name}: `*` cannot be combined with origins.")
+        return origins
+    for origin in origins:
+        scheme, separator, host = origin.partition("://")
+        if scheme not in ("http", "https") or not separator or not host or "/" in host:
+            raise SettingsError(
+                f"Setting {name}: {origin!r} is not an origin like https://app.example.com."
+            )
+    return origins
+
+
 def _pem(env: Mapping[str, str], name: str) -> str | None:
     """A PEM given inline, or the contents of the file it names."""
     raw = _get(env, name)
@@ -188,6 +211,7 @@ class Settings:
     ready_max_lag: float
     log_level: str
     log_format: str
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -213,4 +237,5 @@ class Settings:
                 env, "CONVERSATIONS_LOG_LEVEL", ("debug", "info", "warning", "error")
             ).upper(),
             log_format=_choice(env, "CONVERSATIONS_LOG_FORMAT", ("json", "text")),
+            cors_origins=_origins(env, "CONVERSATIONS_CORS_ORIGINS"),
         )

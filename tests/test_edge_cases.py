@@ -9,6 +9,7 @@ import base64
 import gzip
 import json
 import os
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -16,7 +17,8 @@ import sqlalchemy
 
 from conversations.payloads import MAX_ID_BYTES
 from tests.api_support import Reader, make_key, post_all, wait_folded
-from tests.helpers import Server, message, new_id
+from tests.conftest import start_server
+from tests.helpers import KeyPair, Server, message, new_id
 
 
 def test_dates_before_the_year_1000_are_valid_iso_8601(
@@ -34,14 +36,6 @@ def test_dates_before_the_year_1000_are_valid_iso_8601(
     assert channels["firstMessageAt"] == "0001-01-01T00:00:00.000Z"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/webhooks.py ignores Content-Encoding: the signature is checked on the "
-    "compressed bytes (401), and with verification off the body is answered 400 not_json "
-    "and quarantined without its content-encoding header, so `quarantine retry` can never "
-    "recover it. Fix: gunzip (bounded by CONVERSATIONS_MAX_BODY_BYTES after "
-    "decompression) or answer 415 for an encoding it does not take.",
-)
 def test_a_gzip_encoded_webhook_is_stored_or_refused_as_unsupported(server: Server) -> None:
     raw = json.dumps(message()).encode()
     response = httpx.post(
@@ -60,17 +54,19 @@ def test_a_gzip_encoded_webhook_is_stored_or_refused_as_unsupported(server: Serv
         assert response.status_code == 201, response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a browser's EventSource cannot send an Authorization header (nor any other), "
-    "and a cross-origin one needs Access-Control-Allow-Origin: /events/stream is unusable "
-    "from a browser. Fix (api/auth.py, api/feed.py): take the key from ?access_token= on "
-    "the stream (RFC 6750 2.3; the access log already leaves query strings out) and "
-    "answer CORS headers (a bearer key, no cookies, so '*' is safe).",
-)
+@pytest.fixture(scope="module")
+def cors_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
+    """CORS is off unless configured (CONVERSATIONS_CORS_ORIGINS), so a browser page on
+    another origin needs a server that names it."""
+    server = start_server(database_url, keys, CONVERSATIONS_CORS_ORIGINS="https://app.example.com")
+    yield server
+    server.stop()
+
+
 def test_a_browser_event_source_can_follow_the_feed(
-    server: Server, engine: sqlalchemy.Engine
+    cors_server: Server, engine: sqlalchemy.Engine
 ) -> None:
+    server = cors_server
     location = new_id("loc")
     key = make_key(engine, location)
     (position,) = post_all(server, [message(locationId=location)])

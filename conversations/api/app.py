@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -113,9 +114,32 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             **dict.fromkeys(DATABASE_AWAY, database_away),
             Exception: server_error,
         },
-        middleware=[Middleware(RequestLog, metrics=metrics)],
+        middleware=[Middleware(RequestLog, metrics=metrics), *cors(settings)],
         lifespan=lifespan,
     )
+
+
+def cors(settings: Settings) -> list[Middleware]:
+    """CORS for browser pages on `CONVERSATIONS_CORS_ORIGINS` (none when unset).
+
+    Keys are bearer tokens (a header, or `access_token` for EventSource), never cookies,
+    so credentials are not allowed and `*` exposes nothing a page could not read with a
+    key it holds anyway. Preflights are answered for reads with the headers the API and
+    EventSource use; inside RequestLog, so preflights are logged too.
+    """
+    if not settings.cors_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD"],
+            allow_headers=["Authorization", "Last-Event-ID", "Accept", "Cache-Control"],
+            expose_headers=["Retry-After", "WWW-Authenticate"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]
 
 
 def projection_worker(database_url: str) -> Supervisor:

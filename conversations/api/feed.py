@@ -12,6 +12,10 @@ with `after=next` is complete: positions become visible in order (docs/ordering.
 filtering by location keeps that true. `locationId` narrows an all-locations key (or a
 multi-location one) to one location; a location outside the key reads as empty.
 
+Both take the key as `?access_token=<key>` instead of the Authorization header (RFC 6750
+2.3): a browser's EventSource cannot send headers. Cross-origin pages also need
+`CONVERSATIONS_CORS_ORIGINS` (see api/app.py).
+
 `GET /events/stream` (text/event-stream) follows the same feed live:
 
 - It starts after the `Last-Event-ID` header (what a reconnecting EventSource sends),
@@ -63,7 +67,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from conversations.api.auth import require_scope
+from conversations.api.auth import ACCESS_TOKEN, bearer_token, require_scope
 from conversations.api.dialect import iso
 from conversations.api.params import Params
 from conversations.api.state import AppState, app_state
@@ -125,8 +129,8 @@ def _locations(scope: KeyScope, location_id: str | None) -> list[str] | None:
 
 
 def list_events(request: Request) -> Response:
-    scope = require_scope(request)
-    params = Params(request, allowed=["after", "limit", "locationId"])
+    scope = require_scope(request, query_token=True)
+    params = Params(request, allowed=["after", "limit", "locationId", ACCESS_TOKEN])
     after = params.integer("after", 0, 0, MAX_POSITION)
     limit = params.integer("limit", 100, 1, 1000)
     locations = _locations(scope, params.text("locationId"))
@@ -335,12 +339,12 @@ def _read_batch(state: AppState, locations: Sequence[str] | None, after: int) ->
 
 def _stream_setup(request: Request) -> tuple[str, list[str] | None, int, float]:
     """Authentication and parameters (sync: the key lookup may query the database)."""
-    scope = require_scope(request)
-    params = Params(request, allowed=["after", "locationId", "heartbeat"])
+    scope = require_scope(request, query_token=True)
+    params = Params(request, allowed=["after", "locationId", "heartbeat", ACCESS_TOKEN])
     after = _start(request, params)
     heartbeat = params.integer("heartbeat", 15, 1, 300)
     locations = _locations(scope, params.text("locationId"))
-    token = request.headers["authorization"].partition(" ")[2].strip()
+    token = bearer_token(request, query_token=True)
     return token, locations, after, float(heartbeat)
 
 

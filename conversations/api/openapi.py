@@ -693,6 +693,12 @@ def _event_paths() -> dict[str, Schema]:
         "Events after this position.",
     )
     locations = _location("to read (narrows a key with several)")
+    access_token = query(
+        "access_token",
+        _STRING,
+        "The key, for a client that cannot send the Authorization header (a browser's "
+        "EventSource; RFC 6750 2.3). Not together with the header (400).",
+    )
     return {
         "/events": {
             "get": operation(
@@ -703,7 +709,7 @@ def _event_paths() -> dict[str, Schema]:
                 "exactly as received; gap-safe: reading on with `after=next` misses "
                 "nothing.",
                 {"200": json_response("A page of events.", ref("EventPage"))},
-                [after, _limit(100, 1, 1000), locations],
+                [after, _limit(100, 1, 1000), locations, access_token],
             )
         },
         "/events/stream": {
@@ -723,6 +729,7 @@ def _event_paths() -> dict[str, Schema]:
                 [
                     after,
                     locations,
+                    access_token,
                     query(
                         "heartbeat",
                         {"type": "integer", "minimum": 1, "maximum": 300, "default": 15},
@@ -750,7 +757,8 @@ def _service_paths() -> dict[str, Schema]:
                 "Webhooks",
                 "Receive a HighLevel webhook",
                 "Keyless: authenticated by HighLevel's signature. The body is stored "
-                "exactly as received, acknowledged only once committed.",
+                "exactly as received (after undoing its Content-Encoding, if any: the "
+                "signature covers the decoded JSON), acknowledged only once committed.",
                 {
                     "200": json_response("A redelivery of a stored event.", ref("WebhookStored")),
                     "201": json_response("Stored.", ref("WebhookStored")),
@@ -758,9 +766,20 @@ def _service_paths() -> dict[str, Schema]:
                         "A JSON object that is not a usable event: kept aside.",
                         ref("WebhookQuarantined"),
                     ),
-                    "400": problem("Not JSON, not UTF-8 or not an object (kept aside)."),
+                    "400": problem(
+                        "Not JSON, not UTF-8 or not an object (kept aside); or not valid "
+                        "in its Content-Encoding (`bad_encoding`)."
+                    ),
                     "401": problem("Signature required, and missing or wrong: not stored."),
-                    "413": problem("Larger than CONVERSATIONS_MAX_BODY_BYTES: not read."),
+                    "413": problem(
+                        "Larger than CONVERSATIONS_MAX_BODY_BYTES, as sent or once decoded: "
+                        "not read (or inflated) further."
+                    ),
+                    "415": problem(
+                        "A Content-Encoding other than gzip, x-gzip, deflate or identity: "
+                        "not stored.",
+                        {"Accept-Encoding": {"$ref": "#/components/headers/AcceptEncoding"}},
+                    ),
                     "503": problem(
                         "The database is unreachable: not stored; retry.",
                         {"Retry-After": _RETRY_AFTER},
@@ -777,6 +796,11 @@ def _service_paths() -> dict[str, Schema]:
                     for name, description in (
                         ("X-GHL-Signature", "Ed25519 signature of the body (base64)."),
                         ("X-WH-Signature", "RSA-SHA256 signature of the body (base64), legacy."),
+                        (
+                            "Content-Encoding",
+                            "`gzip`, `x-gzip`, `deflate` (zlib) or `identity`, or a list; "
+                            "decoded before the signature is checked.",
+                        ),
                     )
                 ],
                 secured=False,
@@ -891,6 +915,10 @@ def build_document() -> dict[str, Any]:
                 },
                 "WWWAuthenticate": {
                     "description": '`Bearer realm="conversations"`.',
+                    "schema": _STRING,
+                },
+                "AcceptEncoding": {
+                    "description": "The content codings a webhook body may have.",
                     "schema": _STRING,
                 },
             },

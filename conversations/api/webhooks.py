@@ -9,6 +9,13 @@ from starlette.responses import Response
 
 from conversations.api.problems import PROBLEM_JSON, problem_response
 from conversations.api.state import app_state
+from conversations.encodings import (
+    SUPPORTED,
+    BadEncoding,
+    DecodedTooLarge,
+    UnsupportedEncoding,
+    decode,
+)
 
 
 class BodyTooLarge(Exception):
@@ -36,24 +43,54 @@ async def receive_webhook(request: Request) -> Response:
     try:
         raw = await read_body(request, limit)
     except BodyTooLarge:
-        state.metrics.webhooks.inc("too_large")
-        return problem_response(
-            413,
-            "too_large",
-            "Payload too large",
-            f"The body is larger than {limit} bytes.",
-            headers={"Connection": "close"},
-            outcome="too_large",
-        )
+        return _too_large(request, f"The body is larger than {limit} bytes.")
     except ClientDisconnect:
         state.metrics.webhooks.inc("client_disconnected")
         return Response(status_code=400)
-    outcome = await state.ingestor.receive(raw, request.headers)
+    encoding = request.headers.get("content-encoding")
+    if encoding is None:  # the common case: nothing more to do
+        outcome = await state.ingestor.receive(raw, request.headers)
+    else:
+        try:
+            decoded = decode(raw, encoding, limit)
+        except UnsupportedEncoding as error:
+            return _unsupported(request, error.coding)
+        except DecodedTooLarge:
+            return _too_large(request, f"The body decodes to more than {limit} bytes.")
+        except BadEncoding as error:
+            outcome = await state.ingestor.bad_encoding(raw, request.headers, str(error))
+        else:
+            outcome = await state.ingestor.receive(decoded, request.headers)
     return Response(
         _JSON.encode(outcome.document).encode(),
         status_code=outcome.status,
         headers=outcome.headers,
         media_type=PROBLEM_JSON if outcome.problem else JSON,
+    )
+
+
+def _too_large(request: Request, detail: str) -> Response:
+    app_state(request).metrics.webhooks.inc("too_large")
+    return problem_response(
+        413,
+        "too_large",
+        "Payload too large",
+        detail,
+        headers={"Connection": "close"},
+        outcome="too_large",
+    )
+
+
+def _unsupported(request: Request, coding: str) -> Response:
+    """415 for a coding not decoded here, naming those that are (RFC 9110 15.5.16)."""
+    app_state(request).metrics.webhooks.inc("unsupported_encoding")
+    return problem_response(
+        415,
+        "unsupported_encoding",
+        "Unsupported content encoding",
+        f"Content-Encoding {coding[:40]!r} is not supported; use one of {', '.join(SUPPORTED)}.",
+        headers={"Accept-Encoding": ", ".join(SUPPORTED)},
+        outcome="unsupported_encoding",
     )
 
 
