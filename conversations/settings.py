@@ -70,7 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CONVERSATIONS_DB_TIMEOUT",
         "5",
-        "Seconds a webhook waits for the database before it is answered 503.",
+        "Seconds a webhook or a read waits for the database before it is answered 503 "
+        "(also when the database hangs rather than fails; the live event stream is not "
+        "bounded).",
     ),
     Setting(
         "CONVERSATIONS_RETRY_AFTER",

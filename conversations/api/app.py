@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from conversations import pool
 from conversations.api import contacts, conversations, feed, health, openapi, webhooks
 from conversations.api.cursors import Cursors
+from conversations.api.deadlines import ReadDeadline
 from conversations.api.problems import (
     DATABASE_AWAY,
     database_away,
@@ -114,7 +115,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             **dict.fromkeys(DATABASE_AWAY, database_away),
             Exception: server_error,
         },
-        middleware=[Middleware(RequestLog, metrics=metrics), *cors(settings)],
+        middleware=[
+            Middleware(RequestLog, metrics=metrics),
+            *cors(settings),
+            Middleware(ReadDeadline, seconds=settings.db_timeout, retry_after=settings.retry_after),
+        ],
         lifespan=lifespan,
     )
 
