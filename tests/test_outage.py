@@ -357,20 +357,29 @@ def test_read_during_an_outage_is_logged_as_answered(
     assert not [line for line in lines if line["level"] == "error" and "uvicorn" in line["logger"]]
 
 
+def readable(engine: sqlalchemy.Engine) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """A message to post, headers with a key to its location, and read paths that show it:
+    the two async endpoints first, then two on the thread pool."""
+    document = message()
+    with engine.begin() as conn:
+        key = create_key(conn, [document["locationId"]])
+    paths = [
+        f"/conversations/{document['conversationId']}/messages",
+        f"/conversations/search?locationId={document['locationId']}",
+        f"/conversations/messages/{document['messageId']}",
+        f"/contacts/{document['contactId']}/channels",
+    ]
+    return document, {"Authorization": f"Bearer {key}"}, paths
+
+
 def test_reads_answer_503_while_the_database_is_cut_then_recover(
     outage: Outage, engine: sqlalchemy.Engine
 ) -> None:
     """The async read endpoints (their own connection pool) answer a lost database as the
     webhook does: 503 with Retry-After, in bounded time, and serve again once it is back."""
     proxy, server = outage.proxy, outage.server
-    document = message()
-    with engine.begin() as conn:
-        key = create_key(conn, [document["locationId"]])
-    headers = {"Authorization": f"Bearer {key}"}
-    paths = [
-        f"/conversations/{document['conversationId']}/messages",
-        f"/conversations/search?locationId={document['locationId']}",
-    ]
+    document, headers, paths = readable(engine)
+    paths = paths[:2]  # the async endpoints
     with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
         assert send(client, server, json.dumps(document).encode()).status == 201
         for path in paths:  # pooled connections and the key cache in use
@@ -407,16 +416,7 @@ def test_reads_on_a_hung_database_are_answered_in_bounded_time(
     """A database that hangs must not hold a read either, on the async endpoints (their
     own pool) or on the others (the thread pool): 503 with Retry-After, then 200 again."""
     proxy, server = outage.proxy, outage.server
-    document = message()
-    with engine.begin() as conn:
-        key = create_key(conn, [document["locationId"]])
-    headers = {"Authorization": f"Bearer {key}"}
-    paths = [
-        f"/conversations/{document['conversationId']}/messages",
-        f"/conversations/search?locationId={document['locationId']}",
-        f"/conversations/messages/{document['messageId']}",
-        f"/contacts/{document['contactId']}/channels",
-    ]
+    document, headers, paths = readable(engine)
     deadline = time.monotonic() + 5
     with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
         # The writer may first meet a connection an earlier test's cut left dead (a 503).

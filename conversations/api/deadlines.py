@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conversations.api.problems import problem_response
+from conversations.api.problems import unavailable_response
 from conversations.deadline import within
 
 UNBOUNDED = frozenset({"/webhooks/highlevel", "/events/stream"})
@@ -47,11 +47,8 @@ class ReadDeadline:
             if started:
                 raise  # too late for a 503: the server drops the connection
             abandoned = True
-            response = problem_response(
-                503,
-                "unavailable",
-                "Database unavailable",
+            response = unavailable_response(
                 f"The database did not answer within {self.seconds:g} s; retry later.",
-                headers={"Retry-After": str(self.retry_after)},
+                self.retry_after,
             )
             await response(scope, receive, send)

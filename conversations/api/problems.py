@@ -68,13 +68,20 @@ async def database_away(request: Request, exc: Exception) -> Response:
     (an error left to the `Exception` handler is re-raised to the server, which then
     drops the connection)."""
     log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    retry_after = str(request.app.state.conversations.settings.retry_after)
+    return unavailable_response(
+        "The database did not answer; retry later.",
+        request.app.state.conversations.settings.retry_after,
+    )
+
+
+def unavailable_response(detail: str, retry_after: int) -> Response:
+    """503: the client may retry after `retry_after` seconds, as a webhook is told to."""
     return problem_response(
         503,
         "unavailable",
         "Database unavailable",
-        "The database did not answer; retry later.",
-        headers={"Retry-After": retry_after},
+        detail,
+        headers={"Retry-After": str(retry_after)},
     )
 
 
