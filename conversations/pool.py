@@ -37,9 +37,23 @@ def read_pool(database_url: str, size: int, timeout: float) -> AsyncConnectionPo
             "prepare_threshold": 2,
             "connect_timeout": int(max(2, timeout)),
         },
+        configure=_generic_plans,
         open=False,
         name="reads",
     )
+
+
+async def _generic_plans(conn: AsyncConnection[Any]) -> None:
+    """Plan each prepared read once per connection, not once per request.
+
+    PostgreSQL re-plans a prepared statement for every execution while it estimates that
+    a plan for the parameters at hand beats the generic one. For the messages page (a
+    dozen joins, CTEs and window functions) it keeps estimating so, and planning took
+    0.65 ms of a 1.1 ms read on the 1M-event store; the generic plan then executes as
+    fast (every read is an index scan in keyset order under a LIMIT). See
+    docs/performance.md (Read API) for the measured variants.
+    """
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
 
 
 async def run(

@@ -5,7 +5,7 @@ poll. Answering them with one statement each, where PostgreSQL also builds the J
 the rows (`json_build_object`, `json_agg`), leaves the service little Python to run per
 request: it adds the envelope and the signed cursor around text it does not parse.
 
-The JSON must be exactly what `conversations.api.dialect` writes for the same rows (the
+The JSON must be exactly what `conversations.dialect` writes for the same rows (the
 tests compare them message by message): the SQL expressions below are generated from the
 same tables of names and codes (`dialect.CHANNEL_TYPES`, `dialect.MESSAGE_TYPE_CODES`).
 
@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, AsyncRawCursor
 
-from conversations.api import dialect
+from conversations import dialect
 from conversations.projections.location_conversations import NO_TIME, Status
 
 __all__ = [
@@ -255,7 +255,7 @@ _MESSAGE_COLUMNS = ", ".join(
         "message_type_string", "message_type_id", "status", "call_status", "call_duration",
         "body", "content_type", "attachments", "from_", '"to"', "cc", "bcc", "subject",
         "thread_id", "email_message_id", "message_id", "user_id", "source",
-        "conversation_provider_id", "date_added",
+        "conversation_provider_id", "date_added", "doc",
     )
 )  # fmt: skip
 """What the JSON of a message needs."""
@@ -340,13 +340,25 @@ page AS (
              LIMIT %(fetch)s) v
 )
 SELECT (SELECT root FROM conv),
-       coalesce(json_agg(j ORDER BY p.rn) FILTER (WHERE p.rn <= %(limit)s), '[]')::text,
+       '[' || coalesce(string_agg({_stored_or_built("p")}, ',' ORDER BY p.rn)
+                       FILTER (WHERE p.rn <= %(limit)s), '') || ']',
        count(*) > %(limit)s,
        max(p.date_added) FILTER (WHERE p.rn = least(p.n, %(limit)s)),
        max(p.message_key) FILTER (WHERE p.rn = least(p.n, %(limit)s)),
-       max(j.id) FILTER (WHERE p.rn = least(p.n, %(limit)s))
-  FROM page p {message_json_sql("p", "(SELECT root FROM conv)")}
+       max(coalesce(nullif(p.message_id, ''), p.message_key))
+           FILTER (WHERE p.rn = least(p.n, %(limit)s))
+  FROM page p
 """
+
+
+def _stored_or_built(m: str) -> str:
+    """The JSON text of message row `m` read under the page's conversation: its stored
+    document with `conversationId` put in front, or (a row stored before documents were)
+    built here by `message_json_sql`, which only such a row pays for."""
+    root = "(SELECT root FROM conv)"
+    built = f"(SELECT row_to_json(j)::text FROM (SELECT) one {message_json_sql(m, root)})"
+    stored = f"""'{{"conversationId":' || to_json({root})::text || ',' || right({m}.doc, -1)"""
+    return f"CASE WHEN {m}.doc IS NOT NULL THEN {stored} ELSE {built} END"
 
 
 @dataclass(frozen=True)

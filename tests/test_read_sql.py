@@ -1,5 +1,5 @@
 """The hot reads build their JSON in SQL (`conversations.reads`): it must be exactly what
-`conversations.api.dialect` writes for the same rows, and their keyset pages exactly the
+`conversations.dialect` writes for the same rows, and their keyset pages exactly the
 Python read path's (`timeline.list_messages`, `location_conversations.search`), through
 merged conversations, undated messages, filters and both sort orders."""
 
@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy
 
 from conversations import reads
-from conversations.api import dialect
+from conversations import dialect
 from conversations.database import libpq_url
 from conversations.projections import location_conversations as catalogue
 from conversations.projections import timeline
@@ -155,6 +155,60 @@ def test_every_message_json_is_the_dialects(
             )
         }
     assert {(loc, key): json.loads(text) for loc, key, text in rows} == expected
+
+
+def test_every_stored_document_is_the_dialects(
+    world: tuple[str, str, Reader], engine: sqlalchemy.Engine
+) -> None:
+    """The timeline stores each message's JSON (`doc`) as it writes the row."""
+    with engine.connect() as conn:
+        stored = [
+            TimelineMessage.from_row(row)
+            for row in conn.execute(sqlalchemy.select(timeline.timeline_messages))
+        ]
+    assert len(stored) > 30
+    for m in stored:
+        assert m.doc is not None
+        expected = dialect.message_json(m, m.conversation_id)
+        del expected["conversationId"]
+        assert json.loads(m.doc) == expected
+
+
+def test_rows_without_a_document_read_the_same(
+    world: tuple[str, str, Reader], engine: sqlalchemy.Engine
+) -> None:
+    """Rows written before migration 0011 have no `doc`: their JSON is built by the read,
+    equal to the stored documents' (pages mixing both kinds included)."""
+    location, root, reader = world
+    path = f"/conversations/{root}/messages"
+    before = {sort: _follow(reader, path, {"limit": 4, "sort": sort}) for sort in ("asc", "desc")}
+    table = timeline.timeline_messages
+    with engine.begin() as conn:
+        docs = dict(
+            conn.execute(
+                sqlalchemy.select(table.c.message_key, table.c.doc).where(
+                    table.c.location_id == location
+                )
+            ).all()
+        )
+        every_other = sorted(docs)[::2]
+        conn.execute(
+            table.update()
+            .where(table.c.location_id == location, table.c.message_key.in_(every_other))
+            .values(doc=None)
+        )
+    try:
+        for sort, expected in before.items():
+            assert _follow(reader, path, {"limit": 4, "sort": sort}) == expected
+        assert len(before["asc"]) > 20
+    finally:
+        with engine.begin() as conn:
+            for key in every_other:
+                conn.execute(
+                    table.update()
+                    .where(table.c.location_id == location, table.c.message_key == key)
+                    .values(doc=docs[key])
+                )
 
 
 def test_every_conversation_json_is_the_dialects(

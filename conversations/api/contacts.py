@@ -38,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from conversations.api.auth import require_scope
 from conversations.api.cursors import MAX_CURSOR
-from conversations.api.dialect import iso, message_json
+from conversations.dialect import iso, message_json
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope

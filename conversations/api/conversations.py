@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from conversations import reads
-from conversations.api import dialect
+from conversations import dialect
 from conversations.api.auth import require_scope, require_scope_async
 from conversations.api.cursors import MAX_CURSOR
 from conversations.api.params import Params, bad

@@ -68,7 +68,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from conversations.api.auth import ACCESS_TOKEN, bearer_token, require_scope
-from conversations.api.dialect import iso
+from conversations.dialect import iso
 from conversations.api.params import Params
 from conversations.api.state import AppState, app_state
 from conversations.keys import Scope as KeyScope

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from conversations import __version__
-from conversations.api import dialect
+from conversations import dialect
 from conversations.api.cursors import MAX_CURSOR
 from conversations.messages import CHANNELS
 from conversations.payloads import MAX_ID_BYTES

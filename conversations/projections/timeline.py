@@ -53,6 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql import ColumnElement
 
+from conversations import dialect
 from conversations.messages import LatestFlags, MessageEntry, resolve_merges
 from conversations.projections._sql import upsert_json
 from conversations.projections.base import EventBatch, Tables, merge_pairs, messages
@@ -115,6 +116,10 @@ timeline_messages = Table(
     Column("preview", Text, nullable=False),
     Column("positions", ARRAY(BigInteger), nullable=False),
     Column("updated_position", BigInteger, nullable=False),
+    # The message as the read API sends it (`dialect.message_document`), rendered when the
+    # row is written so a page is stored text, not JSON built per request. NULL on rows
+    # written before migration 0011 (reads build those; `conversations replay` fills them).
+    Column("doc", Text, nullable=True),
     # A conversation's messages in order (btree ASC puts NULLs last, as the order does).
     Index(None, "location_id", "conversation_id", "date_added", "message_key"),
     # A contact's messages across conversations, in order.
@@ -185,6 +190,7 @@ def _message_row(entry: MessageEntry) -> dict[str, Any]:
         "preview": entry.preview,
         "positions": list(entry.positions),
         "updated_position": max(entry.positions),
+        "doc": dialect.message_document(entry),
     }
 
 
@@ -297,6 +303,7 @@ class TimelineMessage:
     preview: str
     positions: tuple[int, ...]
     updated_position: int
+    doc: str | None
 
     @property
     def cursor(self) -> Cursor:

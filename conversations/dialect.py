@@ -22,13 +22,18 @@ defaults: unreadCount 0, starred false, inbox true, deleted false.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conversations.projections.location_conversations import ConversationSummary
-from conversations.projections.timeline import TimelineMessage
+if TYPE_CHECKING:  # the read models import this module to render what they store
+    from conversations.messages import MessageEntry
+    from conversations.projections.location_conversations import ConversationSummary
+    from conversations.projections.timeline import TimelineMessage
+
+    Message = TimelineMessage | MessageEntry
 
 __all__ = [
     "CHANNEL_TYPES",
@@ -42,6 +47,7 @@ __all__ = [
     "email_json",
     "epoch_ms",
     "iso",
+    "message_document",
     "message_json",
     "message_type",
     "message_type_code",
@@ -168,21 +174,21 @@ def _number(value: float | None) -> int | float | None:
 # --- messages -------------------------------------------------------------------------------
 
 
-def message_type(message: TimelineMessage) -> str | None:
+def message_type(message: Message) -> str | None:
     for raw in (message.message_type_string, message.message_type):
         if raw and raw.upper().startswith("TYPE_"):
             return raw.upper()
     return CHANNEL_TYPES.get(message.channel)
 
 
-def message_type_code(message: TimelineMessage) -> int | None:
+def message_type_code(message: Message) -> int | None:
     if message.message_type_id is not None:
         return message.message_type_id
     name = message_type(message)
     return MESSAGE_TYPE_CODES.get(name) if name is not None else None
 
 
-def _email_meta(message: TimelineMessage) -> dict[str, Any] | None:
+def _email_meta(message: Message) -> dict[str, Any] | None:
     if message.channel != "Email":
         return None
     return {
@@ -196,7 +202,7 @@ def _email_meta(message: TimelineMessage) -> dict[str, Any] | None:
     }
 
 
-def message_json(message: TimelineMessage, conversation_id: str) -> dict[str, Any]:
+def message_json(message: Message, conversation_id: str) -> dict[str, Any]:
     """`GetMessageResponseDto`; `conversation_id` is the id the message reads under (its
     conversation's merge root). Emails carry their body, and `meta.email` their headers."""
     return {
@@ -224,7 +230,21 @@ def message_json(message: TimelineMessage, conversation_id: str) -> dict[str, An
     }
 
 
-def email_json(message: TimelineMessage, conversation_id: str) -> dict[str, Any]:
+_DOCUMENT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def message_document(message: Message) -> str:
+    """`message_json` as the timeline stores it: JSON text without `conversationId`.
+
+    Reads then send stored text instead of building JSON per request. The conversation
+    id is left out because it is the id the message reads under, which a later merge
+    changes; a read puts it in front (`"conversationId"` first, the rest as here)."""
+    document = message_json(message, "")
+    del document["conversationId"]
+    return _DOCUMENT.encode(document)
+
+
+def email_json(message: Message, conversation_id: str) -> dict[str, Any]:
     """`GetEmailMessageResponseDto`: `id` is the email message id (the message key when
     the webhook sent none)."""
     return {
