@@ -14,8 +14,7 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from conversations import reads
-from conversations import dialect
+from conversations import dialect, reads
 from conversations.database import libpq_url
 from conversations.projections import location_conversations as catalogue
 from conversations.projections import timeline

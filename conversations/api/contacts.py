@@ -38,9 +38,9 @@ from starlette.routing import BaseRoute, Route
 
 from conversations.api.auth import require_scope
 from conversations.api.cursors import MAX_CURSOR
-from conversations.dialect import iso, message_json
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
+from conversations.dialect import iso, message_json
 from conversations.keys import Scope
 from conversations.messages import CHANNELS
 from conversations.payloads import MAX_ID_BYTES

@@ -34,8 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from conversations import reads
-from conversations import dialect
+from conversations import dialect, reads
 from conversations.api.auth import require_scope, require_scope_async
 from conversations.api.cursors import MAX_CURSOR
 from conversations.api.params import Params, bad

@@ -68,9 +68,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from conversations.api.auth import ACCESS_TOKEN, bearer_token, require_scope
-from conversations.dialect import iso
 from conversations.api.params import Params
 from conversations.api.state import AppState, app_state
+from conversations.dialect import iso
 from conversations.keys import Scope as KeyScope
 from conversations.projections.worker import CHANNEL, libpq_url
 from conversations.store import FeedEvent, read_feed

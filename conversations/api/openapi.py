@@ -18,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from conversations import __version__
-from conversations import dialect
+from conversations import __version__, dialect
 from conversations.api.cursors import MAX_CURSOR
 from conversations.messages import CHANNELS
 from conversations.payloads import MAX_ID_BYTES
