@@ -26,14 +26,14 @@ import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:  # the read models import this module to render what they store
     from conversations.messages import MessageEntry
     from conversations.projections.location_conversations import ConversationSummary
     from conversations.projections.timeline import TimelineMessage
 
-    Message = TimelineMessage | MessageEntry
+    Message: TypeAlias = "TimelineMessage | MessageEntry"
 
 __all__ = [
     "CHANNEL_TYPES",
