@@ -82,12 +82,21 @@ class Metrics:
         self.webhooks = Counter(
             "conversations_webhooks_total", "Webhook deliveries by outcome.", "outcome"
         )
+        self.read_cache = Counter(
+            "conversations_read_cache_total",
+            "Reads of cacheable pages by result: hit (answered from memory) or miss.",
+            "result",
+        )
         self.request_seconds = Histogram(
             "conversations_request_duration_seconds", "HTTP request latency by route.", "route"
         )
 
     def render(self, gauges: Sequence[Gauge] = ()) -> str:
-        lines = [*self.webhooks.render(), *self.request_seconds.render()]
+        lines = [
+            *self.webhooks.render(),
+            *self.read_cache.render(),
+            *self.request_seconds.render(),
+        ]
         for gauge in gauges:
             lines += gauge.render()
         return "\n".join(lines) + "\n"

@@ -98,6 +98,13 @@ SETTINGS: tuple[Setting, ...] = (
         "than this many seconds ago.",
     ),
     Setting(
+        "CONVERSATIONS_READ_CACHE_MB",
+        "64",
+        "Memory for finished pages of `GET /conversations/{id}/messages` and "
+        "`GET /conversations/search`, kept per key until the projections change their "
+        "locations (`0`: no page cache).",
+    ),
+    Setting(
         "CONVERSATIONS_CORS_ORIGINS",
         None,
         "Web origins whose pages may call the read API from a browser (CORS): `*`, or a "
@@ -214,6 +221,7 @@ class Settings:
     log_level: str
     log_format: str
     cors_origins: tuple[str, ...] = ()
+    read_cache_mb: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -240,4 +248,5 @@ class Settings:
             ).upper(),
             log_format=_choice(env, "CONVERSATIONS_LOG_FORMAT", ("json", "text")),
             cors_origins=_origins(env, "CONVERSATIONS_CORS_ORIGINS"),
+            read_cache_mb=_int(env, "CONVERSATIONS_READ_CACHE_MB", minimum=0),
         )

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import sqlalchemy
 
+from conversations.api import page_cache
 from conversations.keys import create_key
 from tests.api_support import make_key
 from tests.conftest import start_server
@@ -428,13 +429,18 @@ def test_reads_on_a_hung_database_are_answered_in_bounded_time(
         response = client.get(f"{server.url}{path}", headers=headers)
         return response.status_code, time.monotonic() - started, response
 
-    in_parallel(read, paths)  # pools and the key cache in use
+    in_parallel(read, paths)  # pools and the key cache in use (and those pages kept)
+    # Pages not kept in memory (another page size), so they need the database.
+    fresh = [f"{path}{'&' if '?' in path else '?'}limit=3" for path in paths[:2]] + paths[2:]
     proxy.stall()
     try:
-        answers = in_parallel(read, paths)
+        answers = in_parallel(read, fresh)
+        # Kept pages too, once the page cache's listener has been silent too long.
+        time.sleep(page_cache.MAX_SILENCE + page_cache.PROBE_EVERY + 0.2)
+        answers += in_parallel(read, paths[:2])
     finally:
         proxy.flow()
-    for path, (status, seconds, response) in zip(paths, answers, strict=True):
+    for path, (status, seconds, response) in zip(fresh + paths[:2], answers, strict=True):
         assert status == 503, (path, response.text)
         assert seconds < DB_TIMEOUT + SLACK, f"{path} took {seconds:.2f} s"
         assert response.headers["content-type"].startswith("application/problem+json")

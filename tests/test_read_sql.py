@@ -198,7 +198,9 @@ def test_rows_without_a_document_read_the_same(
         )
     try:
         for sort, expected in before.items():
-            assert _follow(reader, path, {"limit": 4, "sort": sort}) == expected
+            # Another page size: pages kept in memory (which no notification drops after
+            # this direct update) are not what is being compared.
+            assert _follow(reader, path, {"limit": 5, "sort": sort}) == expected
         assert len(before["asc"]) > 20
     finally:
         with engine.begin() as conn:

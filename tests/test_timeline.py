@@ -747,6 +747,7 @@ def without_positions(state: dict[str, Any]) -> dict[str, Any]:
     for row in rows:
         for name in ("location_id", "positions", "updated_position"):
             row.pop(name)
+        row["doc"] = {k: v for k, v in json.loads(row["doc"]).items() if k != "locationId"}
     result["timeline_messages"] = sorted(json.dumps(r, sort_keys=True) for r in rows)
     for name in ("timeline_merges", "timeline_conversation_roots"):
         result[name] = sorted(

@@ -21,6 +21,7 @@ from conversations import pool
 from conversations.api import contacts, conversations, feed, health, openapi, webhooks
 from conversations.api.cursors import Cursors
 from conversations.api.deadlines import ReadDeadline
+from conversations.api.page_cache import PageCache, ProjectionChanges
 from conversations.api.problems import (
     DATABASE_AWAY,
     database_away,
@@ -64,6 +65,11 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         )
         read_pool = pool.read_pool(database_url, settings.db_pool_size, settings.db_timeout)
         await read_pool.open(wait=False)  # the service starts even if the database is late
+        pages, changes = None, None
+        if settings.read_cache_mb:
+            pages = PageCache(settings.read_cache_mb * 1024 * 1024)
+            changes = ProjectionChanges(database_url, settings.db_timeout)
+            await changes.start()
         worker = None
         if settings.projection_worker:
             worker = projection_worker(database_url)
@@ -85,6 +91,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             read_pool=read_pool,
             keys=KeyCache(read_engine),
             cursors=Cursors(read_engine),
+            pages=pages,
+            changes=changes,
         )
         freeze_startup_heap()  # see gc_tuning: the p99 at concurrency 64
         try:
@@ -97,6 +105,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 await worker.stop()
             read_engine.dispose()
             await read_pool.close()
+            if changes is not None:
+                await changes.stop()
 
     return Starlette(
         routes=[

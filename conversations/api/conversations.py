@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from conversations import dialect, reads
 from conversations.api.auth import require_scope, require_scope_async
 from conversations.api.cursors import MAX_CURSOR
+from conversations.api.page_cache import kept
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope
@@ -449,10 +450,10 @@ def export_messages(request: Request) -> Response:
 
 # Order matters: the literal paths before `/conversations/{conversationId}`.
 ROUTES: list[BaseRoute] = [
-    Route("/conversations/search", search_conversations, methods=["GET"]),
+    Route("/conversations/search", kept(search_conversations), methods=["GET"]),
     Route("/conversations/messages/export", export_messages, methods=["GET"]),
     Route("/conversations/messages/email/{id}", get_email, methods=["GET"]),
     Route("/conversations/messages/{id}", get_message, methods=["GET"]),
-    Route("/conversations/{conversationId}/messages", conversation_messages, methods=["GET"]),
+    Route("/conversations/{conversationId}/messages", kept(conversation_messages), methods=["GET"]),
     Route("/conversations/{conversationId}", get_conversation, methods=["GET"]),
 ]

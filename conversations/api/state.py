@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
@@ -16,6 +16,9 @@ from conversations.keys import KeyCache
 from conversations.metrics import Metrics
 from conversations.settings import Settings
 from conversations.writer import GroupCommitWriter
+
+if TYPE_CHECKING:  # page_cache reads the state: imported for the types only
+    from conversations.api.page_cache import PageCache, ProjectionChanges
 
 
 @dataclass
@@ -32,6 +35,10 @@ class AppState:
     layer between a request and its one statement."""
     keys: KeyCache
     cursors: Cursors
+    pages: PageCache | None = None
+    """Finished read pages (None: `CONVERSATIONS_READ_CACHE_MB=0`)."""
+    changes: ProjectionChanges | None = None
+    """What invalidates `pages`."""
 
 
 def app_state(request: Request) -> AppState:

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, MetaData, Table, text
 
-from conversations.projections import bulk
+from conversations.projections import bulk, changes
 from conversations.projections.base import BulkProjection, EventBatch, Projection, Tables
 from conversations.store import head_position, read_range
 
@@ -128,6 +128,7 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
             end = events[-1].position
             projection.apply(conn, EventBatch(events, end), Tables())
             _advance(conn, projection.name, end)
+            _announce(conn, {event.location_id for event in events})
         batches += 1
 
 
@@ -158,7 +159,16 @@ def catch_up_all(
                 batch = shared if position == start else _after(shared, position)
                 projection.apply(conn, batch, Tables())
                 _advance(conn, projection.name, end)
+            _announce(conn, {event.location_id for event in events})
         batches += 1
+
+
+def _announce(conn: Connection, locations: set[str] | None) -> None:
+    """Tell readers, when this transaction commits, which locations it changed."""
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": changes.CHANNEL, "payload": changes.encode(locations)},
+    )
 
 
 def _after(batch: EventBatch, position: int) -> EventBatch:
@@ -359,6 +369,7 @@ def rebuild(
                         ),
                         {"name": projection.name, "position": position},
                     )
+                _announce(conn, None)  # every table was replaced
         except BaseException:
             _drop_all(engine, ordered, "rebuild")
             raise
