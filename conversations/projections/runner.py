@@ -104,8 +104,8 @@ def _fold(
         events = read_range(conn, after, until, batch_size)
         if not events:
             return after
-        after = events[-1].position
-        batch = EventBatch(events, after)  # shared: its messages are folded once for all
+        batch = EventBatch(events, events[-1].position, start=after)  # shared by all
+        after = batch.end
         for projection in projections:
             projection.apply(conn, batch, Tables(sides.get(projection.name, {})))
     return after
@@ -126,7 +126,7 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
             if not events:
                 return batches
             end = events[-1].position
-            projection.apply(conn, EventBatch(events, end), Tables())
+            projection.apply(conn, EventBatch(events, end, start=position), Tables())
             _advance(conn, projection.name, end)
         batches += 1
 
@@ -150,7 +150,7 @@ def catch_up_all(
             if not events:
                 return batches
             end = events[-1].position
-            shared = EventBatch(events, end)
+            shared = EventBatch(events, end, start=start)
             for projection in mine:
                 position = int(positions[projection.name] or 0)
                 if position >= end:
@@ -162,7 +162,8 @@ def catch_up_all(
 
 
 def _after(batch: EventBatch, position: int) -> EventBatch:
-    return EventBatch([e for e in batch.events if e.position > position], batch.end)
+    kept = [e for e in batch.events if e.position > position]
+    return EventBatch(kept, batch.end, start=position if batch.start is not None else None)
 
 
 def status(conn: Connection, projections: Sequence[Projection]) -> list[ProjectionStatus]:
