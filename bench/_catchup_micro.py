@@ -21,6 +21,7 @@ import json
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,15 @@ async def _store(url: str, events: int, seed: int) -> None:
         await engine.dispose()
 
 
+def _seq_scanned(engine: Any) -> int:
+    """Rows the database's sequential scans have read so far (every table)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return int(conn.scalar(text("SELECT sum(seq_tup_read) FROM pg_stat_user_tables")) or 0)
+
+
 def _reset(engine: Any, projections: Any) -> None:
     from sqlalchemy import text
 
@@ -105,6 +115,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--code", default=None, help="import conversations from this checkout")
+    parser.add_argument("--options", default="", help="libpq options of the folding connection")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     _setup_path(args.code)
@@ -116,6 +127,12 @@ def main() -> int:
     from conversations.projections.registry import PROJECTIONS
     from conversations.projections.runner import catch_up_all, ensure_checkpoints
 
+    plan_for_memory: Callable[[Any], None] | None
+    try:
+        from conversations.projections.worker import plan_for_memory
+    except ImportError:
+        plan_for_memory = None
+
     print(f"code: {Path(conversations.__file__).parent.parent}", flush=True)
     name = f"bench_catchup_{secrets.token_hex(4)}"
     base = args.database_url.rsplit("/", 1)[0]
@@ -123,27 +140,32 @@ def main() -> int:
     with psycopg.connect(args.database_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        engine = create_engine(url)
+        engine = create_engine(url, connect_args={"options": args.options} if args.options else {})
+        if plan_for_memory is not None:  # as the worker's (older code: without)
+            plan_for_memory(engine)
         with engine.connect() as conn:
             upgrade(conn)
         asyncio.run(_store(url, args.events, args.seed))
         with engine.begin() as conn:
-            ensure_checkpoints(conn, PROJECTIONS)
-            conn.exec_driver_sql("ANALYZE")
+            ensure_checkpoints(conn, PROJECTIONS)  # nothing analysed, as on a new store
         sizes = [int(s) for s in args.batch.split(",")]
         best: dict[int, tuple[float, float, float]] = {}
         for round_ in range(args.rounds):
             for size in sizes if round_ % 2 == 0 else sizes[::-1]:
                 _reset(engine, PROJECTIONS)
+                scanned = _seq_scanned(engine)
                 db0, py0, wall0 = _database_cpu(name), time.process_time(), time.perf_counter()
                 catch_up_all(engine, PROJECTIONS, batch_size=size)
                 wall = time.perf_counter() - wall0
                 py = time.process_time() - py0
                 db = sum(c - db0.get(pid, 0.0) for pid, c in _database_cpu(name).items())
                 per = 1e6 / args.events
+                time.sleep(0.6)  # the statistics of the last transactions
+                scanned = (_seq_scanned(engine) - scanned) / args.events
                 print(
                     f"  batch {size:>5}: python {py * per:6.1f} µs/event, database "
-                    f"{db * per:6.1f} µs/event, wall {wall:5.2f} s",
+                    f"{db * per:6.1f} µs/event, wall {wall:5.2f} s, rows read by "
+                    f"sequential scans {scanned:.0f} per event",
                     flush=True,
                 )
                 total = (py + db) * per
