@@ -333,6 +333,37 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _database_backends(url: str) -> list[int]:
+    """The PostgreSQL backend processes connected to `url`'s database (Linux /proc; the
+    server must run on this machine and be readable, else none)."""
+    marker = f" {urlsplit(url).path.lstrip('/')} "
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cmdline.startswith("postgres: ") and marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+class _DatabaseCpu:
+    """CPU of the backends of one database from `start` on (backends that appear later
+    count from 0; ones that exit meanwhile are lost: pools keep theirs)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._start = {pid: _process_cpu(pid) for pid in _database_backends(url)}
+
+    def spent(self) -> float:
+        return sum(
+            _process_cpu(pid) - self._start.get(pid, 0.0) for pid in _database_backends(self._url)
+        )
+
+
 def _machine_cpu() -> float:
     """Seconds of CPU the whole machine has spent busy (Linux /proc/stat), 0.0 if unknown."""
     try:
@@ -565,6 +596,11 @@ class Result:
     server_cpu: float
     worker_cpu: float
     other_cpu: float
+    database_us: float = 0.0
+    """CPU of the database's backends per request (µs), through the projections' catch-up."""
+    server_us: float = 0.0
+    worker_us: float = 0.0
+    """The same for the server and its worker process."""
     lag_max: float | None = None
     """The service's worst projection lag sampled during the run (seconds)."""
     catch_up: float | None = None
@@ -589,6 +625,7 @@ def measure(
     requests: list[bytes],
     concurrency: int,
     lag_url: str | None = None,
+    database_url: str | None = None,
 ) -> Result:
     """One run against the server process `pid`; the CPU of its child processes (the
     service's projection worker) is counted apart. With `lag_url`, the projections' lag
@@ -601,6 +638,8 @@ def measure(
     try:
         cpu_gen, cpu_server, cpu_all = time.process_time(), _process_cpu(pid), _machine_cpu()
         cpu_children = sum(map(_process_cpu, children))
+        cpu_server_start, cpu_children_start = cpu_server, cpu_children
+        database = _DatabaseCpu(database_url) if database_url else None
         if sampler is not None:
             with sampler:
                 seconds = _run(_drive(port, load, concurrency))
@@ -613,6 +652,10 @@ def measure(
     finally:
         gc.enable()
     catch_up = catch_up_seconds(lag_url) if lag_url else None
+    per_request = 1e6 / len(requests)
+    database_us = database.spent() * per_request if database else 0.0
+    server_us = (_process_cpu(pid) - cpu_server_start) * per_request
+    worker_us = (sum(map(_process_cpu, children)) - cpu_children_start) * per_request
     if sampler is not None and sampler.failure:
         print(f"    lag sampling failed: {sampler.failure}", file=sys.stderr)
     for sample in load.error_samples:
@@ -634,6 +677,9 @@ def measure(
         other_cpu=max(0.0, cpu_all - cpu_gen - cpu_server - cpu_children) / seconds,
         lag_max=sampler.max_lag if sampler is not None else None,
         catch_up=catch_up,
+        database_us=database_us,
+        server_us=server_us,
+        worker_us=worker_us,
     )
 
 
@@ -837,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
                         runs: list[Result] = []
                         for _ in range(args.repeat):
                             requests = build_requests(corpus, key, port, server.path, args.requests)
-                            result = measure(name, port, process.pid, requests, level, lag_url)
+                            result = measure(name, port, process.pid, requests, level, lag_url, url)
                             runs.append(result)
                             acked += result.acked
                             failed |= result.errors > 0
@@ -850,7 +896,10 @@ def main(argv: list[str] | None = None) -> int:
                                 f"errors {result.errors}  CPU gen {result.generator_cpu:.0%} "
                                 f"server {result.server_cpu:.0%} worker "
                                 f"{result.worker_cpu:.0%} rest {result.other_cpu:.0%}"
-                                + _lag_note(result),
+                                + _lag_note(result)
+                                + f"\n{'':13}CPU per webhook: server {result.server_us:.0f} µs"
+                                f", worker {result.worker_us:.0f} µs, database backends "
+                                f"{result.database_us:.0f} µs",
                                 flush=True,
                             )
                         median = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]

@@ -48,6 +48,11 @@ class EventBatch:
     """The position the projection has reached once this batch is applied."""
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Work shared by the projections folding this same batch (see `messages`)."""
+    start: int | None = None
+    """When known: `events` are *every* event in (start, end], so only the events at or
+    before `start` need to be read back to complete a message (live catch-up: most
+    messages of a batch are new, and none of their events is read twice). None: nothing
+    is assumed about `events` (any chunk, duplicates included); every event is read."""
 
 
 MERGE_EVENT_TYPE = "ConversationUpdate"
@@ -87,7 +92,13 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
         return cached
     keys = message_keys(batch.events)
     grouped: defaultdict[MessageKey, list[StoredEvent]] = defaultdict(list)
-    for event in read_message_events(conn, keys, batch.end):
+    if batch.start is None:
+        stored = read_message_events(conn, keys, batch.end)
+    else:  # the earlier events from the table, then the batch's own (all later)
+        wanted = set(keys)
+        stored = read_message_events(conn, keys, batch.start)
+        stored += [e for e in batch.events if (e.location_id, e.message_id) in wanted]
+    for event in stored:
         if event.message_id:
             grouped[(event.location_id, event.message_id)].append(event)
     cached = {}

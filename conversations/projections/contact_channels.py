@@ -44,7 +44,14 @@ from sqlalchemy.sql.elements import FunctionFilter, Over
 from sqlalchemy.sql.functions import FunctionElement
 
 from conversations.messages import LatestFlags, MessageEntry
-from conversations.projections._sql import in_keys, load, unnest, upsert
+from conversations.projections._sql import (
+    arrays,
+    bound_unnest,
+    cached,
+    in_keys,
+    load,
+    upsert,
+)
 from conversations.projections.base import EventBatch, Row, Tables, message_keys, messages
 from conversations.schema import metadata
 
@@ -212,21 +219,35 @@ def _load_summaries(
 ) -> dict[Group, dict[str, Any]]:
     if not groups:
         return {}
+    return {
+        (row.location_id, row.contact_id, row.channel): dict(row._mapping)
+        for row in conn.execute(_load_summaries_statement(summary), _group_arrays(groups))
+    }
+
+
+def _group_arrays(groups: Iterable[Group]) -> dict[str, list[Any]]:
+    """The parameters of `_groups_table`, sorted."""
     ordered = sorted(groups)
-    wanted = unnest(
-        location_id=([g[0] for g in ordered], Text()),
-        contact_id=([g[1] for g in ordered], Text()),
-        channel=([g[2] for g in ordered], Text()),
+    return arrays(
+        "g",
+        location_id=[g[0] for g in ordered],
+        contact_id=[g[1] for g in ordered],
+        channel=[g[2] for g in ordered],
     )
-    query = select(summary).where(
+
+
+def _groups_table() -> Any:
+    return bound_unnest("g", location_id=Text(), contact_id=Text(), channel=Text())
+
+
+@cached
+def _load_summaries_statement(summary: Table) -> Any:
+    wanted = _groups_table()
+    return select(summary).where(
         tuple_(summary.c.location_id, summary.c.contact_id, summary.c.channel).in_(
             select(wanted.c.location_id, wanted.c.contact_id, wanted.c.channel)
         )
     )
-    return {
-        (row.location_id, row.contact_id, row.channel): dict(row._mapping)
-        for row in conn.execute(query)
-    }
 
 
 def _date_order(date: datetime | None) -> tuple[bool, datetime]:
@@ -269,6 +290,16 @@ def _recompute(
     those left empty."""
     if groups is not None and not groups:
         return
+    upsert_statement, delete_statement = _recompute_statements(ledger, summary, groups is None)
+    parameters = {} if groups is None else _group_arrays(groups)
+    conn.execute(upsert_statement, parameters)
+    conn.execute(delete_statement, parameters)
+
+
+@cached
+def _recompute_statements(ledger: Table, summary: Table, every: bool) -> tuple[Any, Any]:
+    """The upsert of the recomputed rows and the delete of the emptied ones, of every
+    group or (not `every`) of the groups bound as `_group_arrays`."""
     group_columns = (ledger.c.location_id, ledger.c.contact_id, ledger.c.channel)
     newest_first = (
         ledger.c.date_added.desc().nulls_last(),
@@ -298,15 +329,11 @@ def _recompute(
         ledger.c.contact_id == summary.c.contact_id,
         ledger.c.channel == summary.c.channel,
     )
-    if groups is None:  # every group (a rebuild's `finish`)
+    if every:  # every group (a rebuild's `finish`)
         ranked = ranked_rows.where(ledger.c.contact_id.is_not(None)).subquery()
         emptied: ColumnElement[bool] = ~still_used
     else:
-        wanted = unnest(
-            location_id=([g[0] for g in groups], Text()),
-            contact_id=([g[1] for g in groups], Text()),
-            channel=([g[2] for g in groups], Text()),
-        )
+        wanted = _groups_table()
         in_group = and_(
             ledger.c.location_id == wanted.c.location_id,
             ledger.c.contact_id == wanted.c.contact_id,
@@ -322,13 +349,11 @@ def _recompute(
     recomputed = select(*[ranked.c[c.name] for c in summary.columns]).where(ranked.c.newest == 1)
     names = [column.name for column in summary.columns]
     statement = pg_insert(summary).from_select(names, recomputed)
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[summary.c.location_id, summary.c.contact_id, summary.c.channel],
-            set_={name: statement.excluded[name] for name in names[3:]},
-        )
+    upsert_statement = statement.on_conflict_do_update(
+        index_elements=[summary.c.location_id, summary.c.contact_id, summary.c.channel],
+        set_={name: statement.excluded[name] for name in names[3:]},
     )
-    conn.execute(delete(summary).where(emptied))
+    return upsert_statement, delete(summary).where(emptied)
 
 
 # --- reads ----------------------------------------------------------------------------------

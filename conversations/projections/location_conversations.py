@@ -72,7 +72,15 @@ from conversations.messages import (
     latest_flags,
     resolve_merges,
 )
-from conversations.projections._sql import in_keys, keys_table, load, upsert, upsert_json
+from conversations.projections._sql import (
+    bound_unnest,
+    cached,
+    in_keys,
+    key_arrays,
+    load,
+    upsert,
+    upsert_json,
+)
 from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
@@ -446,13 +454,10 @@ def _update_summaries(
         for row in (before, after):
             if row is not None:
                 conversations.add((key[0], row["conversation_id"]))
-    roots = tables.roots
     root_of = {
         (row.location_id, row.conversation_id): row.root_id
         for row in conn.execute(
-            select(roots.c.location_id, roots.c.conversation_id, roots.c.root_id).where(
-                in_keys(roots, "conversation_id", conversations)
-            )
+            _roots_statement(tables.roots), key_arrays("k", conversations, "conversation_id")
         )
     }
 
@@ -485,6 +490,17 @@ def _update_summaries(
     if stale:
         summary = tables.summary
         conn.execute(delete(summary).where(in_keys(summary, "conversation_id", stale)))
+
+
+@cached
+def _roots_statement(roots: Table) -> Any:
+    """The roots of the conversations bound as `key_arrays("k", ..., "conversation_id")`."""
+    wanted = bound_unnest("k", location_id=Text(), conversation_id=Text())
+    return select(roots.c.location_id, roots.c.conversation_id, roots.c.root_id).where(
+        tuple_(roots.c.location_id, roots.c.conversation_id).in_(
+            select(wanted.c.location_id, wanted.c.conversation_id)
+        )
+    )
 
 
 def _in_place(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
@@ -582,8 +598,18 @@ def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> 
     """Upsert the summary rows of the roots `wanted` (None: of every conversation there is
     anything of) from the working tables, in one INSERT ... SELECT; returns the roots
     that got a row (those with anything to show)."""
+    statement = _recompute_statement(tables, wanted is None)
+    parameters = {} if wanted is None else key_arrays("w", wanted, "root_id")
+    result = conn.execute(statement, parameters)
+    return {(row.location_id, row.conversation_id) for row in result}
+
+
+@cached
+def _recompute_statement(tables: _Physical, every: bool) -> Any:
+    """`_recompute`'s statement: of every root, or (not `every`) of the roots bound as
+    `key_arrays("w", ..., "root_id")`."""
     messages, flags, roots, summary = tables.messages, tables.flags, tables.roots, tables.summary
-    if wanted is None:  # every root: of each conversation with messages or flags
+    if every:  # every root: of each conversation with messages or flags
         seen = union(
             select(messages.c.location_id, messages.c.conversation_id),
             select(flags.c.location_id, flags.c.conversation_id),
@@ -606,7 +632,8 @@ def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> 
             .cte("affected")
         )
     else:
-        affected = select(keys_table(wanted, "root_id")).cte("affected")
+        wanted = bound_unnest("w", location_id=Text(), root_id=Text())
+        affected = select(wanted).cte("affected")
     members = union(
         select(
             affected.c.location_id,
@@ -710,13 +737,10 @@ def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> 
     )
     names = [column.name for column in summary.columns]
     statement = pg_insert(summary).from_select(names, recomputed)
-    result = conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[summary.c.location_id, summary.c.conversation_id],
-            set_={name: statement.excluded[name] for name in names[2:]},
-        ).returning(summary.c.location_id, summary.c.conversation_id)
-    )
-    return {(row.location_id, row.conversation_id) for row in result}
+    return statement.on_conflict_do_update(
+        index_elements=[summary.c.location_id, summary.c.conversation_id],
+        set_={name: statement.excluded[name] for name in names[2:]},
+    ).returning(summary.c.location_id, summary.c.conversation_id)
 
 
 # --- reads ----------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ def _fold(
         events = read_range(conn, after, until, batch_size)
         if not events:
             return after
-        after = events[-1].position
-        batch = EventBatch(events, after)  # shared: its messages are folded once for all
+        batch = EventBatch(events, events[-1].position, start=after)  # shared by all
+        after = batch.end
         for projection in projections:
             projection.apply(conn, batch, Tables(sides.get(projection.name, {})))
     return after
@@ -126,7 +126,7 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
             if not events:
                 return batches
             end = events[-1].position
-            projection.apply(conn, EventBatch(events, end), Tables())
+            projection.apply(conn, EventBatch(events, end, start=position), Tables())
             _advance(conn, projection.name, end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
@@ -139,28 +139,42 @@ def catch_up_all(
     into every projection that is free, in one transaction (one commit, not one per
     projection). Projections another worker holds are left to it. Returns batches done."""
     ordered = sorted(projections, key=lambda p: p.name)
+    names = [p.name for p in ordered]
     batches = 0
     while True:
         with engine.begin() as conn:
-            positions = {p.name: _checkpoint(conn, p.name, wait=False) for p in ordered}
-            mine = [p for p in ordered if positions[p.name] is not None]
+            positions = _free_checkpoints(conn, names)
+            mine = [p for p in ordered if p.name in positions]
             if not mine:
                 return batches
-            start = min(int(positions[p.name] or 0) for p in mine)
+            start = min(positions.values())
             events = read_range(conn, start, 2**63 - 1, batch_size)
             if not events:
                 return batches
             end = events[-1].position
-            shared = EventBatch(events, end)
+            shared = EventBatch(events, end, start=start)
             for projection in mine:
-                position = int(positions[projection.name] or 0)
+                position = positions[projection.name]
                 if position >= end:
                     continue
                 batch = shared if position == start else _after(shared, position)
                 projection.apply(conn, batch, Tables())
-                _advance(conn, projection.name, end)
+            _advance_all(conn, [p.name for p in mine], end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
+
+
+_FREE_CHECKPOINTS = text(
+    "SELECT name, position FROM projection_checkpoints WHERE name = ANY(:names)"
+    " ORDER BY name FOR UPDATE SKIP LOCKED"
+)
+
+
+def _free_checkpoints(conn: Connection, names: Sequence[str]) -> dict[str, int]:
+    """Lock the checkpoint rows no other worker holds (in name order, as every worker
+    does); their positions by name. One statement for all: it runs for every batch."""
+    rows = conn.execute(_FREE_CHECKPOINTS, {"names": list(names)})
+    return {row.name: int(row.position) for row in rows}
 
 
 def _announce(conn: Connection, locations: set[str] | None) -> None:
@@ -171,8 +185,19 @@ def _announce(conn: Connection, locations: set[str] | None) -> None:
     )
 
 
+def _advance_all(conn: Connection, names: Sequence[str], position: int) -> None:
+    conn.execute(
+        text(
+            "UPDATE projection_checkpoints SET position = :position, updated_at = clock_timestamp()"
+            " WHERE name = ANY(:names) AND position < :position"
+        ),
+        {"names": list(names), "position": position},
+    )
+
+
 def _after(batch: EventBatch, position: int) -> EventBatch:
-    return EventBatch([e for e in batch.events if e.position > position], batch.end)
+    kept = [e for e in batch.events if e.position > position]
+    return EventBatch(kept, batch.end, start=position if batch.start is not None else None)
 
 
 def status(conn: Connection, projections: Sequence[Projection]) -> list[ProjectionStatus]:
