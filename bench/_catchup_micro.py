@@ -127,11 +127,11 @@ def main() -> int:
     from conversations.projections.registry import PROJECTIONS
     from conversations.projections.runner import catch_up_all, ensure_checkpoints
 
-    plan_for_memory: Callable[[Any], None] | None
+    plan_folds: Callable[[Any], None] | None
     try:
-        from conversations.projections.worker import plan_for_memory
+        from conversations.projections.worker import plan_folds
     except ImportError:
-        plan_for_memory = None
+        plan_folds = None
 
     print(f"code: {Path(conversations.__file__).parent.parent}", flush=True)
     name = f"bench_catchup_{secrets.token_hex(4)}"
@@ -141,8 +141,8 @@ def main() -> int:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         engine = create_engine(url, connect_args={"options": args.options} if args.options else {})
-        if plan_for_memory is not None:  # as the worker's (older code: without)
-            plan_for_memory(engine)
+        if plan_folds is not None:  # as the worker's (older code: without)
+            plan_folds(engine)
         with engine.connect() as conn:
             upgrade(conn)
         asyncio.run(_store(url, args.events, args.seed))

@@ -284,14 +284,14 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
 
     from conversations.gc_tuning import freeze_startup_heap
     from conversations.projections.registry import PROJECTIONS
-    from conversations.projections.worker import CatchUpWorker, plan_for_memory
+    from conversations.projections.worker import CatchUpWorker, plan_folds
     from conversations.supervisor import parent_gone
 
     parent: int | None = args.parent_pid
     engine = create_engine(
         handle.url, connect_args={"connect_timeout": int(max(2, settings.db_timeout))}
     )
-    plan_for_memory(engine)
+    plan_folds(engine)
     worker = CatchUpWorker(
         engine,
         handle.url,
