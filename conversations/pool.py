@@ -38,6 +38,9 @@ def read_pool(database_url: str, size: int, timeout: float) -> AsyncConnectionPo
             "connect_timeout": int(max(2, timeout)),
         },
         configure=_generic_plans,
+        # Plans are made once per connection: renewing connections now and then lets a
+        # store that grew since (a new one, say) get plans for its size.
+        max_lifetime=600,
         open=False,
         name="reads",
     )
