@@ -97,10 +97,6 @@ class ProjectionChanges:
                 await self._task
         self._drop()
 
-    @property
-    def listening(self) -> bool:
-        return self._conn is not None
-
     def stamp(self, scope: Scope) -> Stamp | None:
         """The stamp of what `scope` may read, as of now; None while not listening."""
         if self._conn is None:
