@@ -21,10 +21,14 @@ from tests.helpers import Server, message, new_id
 LISTENER = "conversations page cache"
 
 
-def _hits(server: Server) -> int:
+def _metric(server: Server, series: str) -> int:
     body = httpx.get(f"{server.url}/metrics", timeout=10).text
-    found = re.search(r'^conversations_read_cache_total\{result="hit"\} (\d+)$', body, re.M)
+    found = re.search(rf"^{re.escape(series)} (\d+)$", body, re.M)
     return int(found[1]) if found else 0
+
+
+def _hits(server: Server) -> int:
+    return _metric(server, 'conversations_read_cache_total{result="hit"}')
 
 
 def _conversation(server: Server, engine: sqlalchemy.Engine, count: int = 3) -> tuple[str, str]:
@@ -64,6 +68,7 @@ def test_a_page_read_again_comes_from_memory_and_is_the_same(
         before = _hits(server)
         again = reader.get(path, params)
         assert _hits(server) == before + 1
+        assert _metric(server, "conversations_read_cache_bytes") >= len(first.content)
         assert (again.status_code, again.content) == (200, first.content)
         assert again.headers["content-type"] == first.headers["content-type"]
 
@@ -154,6 +159,7 @@ def test_without_its_listener_the_cache_is_off_and_misses_nothing(
     try:
         assert _bodies(reader, conversation) == ["edited"]
         _wait(lambda: bool(_listeners(engine)), "the listener to reconnect")
+        _wait(lambda: _metric(server, "conversations_read_cache_serving") == 1, "the cache on")
         _bodies(reader, conversation)
         before = _hits(server)
         assert _bodies(reader, conversation) == ["edited"]

@@ -97,7 +97,7 @@ async def metrics(request: Request) -> Response:
         "conversations_database_reachable",
         "1 if the database answered this scrape within CONVERSATIONS_DB_TIMEOUT, else 0.",
     )
-    gauges = [reachable]
+    gauges = [reachable, *_page_cache_gauges(state)]
     try:
         probe = await within(_probe(state, quarantine=True), state.settings.db_timeout)
     except Exception:
@@ -108,6 +108,21 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(
         state.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
     )
+
+
+def _page_cache_gauges(state: AppState) -> list[Gauge]:
+    if state.pages is None or state.changes is None:
+        return []
+    return [
+        Gauge(
+            "conversations_read_cache_serving",
+            "1 while kept read pages may be served (the listener for projection changes "
+            "is connected and answering), else 0.",
+        ).set(int(state.changes.hearing)),
+        Gauge("conversations_read_cache_bytes", "Memory held by kept read pages (estimate).").set(
+            state.pages.bytes
+        ),
+    ]
 
 
 def _database_gauges(probe: _Probe) -> list[Gauge]:

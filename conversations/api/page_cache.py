@@ -97,12 +97,17 @@ class ProjectionChanges:
                 await self._task
         self._drop()
 
+    @property
+    def hearing(self) -> bool:
+        """Whether pages may be served: listening, and the connection answered lately."""
+        return self._conn is not None and time.monotonic() - self._heard <= MAX_SILENCE
+
     def stamp(self, scope: Scope) -> Stamp | None:
         """The stamp of what `scope` may read, as of now; None while not listening."""
         if self._conn is None:
             return None
         self._drain()
-        if self._conn is None or time.monotonic() - self._heard > MAX_SILENCE:
+        if not self.hearing:
             return None
         if scope.all_locations:
             return (self._epoch, self._any)
@@ -245,6 +250,11 @@ class PageCache:
 
     def __len__(self) -> int:
         return len(self._pages)
+
+    @property
+    def bytes(self) -> int:
+        """Memory counted against `max_bytes`."""
+        return self._bytes
 
 
 def _size(key: Key, body: bytes) -> int:
