@@ -2,6 +2,11 @@
 
 Ed25519 wins whenever its header is present; RSA is only consulted when it is absent, so a
 bad current signature is never rescued by the legacy one.
+
+Ed25519 is checked by libsodium (PyNaCl): about half the CPU of `cryptography`'s OpenSSL
+verify per webhook (55 vs 105 us on the reference machine), which is a quarter of the HTTP
+process's work per webhook. `cryptography` still loads the PEM keys (settings accept PEM)
+and checks RSA; libsodium is handed the raw 32-byte public key.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 HIGHLEVEL_ED25519_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
 MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=
@@ -73,7 +80,9 @@ class SignatureVerifier:
             raise ValueError(
                 f"RSA public key: the PEM holds a {type(rsa_key).__name__}, not an RSA key"
             )
-        self._ed25519_key = ed_key
+        self._ed25519_key = VerifyKey(
+            ed_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
         self._rsa_key = rsa_key
 
     def verify(
@@ -84,11 +93,7 @@ class SignatureVerifier:
             signature = _b64decode(ed_value)
             if signature is None:
                 return Verification("ed25519", False, "Ed25519 signature is not valid base64")
-            try:
-                self._ed25519_key.verify(signature, body)
-            except InvalidSignature:
-                return Verification("ed25519", False, "Ed25519 signature does not match the body")
-            return Verification("ed25519", True, "valid Ed25519 signature")
+            return self._verify_ed25519(signature, body)
 
         rsa_value = _present(rsa_signature)
         if rsa_value is not None:
@@ -102,6 +107,22 @@ class SignatureVerifier:
             return Verification("rsa", True, "valid RSA signature")
 
         return Verification(None, False, "no signature header")
+
+    def _verify_ed25519(self, signature: bytes, body: bytes) -> Verification:
+        # PyNaCl raises ValueError for a signature that is not 64 bytes: checked first, so
+        # nothing but a mismatch is left to raise (an exception here would not be a 401).
+        if len(signature) != _ED25519_SIGNATURE_BYTES:
+            return _ED25519_MISMATCH
+        try:
+            self._ed25519_key.verify(body, signature)
+        except BadSignatureError:
+            return _ED25519_MISMATCH
+        return _ED25519_VALID
+
+
+_ED25519_SIGNATURE_BYTES = 64
+_ED25519_MISMATCH = Verification("ed25519", False, "Ed25519 signature does not match the body")
+_ED25519_VALID = Verification("ed25519", True, "valid Ed25519 signature")
 
 
 def _load_public_key(pem: str, label: str) -> object:

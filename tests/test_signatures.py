@@ -145,6 +145,21 @@ def test_valid_base64_of_wrong_length() -> None:
     assert not VERIFIER.verify(BODY, None, short).valid
 
 
+@pytest.mark.parametrize("size", [1, 63, 65, 128])
+def test_ed25519_signature_of_wrong_length_is_a_mismatch(size: int) -> None:
+    """A valid signature cut or padded: refused as Ed25519 (no RSA fallback), no raise."""
+    signature = base64.b64encode((ED_KEY.sign(BODY) * 2)[:size]).decode()
+    result = VERIFIER.verify(BODY, signature, rsa_sign(BODY))
+    assert (result.scheme, result.valid) == ("ed25519", False)
+
+
+@pytest.mark.parametrize("signature", [b"\xff" * 64, b"\x00" * 64, b"\x01" * 32 + b"\xff" * 32])
+def test_ed25519_malformed_64_bytes_is_a_mismatch(signature: bytes) -> None:
+    """Not a point, or S not reduced: libsodium refuses them, as a mismatch."""
+    result = VERIFIER.verify(BODY, base64.b64encode(signature).decode(), None)
+    assert result == Verification("ed25519", False, "Ed25519 signature does not match the body")
+
+
 def test_empty_body() -> None:
     assert VERIFIER.verify(b"", ed_sign(b""), None).valid
     assert VERIFIER.verify(b"", None, rsa_sign(b"")).valid

@@ -6,6 +6,7 @@ the server wrote, so the tests neither depend on each other nor on earlier runs.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -732,6 +733,25 @@ def test_signature_that_is_not_base64_is_401(server: Server, engine: sqlalchemy.
     response = server.post(document, scheme="none", headers={"X-GHL-Signature": "%%%not base64"})
     assert_problem(response, 401)
     assert events_in(engine, document["locationId"]) == []
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [b"\x01" * 63, b"\x01" * 65, b"\xff" * 64, b"\x00" * 64],
+    ids=["short", "long", "not_canonical", "zeros"],
+)
+def test_ed25519_signature_of_wrong_shape_is_401(
+    signature: bytes, server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """libsodium refuses these by raising ValueError or BadSignatureError: a 401 either way,
+    never a 500 nor a quarantined (unauthenticated) body."""
+    document = message()
+    raw = json.dumps(document).encode()
+    header = {"X-GHL-Signature": base64.b64encode(signature).decode()}
+    response = server.post(raw, scheme="none", headers=header)
+    assert assert_problem(response, 401)["outcome"] == "unauthenticated"
+    assert events_in(engine, document["locationId"]) == []
+    assert quarantined(engine, raw) == []
 
 
 def test_metrics_count_unauthenticated_deliveries(server: Server) -> None:
