@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from psycopg import AsyncConnection, OperationalError
+from psycopg.types.array import ListBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from conversations.database import LIVENESS, libpq_url
@@ -44,6 +45,18 @@ def read_pool(database_url: str, size: int, timeout: float) -> AsyncConnectionPo
         open=False,
         name="reads",
     )
+
+
+async def append_connection(database_url: str, connect_seconds: float) -> AsyncConnection[Any]:
+    """The group-commit writer's connection: autocommit (each batch's INSERT is one durable
+    statement, one round trip), lists sent as binary arrays, connecting bounded by
+    `connect_seconds`. No pool: one writer task holds it, and drops it when it fails."""
+    options: dict[str, Any] = {**LIVENESS, "connect_timeout": int(max(1, connect_seconds))}
+    conn = await AsyncConnection.connect(libpq_url(database_url), autocommit=True, **options)
+    # In text format psycopg escapes every quote of every element (a batch of JSON
+    # payloads), which costs more than the INSERT itself.
+    conn.adapters.register_dumper(list, ListBinaryDumper)
+    return conn
 
 
 async def _generic_plans(conn: AsyncConnection[Any]) -> None:

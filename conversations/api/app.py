@@ -4,6 +4,7 @@ database engine and the group-commit writer."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -50,11 +51,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         engine = create_async_engine(
             database_url, pool_size=settings.db_pool_size, timeout=settings.db_timeout
         )
-        appends = create_async_engine(
-            database_url, pool_size=2, timeout=settings.db_timeout, autocommit=True
-        )
         writer = GroupCommitWriter(
-            appends, batch_max=settings.batch_max, timeout=settings.db_timeout
+            functools.partial(pool.append_connection, database_url, settings.db_timeout),
+            batch_max=settings.batch_max,
+            timeout=settings.db_timeout,
         )
         await writer.start()
         read_engine = create_engine(
@@ -99,7 +99,6 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             yield
         finally:
             await writer.stop()
-            await appends.dispose()
             await engine.dispose()
             if worker is not None:
                 await worker.stop()
