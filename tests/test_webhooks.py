@@ -754,6 +754,25 @@ def test_ed25519_signature_of_wrong_shape_is_401(
     assert quarantined(engine, raw) == []
 
 
+@pytest.mark.parametrize("valid_first", [True, False])
+def test_repeated_signature_header_the_first_counts(
+    valid_first: bool, server: Server, engine: sqlalchemy.Engine
+) -> None:
+    document = message()
+    raw = json.dumps(document).encode()
+    valid = server.keys.headers(raw)["X-GHL-Signature"]
+    wrong = server.keys.headers(raw + b" ")["X-GHL-Signature"]
+    values = [valid, wrong] if valid_first else [wrong, valid]
+    response = httpx.post(
+        f"{server.url}/webhooks/highlevel",
+        content=raw,
+        headers=[("Content-Type", "application/json")]
+        + [("X-GHL-Signature", value) for value in values],
+        timeout=30,
+    )
+    assert response.status_code == (201 if valid_first else 401), response.text
+
+
 def test_metrics_count_unauthenticated_deliveries(server: Server) -> None:
     before = webhook_count(server, "unauthenticated")
     stored_before = webhook_count(server, "stored")
