@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -22,6 +23,7 @@ __all__ = [
     "canonical_json",
     "dedup_key",
     "jsonb_text",
+    "message_event",
     "message_identity",
     "parse_json_object",
     "to_new_event",
@@ -73,24 +75,38 @@ def message_identity(payload: MessagePayload) -> str:
     `dateAdded` is hashed as sent, not parsed; `attachments` and `to` after normalisation (a
     string `to` and a one-element list are the same message).
     """
-    if payload.messageId:
-        return payload.messageId
-    if payload.emailMessageId:
-        return payload.emailMessageId
-    described = [
-        payload.locationId,
-        payload.conversationId,
-        payload.contactId,
-        payload.type,
-        payload.messageType,
-        payload.direction,
-        payload.date_added_raw,
-        payload.body,
-        payload.attachments,
-        payload.from_,
-        payload.to,
-    ]
-    return "derived:" + _sha256(canonical_json(described))
+    return _identity(_fields(payload))
+
+
+_Fields = Mapping[str, Any]
+"""A message's field values by MessagePayload field name, as `plain_message_fields` gives
+them (and `_fields` reads them off a model)."""
+
+_DESCRIBED = (
+    "locationId",
+    "conversationId",
+    "contactId",
+    "type",
+    "messageType",
+    "direction",
+    "raw_date_added",  # `dateAdded` as sent
+    "body",
+    "attachments",
+    "from_",
+    "to",
+)
+
+
+def _fields(payload: MessagePayload) -> dict[str, Any]:
+    return {name: getattr(payload, name) for name in MessagePayload.model_fields}
+
+
+def _identity(fields: _Fields) -> str:
+    """`message_identity` on field values."""
+    message_id: str | None = fields["messageId"] or fields["emailMessageId"]
+    if message_id:
+        return message_id
+    return "derived:" + _sha256(canonical_json([fields[name] for name in _DESCRIBED]))
 
 
 def dedup_key(document: dict[str, Any]) -> str:
@@ -176,13 +192,39 @@ def to_new_event(
     metadata: dict[str, Any],
 ) -> NewEvent:
     """The event for one delivery; `document`/`raw_text` are what `parse_json_object` gave."""
+    if isinstance(payload, MessagePayload):
+        return message_event(_fields(payload), document, raw, raw_text, metadata)
     payload_json = jsonb_text(raw_text, document)
     return NewEvent(
         location_id=payload.locationId,
         stream_id=_stream_id(payload),
         event_type=payload.type,
-        message_id=message_identity(payload) if isinstance(payload, MessagePayload) else None,
-        occurred_at=payload.dateAdded if isinstance(payload, MessagePayload) else None,
+        message_id=None,
+        occurred_at=None,
+        payload_json=payload_json,
+        raw=raw,
+        metadata=metadata,
+        dedup_key=dedup_key(document),
+        payload_is_raw=payload_json is raw_text,
+    )
+
+
+def message_event(
+    fields: _Fields,
+    document: dict[str, Any],
+    raw: bytes,
+    raw_text: str,
+    metadata: dict[str, Any],
+) -> NewEvent:
+    """`to_new_event` for a message given by its field values (`plain_message_fields`):
+    ingest's common case, without building a pydantic model."""
+    payload_json = jsonb_text(raw_text, document)
+    return NewEvent(
+        location_id=fields["locationId"],
+        stream_id=fields["conversationId"],
+        event_type=fields["type"],
+        message_id=_identity(fields),
+        occurred_at=fields["dateAdded"],
         payload_json=payload_json,
         raw=raw,
         metadata=metadata,

@@ -19,9 +19,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conversations.deadline import within
-from conversations.events import NewEvent, NotJSONError, parse_json_object, to_new_event
+from conversations.events import (
+    NewEvent,
+    NotJSONError,
+    message_event,
+    parse_json_object,
+    to_new_event,
+)
 from conversations.metrics import Metrics
-from conversations.payloads import PayloadError, parse_payload
+from conversations.payloads import PayloadError, parse_payload, plain_message_fields
 from conversations.signatures import ED25519_HEADER, RSA_HEADER, SignatureVerifier, Verification
 from conversations.store import (
     EventRejected,
@@ -258,6 +264,10 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
         document, raw_text = parse_json_object(raw)
     except NotJSONError as error:
         return Rejection("not_json", error.detail)
+    metadata = _metadata(verification, document, source)
+    fields = plain_message_fields(document)
+    if fields is not None:  # nearly every webhook: a message checked without pydantic
+        return message_event(fields, document, raw, raw_text, metadata)
     try:
         payload = parse_payload(document)
     except PayloadError as error:
@@ -268,7 +278,7 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
             list(error.errors),
             location if isinstance(location, str) and location.strip() else None,
         )
-    return to_new_event(payload, document, raw, raw_text, _metadata(verification, document, source))
+    return to_new_event(payload, document, raw, raw_text, metadata)
 
 
 def _kept(headers: Mapping[str, str]) -> dict[str, str]:

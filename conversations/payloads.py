@@ -41,6 +41,7 @@ __all__ = [
     "PayloadReason",
     "message_fields",
     "parse_payload",
+    "plain_message_fields",
 ]
 
 PayloadReason: TypeAlias = Literal[
@@ -574,6 +575,19 @@ def message_fields(document: Any) -> dict[str, Any] | None:
     if not isinstance(payload, MessagePayload):
         return None
     return {name: getattr(payload, name) for name in _MESSAGE_FIELDS}
+
+
+def plain_message_fields(document: Any) -> dict[str, Any] | None:
+    """`message_fields`' fast half alone: the field values of a message of plain JSON shapes,
+    or None when pydantic must decide (`parse_payload` then gives the answer, or the error).
+
+    For ingest: nearly every webhook is such a message, and this costs about two thirds
+    of `parse_payload`'s CPU. Read-only, as for `message_fields`.
+    """
+    try:
+        return _plain_message(document)
+    except _Unsure:
+        return None
 
 
 def _plain_message(document: Any) -> dict[str, Any]:

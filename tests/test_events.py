@@ -22,6 +22,7 @@ from conversations.events import (
     parse_json_object,
     to_new_event,
 )
+from conversations.ingest import prepare
 from conversations.payloads import MessagePayload, parse_payload
 
 FIXTURES = Path(__file__).parent / "fixtures" / "highlevel"
@@ -368,3 +369,21 @@ def test_parse_json_object_accepts_every_fixture() -> None:
     for path in FIXTURES.glob("*.json"):
         document, text = parse_json_object(path.read_bytes())
         assert document == json.loads(text)
+
+
+def _model_event(raw: bytes) -> NewEvent:
+    """The event as built through the pydantic model (ingest's path for unusual shapes)."""
+    document, text = parse_json_object(raw)
+    return to_new_event(parse_payload(document), document, raw, text, {"source": "test"})
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in FIXTURES.glob("*.json")))
+@pytest.mark.parametrize("drop", [(), ("messageId",), ("messageId", "emailMessageId")])
+def test_ingest_builds_the_models_event(name: str, drop: tuple[str, ...]) -> None:
+    """`prepare` builds message events from plain field values, without the model: the same
+    event, identity (derived too) included."""
+    document = {key: value for key, value in load(name).items() if key not in drop}
+    raw = json.dumps(document, indent=1).encode()
+    prepared = prepare(raw, "webhook", None)
+    assert isinstance(prepared, NewEvent)
+    assert dataclasses.replace(prepared, metadata={"source": "test"}) == _model_event(raw)

@@ -21,6 +21,7 @@ from conversations.payloads import (
     PayloadError,
     message_fields,
     parse_payload,
+    plain_message_fields,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "highlevel"
@@ -753,3 +754,18 @@ def test_message_fields_reads_plain_documents_without_pydantic(
     monkeypatch.setattr(payloads, "parse_payload", no_pydantic)
     for document, answer in zip(plain, answers, strict=True):
         assert typed(message_fields(document)) == typed(answer)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(documents | message_documents | changed_messages)
+def test_plain_message_fields_answers_as_the_model_or_not_at_all(document: dict[str, Any]) -> None:
+    """Ingest stores what `plain_message_fields` gives without asking pydantic: it must be
+    the model's answer whenever it gives one."""
+    fields = plain_message_fields(document)
+    if fields is not None:
+        assert typed(fields) == typed(model_answer(document))
+
+
+def test_plain_message_fields_takes_the_valid_messages() -> None:
+    for document in VALID_MESSAGES:
+        assert typed(plain_message_fields(document)) == typed(model_answer(document))
