@@ -14,7 +14,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -165,16 +165,10 @@ class GroupCommitWriter:
         for group, result in zip(groups, results, strict=True):
             for index, pending in enumerate(group):
                 if not pending.future.done():
-                    duplicate = result.duplicate or index > 0
-                    pending.future.set_result(
-                        AppendResult(
-                            result.position,
-                            result.event_id,
-                            result.stream_id,
-                            result.version,
-                            duplicate,
-                        )
-                    )
+                    # The first of a group gets the result itself; the others (redeliveries
+                    # in the same batch) are duplicates of it.
+                    answer = result if index == 0 else replace(result, duplicate=True)
+                    pending.future.set_result(answer)
 
     async def _append(self, events: list[NewEvent]) -> list[AppendResult]:
         # The connection autocommits: the INSERT is one durable statement (one round
