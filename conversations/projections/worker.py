@@ -79,6 +79,8 @@ class CatchUpWorker:
         self._last_fold = -pace
         self._orphaned = orphaned
         self._stopping = threading.Event()
+        self._backoff = 0.5
+        """Seconds to wait before the next attempt after a failure."""
 
     def stop(self) -> None:
         """Ask `run` to return (from a signal handler or another thread)."""
@@ -91,16 +93,15 @@ class CatchUpWorker:
         return self._stopping.is_set()
 
     def run(self) -> None:
-        """Fold until stopped; a failure (database away) is retried with backoff."""
-        backoff = 0.5
+        """Fold until stopped; a failure (database away) is retried with backoff, which
+        starts again from 0.5 s once a fold succeeds."""
         while not self._done():
             try:
                 self._listen_and_fold()
-                backoff = 0.5
             except Exception as error:
                 log.warning("projection catch-up failed, retrying: %s", error, exc_info=True)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._stopping.wait(self._backoff)
+                self._backoff = min(self._backoff * 2, 30.0)
 
     def _listen_and_fold(self) -> None:
         with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as listener:
@@ -110,6 +111,7 @@ class CatchUpWorker:
             while not self._done():
                 self._last_fold = time.monotonic()
                 catch_up_all(self._engine, self._projections)
+                self._backoff = 0.5
                 self._wait(listener)
 
     def _wait(self, listener: psycopg.Connection[object]) -> None:
