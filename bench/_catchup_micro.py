@@ -35,32 +35,10 @@ def _setup_path(code: str | None) -> None:
         sys.path.insert(0, str(Path(code).resolve()))
 
 
-def _backends(name: str) -> list[int]:
-    marker = f" {name} "
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if cmdline.startswith("postgres: ") and marker in cmdline:
-                pids.append(int(entry.name))
-    return pids
-
-
-def _cpu(pid: int) -> float:
-    import os
-
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _database_cpu(name: str) -> dict[int, float]:
-    return {pid: _cpu(pid) for pid in _backends(name)}
+    from bench.ingest import backends_cpu
+
+    return backends_cpu(name)
 
 
 async def _store(url: str, events: int, seed: int) -> None:

@@ -78,22 +78,9 @@ async def _concurrently(items: list[Any], work: Callable[[Any], Awaitable[Any]])
 
 
 def _backends_cpu(name: str) -> float:
-    import os
+    from bench.ingest import backends_cpu
 
-    total = 0.0
-    marker = f" {name} "
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if not (cmdline.startswith("postgres: ") and marker in cmdline):
-                continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(backends_cpu(name).values())
 
 
 async def _round(url: str, name: str, count: int, seed: int) -> Any:

@@ -334,9 +334,18 @@ def _children(pid: int) -> list[int]:
 
 
 def _database_backends(url: str) -> list[int]:
-    """The PostgreSQL backend processes connected to `url`'s database (Linux /proc; the
+    return database_backends(urlsplit(url).path.lstrip("/"))
+
+
+def backends_cpu(name: str) -> dict[int, float]:
+    """Seconds of CPU each backend connected to database `name` has used."""
+    return {pid: _process_cpu(pid) for pid in database_backends(name)}
+
+
+def database_backends(name: str) -> list[int]:
+    """The PostgreSQL backend processes connected to database `name` (Linux /proc; the
     server must run on this machine and be readable, else none)."""
-    marker = f" {urlsplit(url).path.lstrip('/')} "
+    marker = f" {name} "
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -194,19 +194,8 @@ def to_new_event(
     """The event for one delivery; `document`/`raw_text` are what `parse_json_object` gave."""
     if isinstance(payload, MessagePayload):
         return message_event(_fields(payload), document, raw, raw_text, metadata)
-    payload_json = jsonb_text(raw_text, document)
-    return NewEvent(
-        location_id=payload.locationId,
-        stream_id=_stream_id(payload),
-        event_type=payload.type,
-        message_id=None,
-        occurred_at=None,
-        payload_json=payload_json,
-        raw=raw,
-        metadata=metadata,
-        dedup_key=dedup_key(document),
-        payload_is_raw=payload_json is raw_text,
-    )
+    head = (payload.locationId, _stream_id(payload), payload.type, None, None)
+    return _event(*head, document, raw, raw_text, metadata)
 
 
 def message_event(
@@ -218,13 +207,34 @@ def message_event(
 ) -> NewEvent:
     """`to_new_event` for a message given by its field values (`plain_message_fields`):
     ingest's common case, without building a pydantic model."""
+    head = (
+        fields["locationId"],
+        fields["conversationId"],
+        fields["type"],
+        _identity(fields),
+        fields["dateAdded"],
+    )
+    return _event(*head, document, raw, raw_text, metadata)
+
+
+def _event(
+    location_id: str,
+    stream_id: str,
+    event_type: str,
+    message_id: str | None,
+    occurred_at: datetime | None,
+    document: dict[str, Any],
+    raw: bytes,
+    raw_text: str,
+    metadata: dict[str, Any],
+) -> NewEvent:
     payload_json = jsonb_text(raw_text, document)
     return NewEvent(
-        location_id=fields["locationId"],
-        stream_id=fields["conversationId"],
-        event_type=fields["type"],
-        message_id=_identity(fields),
-        occurred_at=fields["dateAdded"],
+        location_id=location_id,
+        stream_id=stream_id,
+        event_type=event_type,
+        message_id=message_id,
+        occurred_at=occurred_at,
         payload_json=payload_json,
         raw=raw,
         metadata=metadata,
