@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,8 +48,8 @@ class Outage:
     server: Server
 
 
-@pytest.fixture(scope="module")
-def through_proxy(database_url: str, keys: KeyPair) -> Iterator[Outage]:
+@contextmanager
+def proxied(database_url: str, keys: KeyPair, **env: str) -> Iterator[Outage]:
     """A server whose only way to the database is a proxy the tests control."""
     with Proxy.to(database_url).running() as proxy:
         server = start_server(
@@ -56,11 +57,18 @@ def through_proxy(database_url: str, keys: KeyPair) -> Iterator[Outage]:
             keys,
             CONVERSATIONS_DB_TIMEOUT=str(DB_TIMEOUT),
             CONVERSATIONS_RETRY_AFTER=str(RETRY_AFTER),
+            **env,
         )
         try:
             yield Outage(proxy, server)
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def through_proxy(database_url: str, keys: KeyPair) -> Iterator[Outage]:
+    with proxied(database_url, keys) as outage:
+        yield outage
 
 
 @pytest.fixture
@@ -331,14 +339,8 @@ def test_read_during_an_outage_is_logged_as_answered(
     """A keyed read that finds no database is a 503 problem, and the access log line says
     503 too: one structured line, no traceback from the server underneath."""
     key = make_key(engine, new_id("loc_"))
-    with Proxy.to(database_url).running() as proxy:
-        server = start_server(
-            proxy.url_for(database_url),
-            keys,
-            CONVERSATIONS_DB_TIMEOUT=str(DB_TIMEOUT),
-            CONVERSATIONS_RETRY_AFTER=str(RETRY_AFTER),
-            CONVERSATIONS_LOG_LEVEL="info",
-        )
+    with proxied(database_url, keys, CONVERSATIONS_LOG_LEVEL="info") as outage:
+        proxy, server = outage.proxy, outage.server
         try:
             proxy.cut()
             response = httpx.get(
@@ -348,7 +350,6 @@ def test_read_during_an_outage_is_logged_as_answered(
             )
         finally:
             proxy.restore()
-            server.stop()
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.headers.get("retry-after") == str(RETRY_AFTER)
