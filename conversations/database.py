@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
+from conversations import json_codec
 from conversations.settings import Settings
 
 if TYPE_CHECKING:
@@ -126,22 +127,26 @@ LIVENESS = {
 }
 
 
-def _binary_arrays(engine: sqlalchemy.Engine) -> None:
+def _adapt(engine: sqlalchemy.Engine) -> None:
     """Send Python lists as binary arrays: in text format psycopg escapes every quote of
-    every element (a batch of JSON payloads), which costs more than the INSERT itself."""
+    every element (a batch of JSON payloads), which costs more than the INSERT itself.
+    Decode JSON columns with `json_codec.loads`: the projection worker decodes every
+    event's payload."""
     from psycopg.types.array import ListBinaryDumper
+    from psycopg.types.json import set_json_loads
 
     @sqlalchemy.event.listens_for(engine, "connect")
     def register(connection: Any, record: Any) -> None:
         raw = getattr(connection, "driver_connection", connection)  # async adapts it
         raw.adapters.register_dumper(list, ListBinaryDumper)
+        set_json_loads(json_codec.loads, raw)
 
 
 def create_engine(url: str, **kwargs: Any) -> sqlalchemy.Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs["connect_args"] = {**LIVENESS, **kwargs.get("connect_args", {})}
     engine = sqlalchemy.create_engine(sqlalchemy_url(url), **kwargs)
-    _binary_arrays(engine)
+    _adapt(engine)
     return engine
 
 
@@ -163,7 +168,7 @@ def create_async_engine(
         connect_args={**LIVENESS, "connect_timeout": int(max(1, timeout))},
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
-    _binary_arrays(engine.sync_engine)
+    _adapt(engine.sync_engine)
     return engine
 
 

@@ -22,11 +22,12 @@ defaults: unreadCount 0, starred false, inbox true, deleted false.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+from conversations import json_codec
 
 if TYPE_CHECKING:  # the read models import this module to render what they store
     from conversations.messages import MessageEntry
@@ -230,9 +231,6 @@ def message_json(message: Message, conversation_id: str) -> dict[str, Any]:
     }
 
 
-_DOCUMENT = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
 def message_document(message: Message) -> str:
     """`message_json` as the timeline stores it: JSON text without `conversationId`.
 
@@ -241,7 +239,7 @@ def message_document(message: Message) -> str:
     changes; a read puts it in front (`"conversationId"` first, the rest as here)."""
     document = message_json(message, "")
     del document["conversationId"]
-    return _DOCUMENT.encode(document)
+    return json_codec.dumps(document)
 
 
 def email_json(message: Message, conversation_id: str) -> dict[str, Any]:

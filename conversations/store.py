@@ -148,6 +148,12 @@ _READ_STREAMS = text(
 )
 
 
+def _fold_events(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
+    """Rows of `_FOLD_COLUMNS` as events: by position (the columns are the fields in
+    order), which costs a fold less than by name for each of thousands of events."""
+    return [StoredEvent(*row) for row in rows]
+
+
 def head_position(conn: Connection) -> int:
     """The highest committed position (0 for an empty store)."""
     return int(conn.scalar(text("SELECT coalesce(max(position), 0) FROM events")) or 0)
@@ -157,7 +163,7 @@ def read_range(conn: Connection, after: int, until: int, limit: int) -> list[Sto
     """Events in (after, until] in position order, at most `limit`, without raw bytes
     (folds read the parsed payload). Gap-safe: see the module doc."""
     result = conn.execute(_READ_RANGE, {"after": after, "until": until, "limit": limit})
-    return [StoredEvent(**row._mapping) for row in result]
+    return _fold_events(result)
 
 
 def read_message_events(
@@ -168,7 +174,7 @@ def read_message_events(
     if not keys:
         return []
     params = {"locations": [k[0] for k in keys], "messages": [k[1] for k in keys], "until": until}
-    return [StoredEvent(**row._mapping) for row in conn.execute(_READ_MESSAGES, params)]
+    return _fold_events(conn.execute(_READ_MESSAGES, params))
 
 
 def read_stream_events(
@@ -185,7 +191,7 @@ def read_stream_events(
         "event_type": event_type,
         "until": until,
     }
-    return [StoredEvent(**row._mapping) for row in conn.execute(_READ_STREAMS, params)]
+    return _fold_events(conn.execute(_READ_STREAMS, params))
 
 
 @dataclass(frozen=True, slots=True)

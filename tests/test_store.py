@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -17,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conversations.database import create_async_engine
 from conversations.events import NewEvent, dedup_key, parse_json_object, to_new_event
 from conversations.payloads import parse_payload
-from conversations.store import append_events, read_after, read_stream
+from conversations.store import (
+    StoredEvent,
+    append_events,
+    read_after,
+    read_message_events,
+    read_range,
+    read_stream,
+)
 from tests.helpers import message, new_id
 
 T = TypeVar("T")
@@ -46,27 +54,36 @@ async def append(engine: AsyncEngine, *events: NewEvent) -> list[Any]:
 
 
 @pytest.mark.smoke
-def test_append_assigns_positions_versions_and_keeps_bytes(database_url: str) -> None:
+def test_append_assigns_positions_versions_and_keeps_bytes(
+    database_url: str, engine: sqlalchemy.Engine
+) -> None:
     location, conversation = new_id("loc"), new_id("cnv")
     events = [
         new_event(message(locationId=location, conversationId=conversation, body=f"m{i}"))
         for i in range(3)
     ]
 
-    async def work(engine: AsyncEngine) -> None:
-        results = await append(engine, *events)
+    async def work(writer: AsyncEngine) -> list[StoredEvent]:
+        results = await append(writer, *events)
         assert [r.version for r in results] == [1, 2, 3]
         positions = [r.position for r in results]
         assert positions == sorted(positions)
         assert not any(r.duplicate for r in results)
-        async with engine.connect() as conn:
+        async with writer.connect() as conn:
             stored = await read_stream(conn, location, conversation)
             after = await read_after(conn, positions[0] - 1, limit=3)
         assert [s.raw for s in stored] == [e.raw for e in events]
         assert [s.payload["body"] for s in stored] == ["m0", "m1", "m2"]
         assert [s.position for s in after] == positions
+        return stored
 
-    run(database_url, work)
+    stored = run(database_url, work)
+    # What folds read: the same events field for field, without the bytes.
+    with engine.connect() as conn:
+        folded = read_range(conn, stored[0].position - 1, stored[-1].position, 10)
+        of_message = read_message_events(conn, [(location, stored[1].message_id or "")], 2**62)
+    assert folded == [replace(s, raw=b"") for s in stored]
+    assert of_message == [replace(stored[1], raw=b"")]
 
 
 def test_the_payload_is_decoded_from_the_raw_bytes_or_sent_scrubbed(database_url: str) -> None:

@@ -164,7 +164,7 @@ def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
 def _load_ledger(
     conn: Connection, ledger: Table, keys: Sequence[MessageKey]
 ) -> dict[MessageKey, dict[str, Any]]:
-    return {key: dict(row) for key, row in load(conn, ledger, "message_key", keys).items()}
+    return load(conn, ledger, "message_key", keys)
 
 
 LedgerChange = tuple[MessageKey, dict[str, Any] | None, dict[str, Any] | None]

@@ -79,7 +79,6 @@ from conversations.projections._sql import (
     key_arrays,
     load,
     upsert,
-    upsert_json,
 )
 from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
 from conversations.projections.base import messages as batch_messages
@@ -522,9 +521,7 @@ class _Delta:
 
     def __init__(self, conn: Connection, summary: Table, roots: set[Key]) -> None:
         self._conn, self._summary = conn, summary
-        self._rows: dict[Key, dict[str, Any]] = {
-            key: dict(row) for key, row in load(conn, summary, "conversation_id", roots).items()
-        }
+        self._rows: dict[Key, dict[str, Any]] = load(conn, summary, "conversation_id", roots)
         self._changed: set[Key] = set()
 
     def apply(
@@ -591,7 +588,7 @@ class _Delta:
 
     def write(self, exclude: set[Key]) -> None:
         rows = [self._rows[key] for key in sorted(self._changed - exclude)]
-        upsert_json(self._conn, self._summary, rows, update=None)
+        upsert(self._conn, self._summary, rows, update=None)
 
 
 def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> set[Key]:

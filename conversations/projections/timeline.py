@@ -55,7 +55,7 @@ from sqlalchemy.sql import ColumnElement
 
 from conversations import dialect
 from conversations.messages import LatestFlags, MessageEntry, resolve_merges
-from conversations.projections._sql import upsert_json
+from conversations.projections._sql import upsert
 from conversations.projections.base import EventBatch, Tables, merge_pairs, messages
 from conversations.projections.base import Row as ProjectionRow
 from conversations.schema import metadata
@@ -198,7 +198,7 @@ def _upsert_messages(conn: Connection, table: Table, entries: Iterable[MessageEn
     # Sorted by key, so concurrent writers (a rebuild's final catch-up, say) lock rows in
     # the same order and cannot deadlock.
     rows = sorted(map(_message_row, entries), key=lambda r: (r["location_id"], r["message_key"]))
-    upsert_json(conn, table, rows, update=None)
+    upsert(conn, table, rows, update=None)
 
 
 def _apply_messages(conn: Connection, batch: EventBatch, tables: Tables) -> None:
@@ -216,7 +216,7 @@ def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
         {"location_id": loc, "old_conversation_id": old, "new_conversation_id": new}
         for loc, old, new in pairs
     ]
-    upsert_json(conn, merges, rows, update=())
+    upsert(conn, merges, rows, update=())
     locations = sorted({loc for loc, _, _ in pairs})
     by_location: dict[str, list[tuple[str, str]]] = defaultdict(list)
     stored = conn.execute(
@@ -232,7 +232,7 @@ def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
         for cid, root in sorted(resolve_merges(by_location[loc]).items())
     ]
     conn.execute(delete(roots).where(roots.c.location_id.in_(locations)))
-    upsert_json(conn, roots, roots_rows, update=["root_id"])
+    upsert(conn, roots, roots_rows, update=["root_id"])
 
 
 class TimelineProjection:
