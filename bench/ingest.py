@@ -1,7 +1,11 @@
 """Ingest throughput and latency of `conversations serve`, against same-run baselines.
 
-Three servers run one at a time, each a separate `uvicorn` process (uvloop, httptools,
-one process, no access log) on a throwaway database:
+Three servers, each a separate `uvicorn` process (uvloop, httptools, one process, no
+access log), serve one throwaway database side by side and are measured in turns: each
+round runs every server once at a concurrency level, in alternate order from round to
+round (`--repeat` rounds, 3 by default; each row of the table is the median), so a
+machine whose speed drifts during the benchmark (a shared host) affects them alike.
+Idle between its turns, a server costs nothing measurable:
 
 - `bare`: `bench/baselines.py` `POST /bare` (read the body, `json.loads`, answer `{}`);
 - `insert`: `bench/baselines.py` `POST /insert` (one autocommit `INSERT` per webhook
@@ -18,7 +22,8 @@ streams (uvloop when installed) with every request's bytes built before the cloc
 Concurrency C is C connections, each sending its next request as soon as the previous
 answer is read. Every request is a distinct webhook (its own `webhookId` and `messageId`).
 
-    python bench/ingest.py [--requests 5000] [--concurrency 1,16,64] [--only bare,insert]
+    python bench/ingest.py [--requests 5000] [--concurrency 1,16,64] [--repeat 3]
+                           [--only bare,insert]
     python bench/ingest.py --smoke    # CI: 50 requests at concurrency 1 and 4; exit 1 on
                                       # any failed request, count mismatch or projections
                                       # that do not catch up
@@ -47,7 +52,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -802,6 +807,59 @@ def _parse_env(text: str) -> tuple[str, str]:
     return name, value
 
 
+@dataclass
+class Running:
+    """A server started for the whole benchmark, and what it acknowledged so far."""
+
+    server: Server
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    lag_url: str | None
+    acked: int = 0
+
+
+def _print_run(name: str, level: int, result: Result) -> None:
+    print(
+        f"  {name:<8} c={level:<3} {result.rate:>8,.0f}/s "
+        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+        f"errors {result.errors}  CPU gen {result.generator_cpu:.0%} "
+        f"server {result.server_cpu:.0%} worker "
+        f"{result.worker_cpu:.0%} rest {result.other_cpu:.0%}"
+        + _lag_note(result)
+        + f"\n{'':13}CPU per webhook: server {result.server_us:.0f} µs"
+        f", worker {result.worker_us:.0f} µs, database backends "
+        f"{result.database_us:.0f} µs",
+        flush=True,
+    )
+
+
+def _median(runs: list[Result]) -> Result:
+    """The median run by throughput; errors summed, lag and catch-up the worst."""
+    median = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+    return replace(
+        median,
+        errors=sum(r.errors for r in runs),
+        lag_max=_worst(r.lag_max for r in runs),
+        catch_up=_worst(r.catch_up for r in runs),
+    )
+
+
+def _check_count(url: str, name: str, acked: int) -> bool:
+    """Whether the server's table holds exactly the rows it acknowledged (printed)."""
+    table = {"insert": "baseline_events", "service": "events"}.get(name)
+    if table is None:
+        return True
+    stored = _count(url, table)
+    verdict = "ok" if stored == acked else "MISMATCH"
+    print(
+        f"  {name}: {table} holds {stored} rows, {acked} acknowledged "
+        f"(including warm-up): {verdict}",
+        flush=True,
+    )
+    return stored == acked
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Ingest benchmark: conversations serve vs bare and INSERT baselines."
@@ -816,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a server where this may CREATE and DROP a database",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per level; the table shows the median"
+        "--repeat", type=int, default=3, help="runs per level; the table shows the median"
     )
     parser.add_argument(
         "--service-command",
@@ -847,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.requests, args.repeat, args.warmup + 1) < 1:
         parser.error("--requests and --repeat must be at least 1, --warmup at least 0")
     if args.smoke:
-        args.requests, args.concurrency, args.warmup = 50, [1, 4], 10
+        args.requests, args.concurrency, args.warmup, args.repeat = 50, [1, 4], 10, 1
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
 
@@ -867,70 +925,61 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        with throwaway_database(args.database_url) as url, tempfile.TemporaryDirectory() as tmp:
+        with (
+            throwaway_database(args.database_url) as url,
+            tempfile.TemporaryDirectory() as tmp,
+            ExitStack() as stack,
+        ):
             servers = _servers(
                 url, public_pem, shlex.split(args.service_command), dict(args.service_env)
             )
+            print(f"  load average before start {os.getloadavg()[0]:.2f}", flush=True)
+            running: dict[str, Running] = {}
             for name in args.only:
-                server = servers[name]
-                port = _free_port()
+                server, port = servers[name], _free_port()
                 log = Path(tmp) / f"{name}.log"
-                _checkpoint(url)
-                print(f"  {name}: load average before start {os.getloadavg()[0]:.2f}", flush=True)
+                process = stack.enter_context(serving(server, port, log))
                 # Only the service has projections (and only when its worker runs).
                 lag_url = url if name == "service" and lag else None
-                with serving(server, port, log) as process:
-                    acked = 0
-                    if args.warmup:
-                        warm = build_requests(corpus, key, port, server.path, args.warmup)
-                        warmed = measure(name, port, process.pid, warm, 8)
-                        if lag_url:  # every level starts with the projections caught up
-                            catch_up_seconds(lag_url)
-                        acked += warmed.acked
-                        failed |= warmed.errors > 0
-                    for level in args.concurrency:
-                        runs: list[Result] = []
-                        for _ in range(args.repeat):
-                            requests = build_requests(corpus, key, port, server.path, args.requests)
-                            result = measure(name, port, process.pid, requests, level, lag_url, url)
-                            runs.append(result)
-                            acked += result.acked
-                            failed |= result.errors > 0
-                            if lag_url and result.catch_up is None:
-                                print("    projections did not catch up", file=sys.stderr)
-                                failed = True
-                            print(
-                                f"  {name:<8} c={level:<3} {result.rate:>8,.0f}/s "
-                                f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                                f"errors {result.errors}  CPU gen {result.generator_cpu:.0%} "
-                                f"server {result.server_cpu:.0%} worker "
-                                f"{result.worker_cpu:.0%} rest {result.other_cpu:.0%}"
-                                + _lag_note(result)
-                                + f"\n{'':13}CPU per webhook: server {result.server_us:.0f} µs"
-                                f", worker {result.worker_us:.0f} µs, database backends "
-                                f"{result.database_us:.0f} µs",
-                                flush=True,
-                            )
-                        median = sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
-                        results.append(
-                            replace(
-                                median,
-                                errors=sum(r.errors for r in runs),
-                                lag_max=_worst(r.lag_max for r in runs),
-                                catch_up=_worst(r.catch_up for r in runs),
-                            )
+                running[name] = Running(server, port, process, log, lag_url)
+            for name, run in running.items():
+                if args.warmup:
+                    warm = build_requests(corpus, key, run.port, run.server.path, args.warmup)
+                    warmed = measure(name, run.port, run.process.pid, warm, 8)
+                    if run.lag_url:  # every run starts with the projections caught up
+                        catch_up_seconds(run.lag_url)
+                    run.acked += warmed.acked
+                    failed |= warmed.errors > 0
+            runs: dict[tuple[str, int], list[Result]] = {}
+            for level in args.concurrency:
+                for round_ in range(args.repeat):
+                    # Servers take turns, in alternate order each round: a machine that
+                    # slows down or speeds up during the benchmark affects all of them.
+                    order = list(running) if round_ % 2 == 0 else list(reversed(running))
+                    for name in order:
+                        run = running[name]
+                        _checkpoint(url)
+                        requests = build_requests(
+                            corpus, key, run.port, run.server.path, args.requests
                         )
-                    table = {"insert": "baseline_events", "service": "events"}.get(name)
-                    if table is not None:
-                        stored = _count(url, table)
-                        verdict = "ok" if stored == acked else "MISMATCH"
-                        failed |= stored != acked
-                        print(
-                            f"  {name}: {table} holds {stored} rows, {acked} acknowledged "
-                            f"(including warm-up): {verdict}",
-                            flush=True,
+                        result = measure(
+                            name, run.port, run.process.pid, requests, level, run.lag_url, url
                         )
-                if server.name == "service" and log.exists() and log.stat().st_size:
+                        runs.setdefault((name, level), []).append(result)
+                        run.acked += result.acked
+                        failed |= result.errors > 0
+                        if run.lag_url and result.catch_up is None:
+                            print("    projections did not catch up", file=sys.stderr)
+                            failed = True
+                        _print_run(name, level, result)
+            for name in running:
+                for level in args.concurrency:
+                    results.append(_median(runs[(name, level)]))
+            for name, run in running.items():
+                failed |= not _check_count(url, name, run.acked)
+            if "service" in running:
+                log = running["service"].log
+                if log.exists() and log.stat().st_size:
                     print(f"  service log tail:\n{log.read_text(errors='replace')[-1500:]}")
     except KeyboardInterrupt:
         print("\ninterrupted; servers stopped and the database dropped", file=sys.stderr)

@@ -119,39 +119,39 @@ _FOLD_COLUMNS = (
     "occurred_at, recorded_at, payload, ''::bytea AS raw, metadata"
 )
 
-_READ_RANGE = text(
-    f"""
+# In psycopg's placeholder style: folds run them on the driver's cursor (`_fold_events`).
+_READ_RANGE_SQL = f"""
     SELECT {_FOLD_COLUMNS} FROM events
-     WHERE position > :after AND position <= :until
-     ORDER BY position LIMIT :limit
+     WHERE position > %(after)s AND position <= %(until)s
+     ORDER BY position LIMIT %(limit)s
     """
-)
 
-_READ_MESSAGES = text(
-    f"""
+_READ_MESSAGES_SQL = f"""
     SELECT {_FOLD_COLUMNS} FROM events
-      JOIN unnest(CAST(:locations AS text[]), CAST(:messages AS text[])) AS k(l, m)
+      JOIN unnest(CAST(%(locations)s AS text[]), CAST(%(messages)s AS text[])) AS k(l, m)
         ON events.location_id = k.l AND events.message_id = k.m
-     WHERE events.position <= :until
+     WHERE events.position <= %(until)s
      ORDER BY position
     """
-)
 
-_READ_STREAMS = text(
-    f"""
+_READ_STREAMS_SQL = f"""
     SELECT {_FOLD_COLUMNS} FROM events
-      JOIN unnest(CAST(:locations AS text[]), CAST(:streams AS text[])) AS k(l, s)
+      JOIN unnest(CAST(%(locations)s AS text[]), CAST(%(streams)s AS text[])) AS k(l, s)
         ON events.location_id = k.l AND events.stream_id = k.s
-     WHERE events.event_type = :event_type AND events.position <= :until
+     WHERE events.event_type = %(event_type)s AND events.position <= %(until)s
      ORDER BY position
     """
-)
 
 
-def _fold_events(rows: Iterable[Sequence[Any]]) -> list[StoredEvent]:
-    """Rows of `_FOLD_COLUMNS` as events: by position (the columns are the fields in
-    order), which costs a fold less than by name for each of thousands of events."""
-    return [StoredEvent(*row) for row in rows]
+def _fold_events(conn: Connection, sql: str, params: dict[str, Any]) -> list[StoredEvent]:
+    """The events a fold statement selects (`_FOLD_COLUMNS`), in `conn`'s transaction.
+
+    Run on the driver's cursor and built by position (the columns are the fields in
+    order): a fold reads thousands of events, and SQLAlchemy's result rows cost it more
+    than psycopg's tuples, fetched all at once."""
+    with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(sql, params)
+        return [StoredEvent(*row) for row in cursor.fetchall()]
 
 
 def head_position(conn: Connection) -> int:
@@ -162,8 +162,7 @@ def head_position(conn: Connection) -> int:
 def read_range(conn: Connection, after: int, until: int, limit: int) -> list[StoredEvent]:
     """Events in (after, until] in position order, at most `limit`, without raw bytes
     (folds read the parsed payload). Gap-safe: see the module doc."""
-    result = conn.execute(_READ_RANGE, {"after": after, "until": until, "limit": limit})
-    return _fold_events(result)
+    return _fold_events(conn, _READ_RANGE_SQL, {"after": after, "until": until, "limit": limit})
 
 
 def read_message_events(
@@ -174,7 +173,7 @@ def read_message_events(
     if not keys:
         return []
     params = {"locations": [k[0] for k in keys], "messages": [k[1] for k in keys], "until": until}
-    return _fold_events(conn.execute(_READ_MESSAGES, params))
+    return _fold_events(conn, _READ_MESSAGES_SQL, params)
 
 
 def read_stream_events(
@@ -191,7 +190,7 @@ def read_stream_events(
         "event_type": event_type,
         "until": until,
     }
-    return _fold_events(conn.execute(_READ_STREAMS, params))
+    return _fold_events(conn, _READ_STREAMS_SQL, params)
 
 
 @dataclass(frozen=True, slots=True)
