@@ -3,9 +3,10 @@
 The projection worker decodes every event's stored payload and encodes every row it
 writes as JSON; with the `json` module those two were a third of its CPU. pydantic-core
 (already installed with pydantic) parses and writes the same documents 1.5-3x faster.
-It stops at a nesting depth of about 200 and refuses lone surrogates, both of which the
-`json` module and PostgreSQL's `jsonb` accept, so those rare documents go through `json`:
-the result is the same value either way.
+It stops at a nesting depth of about 200 and refuses lone surrogates, which the `json`
+module accepts, so those rare documents go through `json`: the same value either way.
+(NaN and infinities, which the two would write differently, never get here: ingest
+refuses them.)
 
 Pure: no I/O.
 """
