@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -97,9 +96,8 @@ def main() -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     _setup_path(args.code)
-    import psycopg
-
     import conversations
+    from bench.ingest import scratch_database
     from conversations.database import create_engine
     from conversations.migrate import upgrade
     from conversations.projections.registry import PROJECTIONS
@@ -112,12 +110,8 @@ def main() -> int:
         plan_folds = None
 
     print(f"code: {Path(conversations.__file__).parent.parent}", flush=True)
-    name = f"bench_catchup_{secrets.token_hex(4)}"
-    base = args.database_url.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
-    with psycopg.connect(args.database_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database(args.database_url, "bench_catchup") as url:
+        name = url.rsplit("/", 1)[1]  # whose backends are measured
         engine = create_engine(url, connect_args={"options": args.options} if args.options else {})
         if plan_folds is not None:  # as the worker's (older code: without)
             plan_folds(engine)
@@ -155,9 +149,6 @@ def main() -> int:
             py, db, _ = best[size]
             print(f"| {size} | {py:.1f} | {db:.1f} | {py + db:.1f} |")
         engine.dispose()
-    finally:
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 

@@ -28,7 +28,6 @@ import base64
 import functools
 import inspect
 import json
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -169,19 +168,16 @@ def main() -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
     _setup_path(args.code)
-    import psycopg
     import uvloop
 
     import conversations
+    from bench.ingest import scratch_database
     from conversations.database import create_engine
     from conversations.migrate import upgrade
 
     print(f"code: {Path(conversations.__file__).parent.parent}", flush=True)
-    name = f"bench_ingest_micro_{secrets.token_hex(4)}"
-    url = f"{args.database_url.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(args.database_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database(args.database_url, "bench_ingest_micro") as url:
+        name = url.rsplit("/", 1)[1]  # whose backends are measured
         engine = create_engine(url)
         with engine.connect() as conn:
             upgrade(conn)
@@ -204,9 +200,6 @@ def main() -> int:
         print("|---|--:|--:|")
         for stage, (py, db) in best.items():
             print(f"| {stage} | {py * 1e6:.1f} | {db * 1e6:.1f} |")
-    finally:
-        with psycopg.connect(args.database_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 

@@ -453,20 +453,28 @@ def _with_database(url: str, name: str) -> str:
 
 
 @contextmanager
-def throwaway_database(admin_url: str) -> Iterator[str]:
-    name = f"bench_ingest_{secrets.token_hex(4)}"
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database (`<prefix>_<random>`) on the server of
+    `admin_url`; dropped on the way out, whatever happens. Every benchmark's throwaway."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    url = _with_database(admin_url, name)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = _with_database(admin_url, name)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def throwaway_database(admin_url: str) -> Iterator[str]:
+    with scratch_database(admin_url, "bench_ingest") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
                 "CREATE TABLE baseline_events (id bigserial PRIMARY KEY, body jsonb NOT NULL)"
             )
         yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _count(url: str, table: str) -> int | None:

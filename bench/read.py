@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import signal
 import subprocess
 import sys
@@ -401,8 +400,7 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> bool:
         url = args.store
         print(f"store: {url} as it is (built and replayed before)", flush=True)
     else:
-        name = f"bench_read_{secrets.token_hex(4)}"
-        url = stack.enter_context(throwaway_database(args.database_url, name))
+        url = stack.enter_context(throwaway_database(args.database_url, "bench_read"))
         build_store(url, args.events, args.seed, tmp)
     keys = location_keys(url)
     conversations = busiest(url, 400)

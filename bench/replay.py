@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import signal
 import subprocess
 import sys
@@ -52,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -62,6 +60,7 @@ if str(REPO) not in sys.path:  # `python bench/replay.py` puts bench/, not the r
 
 from bench._baseline_sql import STATEMENTS, TABLES  # noqa: E402
 from bench._corpus import CorpusStats, write_corpus  # noqa: E402
+from bench.ingest import scratch_database  # noqa: E402
 from conversations.database import create_engine  # noqa: E402
 from conversations.events import NewEvent  # noqa: E402
 from conversations.ingest import Rejection, prepare  # noqa: E402
@@ -104,20 +103,10 @@ def _note(text: str) -> None:
 # --- databases ----------------------------------------------------------------------------
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise SystemExit(f"--database-url {url!r} is not a postgresql:// URL.")
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @contextmanager
-def throwaway_database(admin_url: str, name: str) -> Iterator[str]:
+def throwaway_database(admin_url: str, prefix: str) -> Iterator[str]:
     """A fresh database migrated to head; dropped on the way out, whatever happens."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = _with_database(admin_url, name)
+    with scratch_database(admin_url, prefix) as url:
         engine = create_engine(url)
         try:
             with engine.connect() as conn:
@@ -125,9 +114,6 @@ def throwaway_database(admin_url: str, name: str) -> Iterator[str]:
         finally:
             engine.dispose()
         yield url
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _settle(url: str, *, vacuum: bool = True) -> None:
@@ -495,15 +481,13 @@ def run(args: argparse.Namespace, tmp: Path, stack: ExitStack) -> list[Phase]:
         raise BenchFailure(f"{prepared.events} distinct events, the generator made {stats.events}")
     print(_describe(stats, prepared, corpus), flush=True)
     events = prepared.events
-    suffix = secrets.token_hex(4)
-
-    replay_db = stack.enter_context(throwaway_database(args.database_url, f"bench_replay_{suffix}"))
+    replay_db = stack.enter_context(throwaway_database(args.database_url, "bench_replay"))
     copy = time_copy(replay_db, rows, events)
     _note(f"  COPY: {copy.seconds:.1f} s, {copy.rate:,.0f} events/s")
     rows.unlink()
     _settle(replay_db)
 
-    with throwaway_database(args.database_url, f"bench_replay_{suffix}_import") as import_db:
+    with throwaway_database(args.database_url, "bench_replay_import") as import_db:
         _settle(import_db, vacuum=False)  # a fresh, never-analyzed database, as in use
         deadline = max(args.import_deadline, IMPORT_DEADLINE_FACTOR * copy.seconds)
         imported = time_import(import_db, corpus, events, tmp / "import.log", copy, deadline)
