@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Result,
     Table,
     Text,
     bindparam,
@@ -107,12 +108,16 @@ def load(conn: Connection, table: Table, second: str, keys: Iterable[Key]) -> di
     parameters = key_arrays("k", keys, second)
     if not parameters["k_location_id"]:
         return {}
-    result = conn.execute(_load_statement(table, second), parameters)
-    # Plain `str` names: SQLAlchemy's are a `str` subclass, which a row written back as
-    # JSON (`json_codec.dumps`) would have to serialise the slow way, name by name.
-    names = [str(name) for name in result.keys()]  # noqa: SIM118 (a Result, not a dict)
-    rows = (dict(zip(names, row, strict=True)) for row in result)
+    rows = dicts(conn.execute(_load_statement(table, second), parameters))
     return {(row["location_id"], row[second]): row for row in rows}
+
+
+def dicts(result: Result[Any]) -> list[dict[str, Any]]:
+    """A result's rows as plain dicts, keyed by plain `str` names: cheaper than row
+    mappings, and SQLAlchemy's names are a `str` subclass, which a row written back as
+    JSON (`json_codec.dumps`) would have to serialise the slow way, name by name."""
+    names = [str(name) for name in result.keys()]  # noqa: SIM118 (a Result, not a dict)
+    return [dict(zip(names, row, strict=True)) for row in result]
 
 
 def upsert(

@@ -48,6 +48,7 @@ from conversations.projections._sql import (
     arrays,
     bound_unnest,
     cached,
+    dicts,
     in_keys,
     load,
     upsert,
@@ -219,10 +220,8 @@ def _load_summaries(
 ) -> dict[Group, dict[str, Any]]:
     if not groups:
         return {}
-    return {
-        (row.location_id, row.contact_id, row.channel): dict(row._mapping)
-        for row in conn.execute(_load_summaries_statement(summary), _group_arrays(groups))
-    }
+    result = conn.execute(_load_summaries_statement(summary), _group_arrays(groups))
+    return {(row["location_id"], row["contact_id"], row["channel"]): row for row in dicts(result)}
 
 
 def _group_arrays(groups: Iterable[Group]) -> dict[str, list[Any]]:

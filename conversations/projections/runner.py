@@ -77,16 +77,6 @@ def _checkpoint(conn: Connection, name: str, *, wait: bool) -> int | None:
     return None if position is None else int(position)
 
 
-def _advance(conn: Connection, name: str, position: int) -> None:
-    conn.execute(
-        text(
-            "UPDATE projection_checkpoints SET position = :position, updated_at = clock_timestamp()"
-            " WHERE name = :name AND position < :position"
-        ),
-        {"name": name, "position": position},
-    )
-
-
 def _fold(
     conn: Connection,
     projections: Sequence[Projection],
@@ -127,7 +117,7 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
                 return batches
             end = events[-1].position
             projection.apply(conn, EventBatch(events, end, start=position), Tables())
-            _advance(conn, projection.name, end)
+            _advance_all(conn, [projection.name], end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
 
