@@ -348,3 +348,50 @@ def test_catch_up_all_folds_projections_at_different_positions(
     finally:
         for projection in (ahead, behind):
             projection.metadata.drop_all(engine)
+
+
+class AppendingProjection(CountingProjection):
+    """Counts, and while it folds a batch shorter than `full` appends `more` events
+    (committed at once, once), as webhooks keep arriving while a worker folds."""
+
+    def __init__(self, suffix: str, database_url: str, full: int, more: int) -> None:
+        super().__init__(suffix)
+        self.database_url, self.full, self.more = database_url, full, more
+
+    def apply(self, conn: sqlalchemy.Connection, batch: EventBatch, tables: Tables) -> None:
+        super().apply(conn, batch, tables)
+        if self.more and len(batch.events) < self.full:
+            more, self.more = self.more, 0
+            append(self.database_url, [message() for _ in range(more)])
+
+
+@pytest.mark.parametrize("stop_at_head", [True, False])
+def test_catch_up_all_can_stop_at_the_head_it_reached(
+    database_url: str, engine: sqlalchemy.Engine, stop_at_head: bool
+) -> None:
+    """The worker stops after a batch that reached the newest event (shorter than the
+    batch size), so what arrived meanwhile waits for its next, paced fold; a full batch
+    means more is waiting, and is followed at once."""
+    projection = AppendingProjection(uuid.uuid4().hex[:8], database_url, full=4, more=3)
+    projection.metadata.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            runner.ensure_checkpoints(conn, [projection])
+            projection.start = head_position(conn)
+            conn.execute(
+                text("UPDATE projection_checkpoints SET position = :p WHERE name = :n"),
+                {"p": projection.start, "n": projection.name},
+            )
+        append(database_url, [message() for _ in range(6)])
+        batches = runner.catch_up_all(engine, [projection], batch_size=4, stop_at_head=stop_at_head)
+        with engine.connect() as conn:
+            head = head_position(conn)
+        folded = assert_consistent(engine, projection)
+        if stop_at_head:  # 4 (full), 2 (the head): the 3 appended meanwhile wait
+            assert batches == 2
+            assert folded == head - 3
+        else:  # 4, 2, and at once the 3 appended meanwhile
+            assert batches == 3
+            assert folded == head
+    finally:
+        projection.metadata.drop_all(engine)

@@ -12,7 +12,18 @@ import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import BigInteger, Column, DateTime, Double, MetaData, Table, Text, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Double,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from conversations.projections._sql import upsert
@@ -39,8 +50,7 @@ def table(engine: sqlalchemy.Engine) -> Iterator[Table]:
 
 
 def _stored(engine: sqlalchemy.Engine, table: Table) -> dict[str, dict[str, Any]]:
-    with engine.connect() as conn:
-        return {row.key: dict(row._mapping) for row in conn.execute(select(table))}
+    return _stored_by(engine, table, "key")
 
 
 NASTY = [
@@ -158,3 +168,70 @@ def test_any_strings_round_trip(
     stored = _stored(engine, table)["k"]
     assert stored["names"] == names
     assert stored["doc"] == document  # (None: SQL NULL)
+
+
+def test_rows_staged_in_a_rolled_back_transaction_are_gone(
+    engine: sqlalchemy.Engine, table: Table
+) -> None:
+    """The staging table of a session is created, filled and emptied inside the caller's
+    transaction: after a rollback (its first use included) the next upsert on that
+    connection stores its own rows only."""
+    row = {
+        "location_id": "l",
+        "key": "kept",
+        "names": None,
+        "positions": [1],
+        "doc": None,
+        "note": None,
+        "at": None,
+        "duration": None,
+    }
+    with engine.connect() as conn:
+        with pytest.raises(RuntimeError), conn.begin():
+            upsert(conn, table, [{**row, "key": "rolled back"}], update=None)
+            raise RuntimeError("the fold failed")
+        with conn.begin():
+            upsert(conn, table, [row], update=None)
+    assert list(_stored(engine, table)) == ["kept"]
+
+
+def test_every_column_kind_of_the_projections_stages(engine: sqlalchemy.Engine) -> None:
+    """Integer and boolean columns too, in a table whose name is too long to prefix (a
+    rebuild's side tables)."""
+    metadata = MetaData()
+    made = Table(
+        f"side_{uuid.uuid4().hex}_{'x' * 24}",
+        metadata,
+        Column("location_id", Text, primary_key=True),
+        Column("count", Integer, nullable=True),
+        Column("starred", Boolean, nullable=True),
+        Column("big", BigInteger, nullable=True),
+    )
+    metadata.create_all(engine)
+    try:
+        rows = [
+            {"location_id": "a", "count": 3, "starred": True, "big": 2**40},
+            {"location_id": "b", "count": None, "starred": False, "big": None},
+        ]
+        with engine.begin() as conn:
+            upsert(conn, made, rows, update=None)
+        assert _stored_by(engine, made, "location_id") == {r["location_id"]: r for r in rows}
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_a_column_kind_it_cannot_stage_is_refused(engine: sqlalchemy.Engine) -> None:
+    metadata = MetaData()
+    made = Table(
+        f"odd_{uuid.uuid4().hex[:12]}",
+        metadata,
+        Column("location_id", Text, primary_key=True),
+        Column("at", DateTime(timezone=False), nullable=True),
+    )
+    with engine.begin() as conn, pytest.raises(TypeError, match="cannot stage"):
+        upsert(conn, made, [{"location_id": "a", "at": None}], update=None)
+
+
+def _stored_by(engine: sqlalchemy.Engine, table: Table, key: str) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        return {row._mapping[key]: dict(row._mapping) for row in conn.execute(select(table))}

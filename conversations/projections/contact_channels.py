@@ -186,11 +186,13 @@ def _update_summaries(
     changes its date or direction, a tie on the last message's date, a group without a
     row yet) by recomputing the group from the ledger."""
     forced: set[Group] = set()
+    left: set[Group] = set()  # groups a message leaves: only these can be left empty
     steps: list[tuple[Group, MessageKey, dict[str, Any] | None, dict[str, Any]]] = []
     for key, before, after in changes:
         old_group, new_group = _group(before), _group(after)
         if old_group is not None and old_group != new_group:
             forced.add(old_group)  # it leaves this group
+            left.add(old_group)
         if new_group is None or after is None:
             continue
         if old_group == new_group and before is not None:
@@ -212,7 +214,7 @@ def _update_summaries(
         else:
             changed.add(group)
     upsert(conn, summary, [rows[g] for g in sorted(changed - forced)], update=None)
-    _recompute(conn, ledger, summary, sorted(forced))
+    _recompute(conn, ledger, summary, sorted(forced), drop_emptied=bool(left))
 
 
 def _load_summaries(
@@ -283,16 +285,21 @@ def _apply_delta(
 
 
 def _recompute(
-    conn: Connection, ledger: Table, summary: Table, groups: Sequence[Group] | None
+    conn: Connection,
+    ledger: Table,
+    summary: Table,
+    groups: Sequence[Group] | None,
+    drop_emptied: bool = True,
 ) -> None:
     """Rewrite the summary rows of `groups` (None: of every group) from the ledger; drop
-    those left empty."""
+    those left empty, unless told that none can be (no message left any of them)."""
     if groups is not None and not groups:
         return
     upsert_statement, delete_statement = _recompute_statements(ledger, summary, groups is None)
     parameters = {} if groups is None else _group_arrays(groups)
     conn.execute(upsert_statement, parameters)
-    conn.execute(delete_statement, parameters)
+    if drop_emptied:
+        conn.execute(delete_statement, parameters)
 
 
 @cached

@@ -48,6 +48,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     Table,
     Text,
     and_,
@@ -57,6 +58,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
     type_coerce,
     union,
@@ -161,8 +163,8 @@ conversation_roots = Table(
 conversations_summary = Table(
     "location_conversations",
     metadata,
-    Column("location_id", Text, primary_key=True),
-    Column("conversation_id", Text, primary_key=True),
+    Column("location_id", Text, nullable=False),
+    Column("conversation_id", Text, nullable=False),
     Column("contact_id", Text, nullable=True),
     Column("last_message_at", DateTime(timezone=True), nullable=True),
     Column("last_message_channel", Text, nullable=True),
@@ -182,6 +184,10 @@ conversations_summary = Table(
     Column("sort_at", DateTime(timezone=True), nullable=False),
     # `unread_count > 0`, for the read/unread filters.
     Column("unread", Boolean, nullable=False),
+    # Id first: a conversation is addressed within a location or, by a key that may read
+    # every location, by id alone; one index serves both (migration 0012). A summary's
+    # sort key moves with every message, so each update writes every index again.
+    PrimaryKeyConstraint("conversation_id", "location_id"),
     # Every list is scoped by location and ordered by (sort_at, conversation_id), either
     # way (a b-tree scans both directions); each filter has an index in that order.
     Index(None, "location_id", "sort_at", "conversation_id"),
@@ -194,10 +200,23 @@ conversations_summary = Table(
         "sort_at",
         "conversation_id",
     ),
-    Index(None, "location_id", "unread", "sort_at", "conversation_id"),
-    Index(None, "location_id", "starred", "sort_at", "conversation_id"),
-    # A conversation addressed by id alone (a key that may read every location).
-    Index(None, "conversation_id"),
+    # Unread and starred conversations are few: their lists read partial indexes (the
+    # filters say `IS TRUE`, as these predicates do). The read list (`IS FALSE`), most of
+    # a location, reads the first index.
+    Index(
+        "ix_location_conversations_unread",
+        "location_id",
+        "sort_at",
+        "conversation_id",
+        postgresql_where=text("unread IS TRUE"),
+    ),
+    Index(
+        "ix_location_conversations_starred",
+        "location_id",
+        "sort_at",
+        "conversation_id",
+        postgresql_where=text("starred IS TRUE"),
+    ),
 )
 
 Key = tuple[str, str]

@@ -123,11 +123,20 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
 
 
 def catch_up_all(
-    engine: Engine, projections: Sequence[Projection], batch_size: int = CATCH_UP_BATCH
+    engine: Engine,
+    projections: Sequence[Projection],
+    batch_size: int = CATCH_UP_BATCH,
+    *,
+    stop_at_head: bool = False,
 ) -> int:
     """`catch_up` for several projections at once: each batch is read once and folded
     into every projection that is free, in one transaction (one commit, not one per
-    projection). Projections another worker holds are left to it. Returns batches done."""
+    projection). Projections another worker holds are left to it. Returns batches done.
+
+    `stop_at_head`: return after a batch shorter than `batch_size` (it reached the newest
+    event) instead of reading again at once. Under a steady stream of appends, reading
+    again at once folds only what arrived during the last fold, and small batches cost
+    more per event (see `CatchUpWorker._wait`)."""
     ordered = sorted(projections, key=lambda p: p.name)
     names = [p.name for p in ordered]
     batches = 0
@@ -152,6 +161,8 @@ def catch_up_all(
             _advance_all(conn, [p.name for p in mine], end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
+        if stop_at_head and len(events) < batch_size:
+            return batches
 
 
 _FREE_CHECKPOINTS = text(

@@ -110,7 +110,7 @@ class CatchUpWorker:
                 ensure_checkpoints(conn, self._projections)
             while not self._done():
                 self._last_fold = time.monotonic()
-                catch_up_all(self._engine, self._projections)
+                catch_up_all(self._engine, self._projections, stop_at_head=True)
                 self._backoff = 0.5
                 self._wait(listener)
 
