@@ -887,7 +887,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--service-command",
         default=f"{shlex.quote(sys.executable)} -m conversations serve",
-        help="how to start the service; --host and --port are appended",
+        help="how to start the service; --host and --port are appended (another checkout:"
+        " 'env -C DIR PYTHONPATH=DIR python -m conversations serve', since python -m puts"
+        " the working directory first on sys.path)",
     )
     parser.add_argument(
         "--service-env",
