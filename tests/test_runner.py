@@ -79,6 +79,13 @@ def projection(engine: sqlalchemy.Engine) -> Iterator[CountingProjection]:
     (other tests') are history it does not need to fold."""
     projection = CountingProjection(uuid.uuid4().hex[:8])
     projection.metadata.create_all(engine)
+    start_at_head(engine, projection)
+    yield projection
+    projection.metadata.drop_all(engine)
+
+
+def start_at_head(engine: sqlalchemy.Engine, projection: CountingProjection) -> None:
+    """Its checkpoint at the newest event, where it starts."""
     with engine.begin() as conn:
         runner.ensure_checkpoints(conn, [projection])
         projection.start = head_position(conn)
@@ -86,8 +93,6 @@ def projection(engine: sqlalchemy.Engine) -> Iterator[CountingProjection]:
             text("UPDATE projection_checkpoints SET position = :p WHERE name = :n"),
             {"p": projection.start, "n": projection.name},
         )
-    yield projection
-    projection.metadata.drop_all(engine)
 
 
 def append(database_url: str, documents: list[dict[str, Any]]) -> None:
@@ -375,13 +380,7 @@ def test_catch_up_all_can_stop_at_the_head_it_reached(
     projection = AppendingProjection(uuid.uuid4().hex[:8], database_url, full=4, more=3)
     projection.metadata.create_all(engine)
     try:
-        with engine.begin() as conn:
-            runner.ensure_checkpoints(conn, [projection])
-            projection.start = head_position(conn)
-            conn.execute(
-                text("UPDATE projection_checkpoints SET position = :p WHERE name = :n"),
-                {"p": projection.start, "n": projection.name},
-            )
+        start_at_head(engine, projection)
         append(database_url, [message() for _ in range(6)])
         batches = runner.catch_up_all(engine, [projection], batch_size=4, stop_at_head=stop_at_head)
         with engine.connect() as conn:
