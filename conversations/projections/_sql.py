@@ -1,9 +1,9 @@
 """Set-based SQL helpers the projections share: a batch as one table (`unnest`), key
-filters, multi-row upserts, and COPY for rebuilds.
+filters, multi-row upserts (rows staged by COPY), and COPY for rebuilds.
 
-Every statement here takes a whole batch in a fixed number of parameters (arrays), so
-its text is the same for every batch: SQLAlchemy compiles it once and PostgreSQL's
-65,535-parameter limit never applies.
+Every statement here takes a whole batch in a fixed number of parameters (arrays) or
+from a staging table, so its text is the same for every batch: SQLAlchemy compiles it
+once and PostgreSQL's 65,535-parameter limit never applies.
 
 The statements live catch-up runs for every batch are built once per table and reused
 (`cached`), the batch's values bound at execution: building a statement and computing
