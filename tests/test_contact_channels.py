@@ -49,26 +49,20 @@ def fold(
     events: Sequence[StoredEvent],
     size: int,
     tables: Tables | None = None,
-    live: bool = False,
 ) -> None:
-    """Apply the events in position order, `size` per batch, one transaction each.
-    `live`: each batch says where it starts, as the worker's do (then only its messages
-    with earlier events are looked up); the test's messages have no events in between."""
+    """Apply the events in position order, `size` per batch, one transaction each."""
     ordered = sorted(events, key=lambda e: e.position)
     for start in range(0, len(ordered), size):
         chunk = ordered[start : start + size]
-        after = chunk[0].position - 1 if live else None
         with engine.begin() as conn:
             if tables is None:
                 hold_live(conn, PROJECTION)
-            batch = EventBatch(chunk, chunk[-1].position, start=after)
-            PROJECTION.apply(conn, batch, tables or Tables())
+            PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), tables or Tables())
 
 
 def fold_everywhere(engine: sqlalchemy.Engine, events: Sequence[StoredEvent]) -> None:
-    """Event by event as the worker folds, then everything again in one batch that says
-    nothing of where it starts: the live tables must not mind."""
-    fold(engine, events, 1, live=True)
+    """Event by event, then everything again in one batch: the live tables must not mind."""
+    fold(engine, events, 1)
     fold(engine, events, len(events))
 
 
@@ -406,7 +400,7 @@ def test_cuttings_orders_and_redeliveries_give_the_same_tables(
         side_tables(engine, PROJECTION) as one_pass,
     ):
         fold(engine, in_order, len(in_order), whole)
-        fold(engine, other_order, size, cut, live=True)
+        fold(engine, other_order, size, cut)
         fold(engine, other_order[-size:], size, cut)  # a batch again changes nothing
         rebuild_in_one_pass(engine, PROJECTION, one_pass, other_order)  # as `replay` does
         expected = contents(engine, whole)

@@ -49,32 +49,23 @@ def append(database_url: str, engine: sqlalchemy.Engine) -> Append:
     return lambda documents: append_documents(database_url, engine, documents)
 
 
-def fold(
-    engine: sqlalchemy.Engine,
-    events: Sequence[StoredEvent],
-    cuts: Sequence[int],
-    live: bool = False,
-) -> None:
+def fold(engine: sqlalchemy.Engine, events: Sequence[StoredEvent], cuts: Sequence[int]) -> None:
     """Apply the events in position order, cut before each index in `cuts`, one
-    transaction per batch. `live`: each batch says where it starts, as the worker's do
-    (then only its messages with earlier events are looked up); the test's messages have
-    no events in between."""
+    transaction per batch."""
     ordered = sorted(events, key=lambda e: e.position)
     if not ordered:
         return
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(ordered)}), len(ordered)]
     for start, stop in pairwise(bounds):
         chunk = ordered[start:stop]
-        after = chunk[0].position - 1 if live else None
         with engine.begin() as conn:
             hold_live(conn, PROJECTION)
-            PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position, start=after), Tables())
+            PROJECTION.apply(conn, EventBatch(chunk, chunk[-1].position), Tables())
 
 
 def fold_all(engine: sqlalchemy.Engine, events: Sequence[StoredEvent]) -> None:
-    """Event by event as the worker folds, then everything again in one batch that says
-    nothing of where it starts: the tables must not mind."""
-    fold(engine, events, range(len(events)), live=True)
+    """Event by event, then everything again in one batch: the tables must not mind."""
+    fold(engine, events, range(len(events)))
     fold(engine, events, [])
 
 
@@ -479,7 +470,7 @@ def test_tables_depend_only_on_the_set_of_events(
     repeats = data.draw(st.lists(st.sampled_from(templates), max_size=3)) if templates else []
     events = append(instantiate([*order, *repeats], shuffled))
     cuts = data.draw(st.lists(st.integers(1, max(1, len(events) - 1)), max_size=4))
-    fold(engine, events, cuts, live=True)
+    fold(engine, events, cuts)
     replay = data.draw(st.sets(st.integers(0, len(events) - 1), max_size=3))
     if replay:
         repeated = [events[i] for i in sorted(replay)]

@@ -97,7 +97,6 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
     else:  # the earlier events from the table, then the batch's own (all later)
         wanted = set(keys)
         stored = read_message_events(conn, keys, batch.start)
-        batch.memo["earlier"] = {(e.location_id, e.message_id) for e in stored}
         stored += [e for e in batch.events if (e.location_id, e.message_id) in wanted]
     for event in stored:
         if event.message_id:
@@ -109,18 +108,6 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
             cached[key] = entry
     batch.memo["messages"] = cached
     return cached
-
-
-def earlier_messages(
-    conn: Connection, batch: EventBatch, keys: Sequence[MessageKey]
-) -> list[MessageKey]:
-    """Those of `keys` (messages of the batch) that have events before it: the only ones
-    an earlier batch can have written rows for, so the only ones worth looking up (live,
-    most messages of a batch are new). All of them when the batch cannot tell (`start`
-    unknown)."""
-    messages(conn, batch)  # reads the earlier events, once per batch
-    earlier: set[MessageKey] | None = batch.memo.get("earlier")
-    return list(keys) if earlier is None else [key for key in keys if key in earlier]
 
 
 def fold_message(key: MessageKey, events: Sequence[StoredEvent]) -> MessageEntry | None:

@@ -53,14 +53,7 @@ from conversations.projections._sql import (
     load,
     upsert,
 )
-from conversations.projections.base import (
-    EventBatch,
-    Row,
-    Tables,
-    earlier_messages,
-    message_keys,
-    messages,
-)
+from conversations.projections.base import EventBatch, Row, Tables, message_keys, messages
 from conversations.schema import metadata
 
 __all__ = [
@@ -126,7 +119,7 @@ class ContactChannelsProjection:
             return
         ledger, summary = tables[contact_channel_messages], tables[contact_channel_summaries]
         new = {key: _ledger_row(key, entry) for key, entry in messages(conn, batch).items()}
-        old = _load_ledger(conn, ledger, earlier_messages(conn, batch, keys))
+        old = _load_ledger(conn, ledger, keys)
         changed = [key for key in keys if old.get(key) != new.get(key)]
         if not changed:  # redeliveries, or events that change nothing shown here
             return

@@ -82,14 +82,7 @@ from conversations.projections._sql import (
     load,
     upsert,
 )
-from conversations.projections.base import (
-    EventBatch,
-    Row,
-    Tables,
-    earlier_messages,
-    merge_pairs,
-    message_keys,
-)
+from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
 from conversations.store import StoredEvent, read_stream_events
@@ -275,13 +268,8 @@ class LocationConversationsProjection:
 
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
         physical = _Physical.of(tables)
-        keys = message_keys(batch.events)
         changes = _update_ledger(
-            conn,
-            physical.messages,
-            keys,
-            batch_messages(conn, batch),
-            earlier_messages(conn, batch, keys),
+            conn, physical.messages, message_keys(batch.events), batch_messages(conn, batch)
         )
         flags = _update_flags(conn, physical.flags, batch)
         touched = _update_merges(conn, physical, merge_pairs(batch.events))
@@ -336,19 +324,15 @@ LedgerChange = tuple[Key, Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 
 def _update_ledger(
-    conn: Connection,
-    ledger: Table,
-    keys: Sequence[Key],
-    entries: Mapping[Key, MessageEntry],
-    stored: Sequence[Key],
+    conn: Connection, ledger: Table, keys: Sequence[Key], entries: Mapping[Key, MessageEntry]
 ) -> list[LedgerChange]:
     """Rewrite the touched messages (`entries`: each rebuilt from all of its events; a
     message none of whose events folds any more has none, and leaves the ledger); returns
-    the rows that changed, before and after. Only the `stored` keys can have rows yet."""
+    the rows that changed, before and after."""
     if not keys:
         return []
     new = {key: _ledger_row(key, entries[key]) for key in keys if key in entries}
-    old = load(conn, ledger, "message_key", stored)
+    old = load(conn, ledger, "message_key", keys)
     changes: list[LedgerChange] = []
     upserts, gone = [], []
     for key in keys:
