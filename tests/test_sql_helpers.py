@@ -209,7 +209,7 @@ def test_every_column_kind_of_the_projections_stages(engine: sqlalchemy.Engine) 
     )
     metadata.create_all(engine)
     try:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"location_id": "a", "count": 3, "starred": True, "big": 2**40},
             {"location_id": "b", "count": None, "starred": False, "big": None},
         ]
