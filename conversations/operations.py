@@ -107,4 +107,8 @@ def status(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
             f"{row.name:<24} {row.position:>10} {row.lag_events:>8}"
             f" {row.lag_seconds:>8.1f}s  {updated}"
         )
+    for row in rows:
+        if row.failure:
+            since = row.failing_since.isoformat(timespec="seconds") if row.failing_since else "?"
+            print(f"{row.name} is stuck since {since}, retrying: {row.failure}")
     return 0

@@ -79,6 +79,10 @@ projection_checkpoints = Table(
         nullable=False,
         server_default=text("clock_timestamp()"),
     ),
+    # The fold its worker keeps retrying, if one fails (migration 0013): one line, and
+    # since when. Cleared by the next fold that succeeds.
+    Column("failure", Text),
+    Column("failing_since", DateTime(timezone=True)),
 )
 
 # Bodies we could not use as events, kept verbatim so they can be inspected and retried.

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -194,6 +195,72 @@ def test_standalone_workers_fold_exactly_once_and_stop_on_sigterm(
         server.stop()
     monkeypatch.setenv("DATABASE_URL", worker_database)
     assert main(["verify"]) == 0
+
+
+def test_a_fold_that_keeps_failing_is_shown_where_operators_look(
+    worker_database: str,
+    worker_engine: sqlalchemy.Engine,
+    keys: KeyPair,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fold the database refuses (a constraint no timeline row passes) holds the
+    projections at their checkpoints while the worker retries. `/projections`, `/readyz`,
+    `/metrics` and `conversations status` say which projection fails, on which events
+    and why, until a fold succeeds again."""
+    server = start_server(
+        worker_database,
+        keys,
+        CONVERSATIONS_PROJECTION_WORKER="false",
+        CONVERSATIONS_READY_MAX_LAG="1",
+    )
+    refuse = "ALTER TABLE timeline_messages ADD CONSTRAINT test_refuse_all CHECK (false) NOT VALID"
+    with worker_engine.begin() as conn:
+        conn.execute(text(refuse))
+    worker = None
+    try:
+        location = post_new(server, 2)
+        worker = start_work(worker_database)
+
+        def states() -> dict[str, dict[str, Any]]:
+            body = httpx.get(f"{server.url}/projections", timeout=10).json()
+            return {p["name"]: p for p in body["projections"]}
+
+        wait_for(lambda: all(p["failure"] for p in states().values()), 30, "the failure recorded")
+        for state in states().values():  # one transaction: the others are held back too
+            assert state["failure"].startswith("timeline failed on events ("), state
+            assert "test_refuse_all" in state["failure"], state
+            assert state["failingSince"] and state["behindEvents"] >= 2, state
+
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert 'conversations_projection_failing{projection="timeline"} 1' in metrics
+        time.sleep(1.2)  # older than the readiness bound
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert "timeline failed on events" in ready.json()["detail"]
+        monkeypatch.setenv("DATABASE_URL", worker_database)
+        assert main(["status"]) == 0
+        assert "timeline is stuck since" in capsys.readouterr().out
+
+        with worker_engine.begin() as conn:
+            conn.execute(text("ALTER TABLE timeline_messages DROP CONSTRAINT test_refuse_all"))
+        wait_for(lambda: folded(worker_engine, location) == 2, 60, "folded once allowed")
+        wait_for(
+            lambda: not any(p["failure"] or p["failingSince"] for p in states().values()),
+            30,
+            "the failure cleared",
+        )
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert 'conversations_projection_failing{projection="timeline"} 0' in metrics
+    finally:
+        with worker_engine.begin() as conn:
+            conn.execute(
+                text("ALTER TABLE timeline_messages DROP CONSTRAINT IF EXISTS test_refuse_all")
+            )
+        if worker is not None:
+            worker.kill()
+            worker.wait()
+        server.stop()
 
 
 # --- the supervisor itself ---------------------------------------------------------------------

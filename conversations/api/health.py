@@ -66,6 +66,7 @@ async def readyz(request: Request) -> Response:
     if behind:
         detail = ", ".join(
             f"{row.name} is {row.lag_seconds:.1f} s ({row.lag_events} positions) behind"
+            + (f" ({row.failure})" if row.failure else "")
             for row in behind
         )
         return _not_ready(state, f"projections behind more than {bound:g} s: {detail}")
@@ -136,10 +137,16 @@ def _database_gauges(probe: _Probe) -> list[Gauge]:
         "Positions between the projection's checkpoint and the newest event.",
         "projection",
     )
+    failing = Gauge(
+        "conversations_projection_failing",
+        "1 while the projection's worker keeps retrying a fold that fails (/projections says why).",
+        "projection",
+    )
     for row in probe.projections:
         lag.set(round(row.lag_seconds, 3), row.name)
         behind.set(row.lag_events, row.name)
-    gauges = [lag, behind] if probe.projections else []
+        failing.set(1 if row.failure else 0, row.name)
+    gauges = [lag, behind, failing] if probe.projections else []
     if probe.quarantine_pending is not None:
         gauges.append(
             Gauge(
@@ -165,6 +172,8 @@ def projections(request: Request) -> Response:
                     "behindEvents": row.lag_events,
                     "lagSeconds": round(row.lag_seconds, 3),
                     "updatedAt": row.updated_at.isoformat() if row.updated_at else None,
+                    "failure": row.failure,
+                    "failingSince": (row.failing_since.isoformat() if row.failing_since else None),
                 }
                 for row in rows
             ]

@@ -471,6 +471,12 @@ def _schemas() -> dict[str, Schema]:
                             "behindEvents": {"type": "integer", "minimum": 0},
                             "lagSeconds": {"type": "number", "minimum": 0},
                             "updatedAt": _DATE,
+                            "failure": nullable(
+                                "string",
+                                description="Why the projection is not moving: the fold its "
+                                "worker keeps retrying, in one line; null when none fails.",
+                            ),
+                            "failingSince": _DATE,
                         }
                     )
                 )

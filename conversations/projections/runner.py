@@ -41,6 +41,26 @@ class ReplayBusy(RuntimeError):
     """Another rebuild of the same projection is running."""
 
 
+class FoldFailed(RuntimeError):
+    """A projection's fold of the events in (after, until] raised `__cause__`: the
+    projection stays at `after` until a fold of them succeeds."""
+
+    def __init__(self, name: str, after: int, until: int) -> None:
+        super().__init__(name, after, until)
+        self.name, self.after, self.until = name, after, until
+
+    def __str__(self) -> str:
+        what = describe(self.__cause__) if self.__cause__ else "no cause recorded"
+        return f"{self.name} failed on events ({self.after}, {self.until}]: {what}"
+
+
+def describe(error: BaseException) -> str:
+    """An error in one line: its type and the first line of its message (a database
+    error's message goes on with the statement and its parameters)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 @dataclass(frozen=True)
 class ProjectionStatus:
     name: str
@@ -49,6 +69,9 @@ class ProjectionStatus:
     updated_at: datetime | None
     lag_seconds: float
     """Age of the oldest event not yet applied (0 when caught up)."""
+    failure: str | None = None
+    """The fold a worker keeps retrying, if one fails (see `record_failure`)."""
+    failing_since: datetime | None = None
 
     @property
     def lag_events(self) -> int:
@@ -116,7 +139,10 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
             if not events:
                 return batches
             end = events[-1].position
-            projection.apply(conn, EventBatch(events, end, start=position), Tables())
+            try:
+                projection.apply(conn, EventBatch(events, end, start=position), Tables())
+            except Exception as error:
+                raise FoldFailed(projection.name, position, end) from error
             _advance_all(conn, [projection.name], end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
@@ -157,7 +183,10 @@ def catch_up_all(
                 if position >= end:
                     continue
                 batch = shared if position == start else _after(shared, position)
-                projection.apply(conn, batch, Tables())
+                try:
+                    projection.apply(conn, batch, Tables())
+                except Exception as error:
+                    raise FoldFailed(projection.name, position, end) from error
             _advance_all(conn, [p.name for p in mine], end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
@@ -189,11 +218,29 @@ def _announce(conn: Connection, locations: set[str] | None) -> None:
 def _advance_all(conn: Connection, names: Sequence[str], position: int) -> None:
     conn.execute(
         text(
-            "UPDATE projection_checkpoints SET position = :position, updated_at = clock_timestamp()"
+            "UPDATE projection_checkpoints SET position = :position,"
+            " updated_at = clock_timestamp(), failure = NULL, failing_since = NULL"
             " WHERE name = ANY(:names) AND position < :position"
         ),
         {"names": list(names), "position": position},
     )
+
+
+def record_failure(engine: Engine, names: Sequence[str], failure: str) -> None:
+    """Note on the checkpoints of `names` why they are not moving: `status` (and so the
+    CLI, `/projections`, `/readyz`, `/metrics`) shows it until a fold moves them on.
+    `failing_since` keeps the first failure of a run of them."""
+    with engine.begin() as conn:
+        # Another worker may be folding (holding the row): do not wait behind it for long.
+        conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+        conn.execute(
+            text(
+                "UPDATE projection_checkpoints SET failure = :failure,"
+                " failing_since = coalesce(failing_since, clock_timestamp())"
+                " WHERE name = ANY(:names)"
+            ),
+            {"names": list(names), "failure": failure},
+        )
 
 
 def _after(batch: EventBatch, position: int) -> EventBatch:
@@ -207,6 +254,7 @@ def status(conn: Connection, projections: Sequence[Projection]) -> list[Projecti
         text(
             """
             SELECT n.name, coalesce(c.position, 0) AS position, c.updated_at,
+                   c.failure, c.failing_since,
                    coalesce(extract(epoch FROM clock_timestamp() - (
                        SELECT recorded_at FROM events
                         WHERE position > coalesce(c.position, 0)
@@ -228,6 +276,8 @@ def status(conn: Connection, projections: Sequence[Projection]) -> list[Projecti
                 head,
                 row.updated_at if row else None,
                 float(row.lag) if row else 0.0,
+                row.failure if row else None,
+                row.failing_since if row else None,
             )
         )
     return result
@@ -390,7 +440,8 @@ def rebuild(
                     conn.execute(
                         text(
                             "UPDATE projection_checkpoints"
-                            " SET position = :position, updated_at = clock_timestamp()"
+                            " SET position = :position, updated_at = clock_timestamp(),"
+                            " failure = NULL, failing_since = NULL"
                             " WHERE name = :name"
                         ),
                         {"name": projection.name, "position": position},

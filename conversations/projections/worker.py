@@ -19,7 +19,13 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 from conversations.projections.base import Projection
-from conversations.projections.runner import catch_up_all, ensure_checkpoints
+from conversations.projections.runner import (
+    FoldFailed,
+    catch_up_all,
+    describe,
+    ensure_checkpoints,
+    record_failure,
+)
 
 log = logging.getLogger("conversations.projections")
 
@@ -100,8 +106,20 @@ class CatchUpWorker:
                 self._listen_and_fold()
             except Exception as error:
                 log.warning("projection catch-up failed, retrying: %s", error, exc_info=True)
+                self._record(error)
                 self._stopping.wait(self._backoff)
                 self._backoff = min(self._backoff * 2, 30.0)
+
+    def _record(self, error: Exception) -> None:
+        """Put the failure where operators look (`runner.record_failure`), on every
+        projection of the worker: they fold in one transaction, so one that fails holds
+        the others back too (`FoldFailed` names it). With the database away there is
+        nowhere to put it, and /readyz says why."""
+        failure = str(error) if isinstance(error, FoldFailed) else describe(error)
+        try:
+            record_failure(self._engine, [p.name for p in self._projections], failure)
+        except Exception as unrecorded:
+            log.debug("projection failure not recorded: %s", unrecorded)
 
     def _listen_and_fold(self) -> None:
         with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as listener:
