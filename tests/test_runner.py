@@ -394,3 +394,70 @@ def test_catch_up_all_can_stop_at_the_head_it_reached(
             assert folded == head
     finally:
         projection.metadata.drop_all(engine)
+
+
+class CrashingMidway(CountingProjection):
+    """Writes its rows for the batch, then crashes (while `crash` is set): what it wrote
+    must not stay."""
+
+    crash = True
+
+    def apply(self, conn: sqlalchemy.Connection, batch: EventBatch, tables: Tables) -> None:
+        super().apply(conn, batch, tables)
+        if self.crash:
+            raise RuntimeError("the projection crashed midway")
+
+
+def status_of(engine: sqlalchemy.Engine, projection: CountingProjection) -> runner.ProjectionStatus:
+    with engine.connect() as conn:
+        return runner.status(conn, [projection])[0]
+
+
+def test_catch_up_all_folds_on_past_a_projection_whose_fold_fails(
+    database_url: str, engine: sqlalchemy.Engine
+) -> None:
+    """With `failures`, a projection whose fold fails is rolled back to its savepoint and
+    stays at its checkpoint with the failure recorded there, while the others fold every
+    event (in batches: the failing one is left out after its first). Without it, the
+    failure is raised and nothing of the batch is kept. A fold that succeeds clears it."""
+    failing = CrashingMidway(uuid.uuid4().hex[:8])
+    healthy = CountingProjection(uuid.uuid4().hex[:8])
+    for projection in (failing, healthy):
+        projection.metadata.create_all(engine)
+        start_at_head(engine, projection)
+    try:
+        append(database_url, [message() for _ in range(7)])
+        failures: dict[str, runner.FoldFailed] = {}
+        runner.catch_up_all(engine, [failing, healthy], batch_size=3, failures=failures)
+        with engine.connect() as conn:
+            head = head_position(conn)
+            assert checkpoint(conn, failing.name) == failing.start
+            assert conn.scalar(text(f"SELECT count(*) FROM {failing.applied.name}")) == 0
+        assert assert_consistent(engine, healthy) == head
+        assert list(failures) == [failing.name]
+        assert isinstance(failures[failing.name].__cause__, RuntimeError)
+        status = status_of(engine, failing)
+        assert status.failure is not None and status.failing_since is not None
+        assert status.failure.startswith(f"{failing.name} failed on events ({failing.start}, ")
+        assert status.failure.endswith("RuntimeError: the projection crashed midway")
+        assert status_of(engine, healthy).failure is None
+
+        append(database_url, [message()])
+        with pytest.raises(runner.FoldFailed, match="crashed midway"):
+            runner.catch_up_all(engine, [failing, healthy])
+        with engine.connect() as conn:
+            assert checkpoint(conn, healthy.name) == head  # the whole batch rolled back
+
+        failing.crash = False
+        append(database_url, [message() for _ in range(4)])
+        failures.clear()
+        runner.catch_up_all(engine, [failing, healthy], batch_size=3, failures=failures)
+        assert not failures
+        with engine.connect() as conn:
+            head = head_position(conn)
+        assert assert_consistent(engine, failing) == assert_consistent(engine, healthy) == head
+        cleared = status_of(engine, failing)
+        assert cleared.failure is None and cleared.failing_since is None
+    finally:
+        for projection in (failing, healthy):
+            projection.metadata.drop_all(engine)

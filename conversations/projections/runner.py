@@ -139,10 +139,7 @@ def catch_up(engine: Engine, projection: Projection, batch_size: int = CATCH_UP_
             if not events:
                 return batches
             end = events[-1].position
-            try:
-                projection.apply(conn, EventBatch(events, end, start=position), Tables())
-            except Exception as error:
-                raise FoldFailed(projection.name, position, end) from error
+            _apply(conn, projection, EventBatch(events, end, start=position), position, None)
             _advance_all(conn, [projection.name], end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
@@ -154,6 +151,7 @@ def catch_up_all(
     batch_size: int = CATCH_UP_BATCH,
     *,
     stop_at_head: bool = False,
+    failures: dict[str, FoldFailed] | None = None,
 ) -> int:
     """`catch_up` for several projections at once: each batch is read once and folded
     into every projection that is free, in one transaction (one commit, not one per
@@ -162,11 +160,18 @@ def catch_up_all(
     `stop_at_head`: return after a batch shorter than `batch_size` (it reached the newest
     event) instead of reading again at once. Under a steady stream of appends, reading
     again at once folds only what arrived during the last fold, and small batches cost
-    more per event (see `CatchUpWorker._wait`)."""
+    more per event (see `CatchUpWorker._wait`).
+
+    `failures`: fold each projection in a savepoint of its own, so that one whose fold
+    fails does not hold the others back. It is rolled back to its savepoint, stays at its
+    checkpoint with the failure recorded there (`record_failure`), is put in `failures`
+    and left out of the rest of this call; the others go on. Without it, a failing fold
+    raises `FoldFailed` and nothing of the batch is kept."""
     ordered = sorted(projections, key=lambda p: p.name)
     names = [p.name for p in ordered]
+    failed: set[str] = set()
     batches = 0
-    while True:
+    while names:
         with engine.begin() as conn:
             positions = _free_checkpoints(conn, names)
             mine = [p for p in ordered if p.name in positions]
@@ -178,20 +183,50 @@ def catch_up_all(
                 return batches
             end = events[-1].position
             shared = EventBatch(events, end, start=start)
+            folded = []
             for projection in mine:
                 position = positions[projection.name]
-                if position >= end:
-                    continue
                 batch = shared if position == start else _after(shared, position)
-                try:
-                    projection.apply(conn, batch, Tables())
-                except Exception as error:
-                    raise FoldFailed(projection.name, position, end) from error
-            _advance_all(conn, [p.name for p in mine], end)
+                if position < end and not _apply(conn, projection, batch, position, failures):
+                    failed.add(projection.name)
+                    continue
+                folded.append(projection.name)
+            _advance_all(conn, folded, end)
             _announce(conn, {event.location_id for event in events})
         batches += 1
+        names = [name for name in names if name not in failed]
         if stop_at_head and len(events) < batch_size:
             return batches
+    return batches
+
+
+def _apply(
+    conn: Connection,
+    projection: Projection,
+    batch: EventBatch,
+    after: int,
+    failures: dict[str, FoldFailed] | None,
+) -> bool:
+    """Fold `batch` into `projection` (see `catch_up_all`); False if it failed and was
+    rolled back to its savepoint (with `failures` only)."""
+    if failures is None:
+        try:
+            projection.apply(conn, batch, Tables())
+        except Exception as error:
+            raise FoldFailed(projection.name, after, batch.end) from error
+        return True
+    savepoint = conn.begin_nested()
+    try:
+        projection.apply(conn, batch, Tables())
+    except Exception as error:
+        savepoint.rollback()  # raises in turn when the connection itself is gone
+        failure = FoldFailed(projection.name, after, batch.end)
+        failure.__cause__ = error
+        failures[projection.name] = failure
+        record_failure(conn, [projection.name], str(failure))
+        return False
+    savepoint.commit()
+    return True
 
 
 _FREE_CHECKPOINTS = text(
@@ -226,21 +261,18 @@ def _advance_all(conn: Connection, names: Sequence[str], position: int) -> None:
     )
 
 
-def record_failure(engine: Engine, names: Sequence[str], failure: str) -> None:
+def record_failure(conn: Connection, names: Sequence[str], failure: str) -> None:
     """Note on the checkpoints of `names` why they are not moving: `status` (and so the
-    CLI, `/projections`, `/readyz`, `/metrics`) shows it until a fold moves them on.
-    `failing_since` keeps the first failure of a run of them."""
-    with engine.begin() as conn:
-        # Another worker may be folding (holding the row): do not wait behind it for long.
-        conn.execute(text("SET LOCAL lock_timeout = '2s'"))
-        conn.execute(
-            text(
-                "UPDATE projection_checkpoints SET failure = :failure,"
-                " failing_since = coalesce(failing_since, clock_timestamp())"
-                " WHERE name = ANY(:names)"
-            ),
-            {"names": list(names), "failure": failure},
-        )
+    CLI, `/projections`, `/readyz`, `/metrics`) shows it until a fold moves them on
+    (`_advance_all`). `failing_since` keeps the first failure of a run of them."""
+    conn.execute(
+        text(
+            "UPDATE projection_checkpoints SET failure = :failure,"
+            " failing_since = coalesce(failing_since, clock_timestamp())"
+            " WHERE name = ANY(:names)"
+        ),
+        {"names": list(names), "failure": failure},
+    )
 
 
 def _after(batch: EventBatch, position: int) -> EventBatch:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import psycopg
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
 from conversations.projections.base import Projection
@@ -87,6 +87,9 @@ class CatchUpWorker:
         self._stopping = threading.Event()
         self._backoff = 0.5
         """Seconds to wait before the next attempt after a failure."""
+        self._retry_at: dict[str, float] = {}
+        """Projections whose fold failed, and when to try them again."""
+        self._delays: dict[str, float] = {}
 
     def stop(self) -> None:
         """Ask `run` to return (from a signal handler or another thread)."""
@@ -111,15 +114,37 @@ class CatchUpWorker:
                 self._backoff = min(self._backoff * 2, 30.0)
 
     def _record(self, error: Exception) -> None:
-        """Put the failure where operators look (`runner.record_failure`), on every
-        projection of the worker: they fold in one transaction, so one that fails holds
-        the others back too (`FoldFailed` names it). With the database away there is
-        nowhere to put it, and /readyz says why."""
-        failure = str(error) if isinstance(error, FoldFailed) else describe(error)
+        """Put a failure outside any one projection's fold (reading the events, say)
+        where operators look (`runner.record_failure`): on every projection, as none can
+        move. With the database away there is nowhere to put it, and /readyz says why."""
         try:
-            record_failure(self._engine, [p.name for p in self._projections], failure)
+            with self._engine.begin() as conn:
+                # A worker folding a projection holds its row: do not wait for long.
+                conn.execute(text("SET LOCAL lock_timeout = '2s'"))
+                record_failure(conn, [p.name for p in self._projections], describe(error))
         except Exception as unrecorded:
             log.debug("projection failure not recorded: %s", unrecorded)
+
+    def _fold(self) -> None:
+        """Fold every projection that is due. One whose fold fails is left at its
+        checkpoint (the failure recorded there) and tried again after a backoff of its
+        own, 0.5 s doubling to 30 s, while the others go on."""
+        now = time.monotonic()
+        due = [p for p in self._projections if self._retry_at.get(p.name, 0.0) <= now]
+        failures: dict[str, FoldFailed] = {}
+        catch_up_all(self._engine, due, stop_at_head=True, failures=failures)
+        for projection in due:
+            name = projection.name
+            failure = failures.get(name)
+            if failure is None:
+                self._retry_at.pop(name, None)
+                self._delays.pop(name, None)
+                continue
+            delay = self._delays[name] = min(self._delays.get(name, 0.25) * 2, 30.0)
+            self._retry_at[name] = now + delay
+            log.warning(
+                "projection %s failed, retrying in %g s: %s", name, delay, failure, exc_info=failure
+            )
 
     def _listen_and_fold(self) -> None:
         with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as listener:
@@ -128,7 +153,7 @@ class CatchUpWorker:
                 ensure_checkpoints(conn, self._projections)
             while not self._done():
                 self._last_fold = time.monotonic()
-                catch_up_all(self._engine, self._projections, stop_at_head=True)
+                self._fold()
                 self._backoff = 0.5
                 self._wait(listener)
 
