@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,12 +113,13 @@ def _identity(fields: _Fields) -> str:
 def dedup_key(document: dict[str, Any]) -> str:
     """The key that makes a redelivery a duplicate.
 
-    HighLevel keeps `webhookId` across retries of one delivery; without one, the SHA-256 of
+    HighLevel keeps `webhookId` across retries of one delivery; without one (or with a blank
+    one, which cannot tell deliveries apart), the SHA-256 of
     the canonical JSON, so the same document with other whitespace or key order is the same
     delivery. Raises ValueError on NaN/Infinity (`parse_json_object` never yields them).
     """
     webhook_id = document.get("webhookId")
-    if isinstance(webhook_id, str) and webhook_id:
+    if isinstance(webhook_id, str) and webhook_id.strip():  # a blank one is none at all
         return "webhook:" + webhook_id
     return "sha256:" + _sha256(canonical_json(document))
 
@@ -254,6 +256,16 @@ class NotJSONError(ValueError):
         self.detail = detail
 
 
+class NumberOutOfRangeError(ValueError):
+    """The body is JSON, but holds a number beyond a 64-bit float (1e400) or an integer
+    too long to convert (over 4,300 digits). It is an object we cannot use, not one that is
+    not JSON: it is kept aside with a 202 (HighLevel would retry a 4xx for hours)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def _reject_constant(name: str) -> NoReturn:
     raise NotJSONError(f"the body contains {name}, which is not JSON")
 
@@ -261,7 +273,9 @@ def _reject_constant(name: str) -> NoReturn:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999 parses to inf, which no JSON writer can write back
-        raise NotJSONError(f"the body contains the number {text[:40]}, too large for a float")
+        raise NumberOutOfRangeError(
+            f"the body contains the number {text[:40]}, beyond the range of a 64-bit float"
+        )
     return value
 
 
@@ -280,7 +294,8 @@ _KINDS: tuple[tuple[type, str], ...] = (
 def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
     """Decode a webhook body: strict UTF-8 (no BOM), strict JSON, an object at the top.
 
-    Returns the document and the decoded text (the text is what jsonb_text stores).
+    Returns the document and the decoded text (the text is what jsonb_text stores). Raises
+    NotJSONError, or NumberOutOfRangeError for JSON with a number we cannot hold.
     """
     if raw.startswith(b"\xef\xbb\xbf"):
         raise NotJSONError("the body starts with a UTF-8 byte order mark")
@@ -294,7 +309,7 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
         raise NotJSONError("the body is empty")
     try:
         document = _DECODER.decode(text)
-    except NotJSONError:
+    except (NotJSONError, NumberOutOfRangeError):
         raise
     except json.JSONDecodeError as error:
         raise NotJSONError(
@@ -302,8 +317,13 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
         ) from None
     except RecursionError:
         raise NotJSONError("the body is nested too deeply") from None
-    except ValueError as error:  # e.g. an integer beyond int_max_str_digits
-        raise NotJSONError(f"the body is not valid JSON: {error}") from None
+    except ValueError as error:
+        if "digits" not in str(error):
+            raise NotJSONError(f"the body is not valid JSON: {error}") from None
+        limit = sys.get_int_max_str_digits()  # int() refuses longer digit strings
+        raise NumberOutOfRangeError(
+            f"the body contains an integer of more than {limit:,} digits"
+        ) from None
     if isinstance(document, dict):
         return document, text
     if document is None:

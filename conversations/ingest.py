@@ -22,6 +22,7 @@ from conversations.deadline import within
 from conversations.events import (
     NewEvent,
     NotJSONError,
+    NumberOutOfRangeError,
     message_event,
     parse_json_object,
     to_new_event,
@@ -250,7 +251,8 @@ class Ingestor:
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why a body cannot become an event: `not_json`, or a PayloadError reason."""
+    """Why a body cannot become an event: `not_json`, `number_out_of_range`, or a
+    PayloadError reason."""
 
     reason: str
     detail: str
@@ -264,6 +266,8 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
         document, raw_text = parse_json_object(raw)
     except NotJSONError as error:
         return Rejection("not_json", error.detail)
+    except NumberOutOfRangeError as error:
+        return Rejection("number_out_of_range", error.detail)
     metadata = _metadata(verification, document, source)
     fields = plain_message_fields(document)
     if fields is not None:  # nearly every webhook: a message checked without pydantic

@@ -15,6 +15,7 @@ empty or only whitespace is *missing*; an id of the wrong JSON kind (a number, s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
@@ -169,6 +170,20 @@ def _date(value: Any) -> datetime | None:
 # Larger integers fit no database column and only come from junk; 2**63 - 1 is BIGINT's top.
 _MAX_INT = 2**63 - 1
 
+# A number given as text: ASCII digits with an optional sign, point and exponent, as JSON
+# writes numbers. (int() and float() also take "1_000", other scripts' digits, "inf".)
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _number_text(text: str, expected: str) -> int | float:
+    """The number a text spells (see `_NUMBER_TEXT`), or the field's error."""
+    if not _NUMBER_TEXT.fullmatch(text):
+        raise _invalid(expected)
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
 
 def _bounded(value: int, expected: str) -> int:
     if -_MAX_INT <= value <= _MAX_INT:
@@ -185,13 +200,7 @@ def _number(value: Any) -> int | float | None:
         text = value.strip()
         if not text:
             return None
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise _invalid(expected) from None
+        value = _number_text(text, expected)
     if isinstance(value, bool):
         raise _invalid(expected)
     if isinstance(value, int):
@@ -202,7 +211,7 @@ def _number(value: Any) -> int | float | None:
 
 
 def _integer(value: Any) -> int | None:
-    """An integer, an integral float (`2.0`) or the text of an integer."""
+    """An integer, an integral float (`2.0`), or the text of either."""
     if value is None:
         return None
     expected = "expected an integer"
@@ -210,15 +219,12 @@ def _integer(value: Any) -> int | None:
         text = value.strip()
         if not text:
             return None
-        try:
-            value = int(text)
-        except ValueError:
-            raise _invalid(expected) from None
+        value = _number_text(text, expected)
     if isinstance(value, bool):
         raise _invalid(expected)
     if isinstance(value, int):
         return _bounded(value, expected)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return _bounded(int(value), expected)
     raise _invalid(expected)
 
@@ -236,7 +242,14 @@ def _boolean(value: Any) -> bool | None:
     raise _invalid("expected true or false")
 
 
+def _blank_is_absent(value: Any) -> Any:
+    """An optional id that is empty or only whitespace names nothing: it counts as absent
+    (a message without `messageId` gets a derived identity, not "   " shared with others)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 OptStr: TypeAlias = StrictStr | None
+OptId: TypeAlias = Annotated[StrictStr | None, BeforeValidator(_blank_is_absent)]
 StrList: TypeAlias = Annotated[list[str], BeforeValidator(_string_list)]
 Attachments: TypeAlias = Annotated[list[str | dict[str, Any]], BeforeValidator(_attachments)]
 UtcDateTime: TypeAlias = Annotated[datetime | None, BeforeValidator(_date)]
@@ -267,11 +280,11 @@ class MessagePayload(BaseModel):
     type: Literal["InboundMessage", "OutboundMessage"]
     locationId: StrictStr
     conversationId: StrictStr
-    messageId: OptStr = None
-    emailMessageId: OptStr = None
+    messageId: OptId = None
+    emailMessageId: OptId = None
     threadId: OptStr = None
     userId: OptStr = None
-    contactId: OptStr = None
+    contactId: OptId = None
     body: OptStr = None
     status: OptStr = None
     direction: OptStr = None
@@ -323,7 +336,7 @@ class ConversationUnreadUpdatePayload(BaseModel):
     type: Literal["ConversationUnreadUpdate"]
     locationId: StrictStr
     id: StrictStr
-    contactId: OptStr = None
+    contactId: OptId = None
     unreadCount: Integer = None
     starred: Boolean = None
     inbox: Boolean = None
@@ -339,7 +352,7 @@ class ConversationUpdatePayload(BaseModel):
     locationId: StrictStr
     oldConversationId: StrictStr
     newConversationId: StrictStr
-    contactId: OptStr = None
+    contactId: OptId = None
     companyId: OptStr = None
 
 
@@ -405,14 +418,25 @@ _BOUNDED_IDS = (
 )
 
 
-def _check_id_sizes(document: dict[str, Any]) -> None:
+# What no text column stores (PostgreSQL refuses NUL; a lone surrogate is not UTF-8). Other
+# fields keep them in the raw bytes and show U+FFFD; an id would have to change to be stored.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_id_values(document: dict[str, Any]) -> None:
+    """Ids the store can key: at most MAX_ID_BYTES, and nothing a text column refuses."""
     for field in _BOUNDED_IDS:
         value = document.get(field)
-        if isinstance(value, str) and len(value) * 4 > MAX_ID_BYTES:
-            size = len(value.encode())
+        if not isinstance(value, str):
+            continue
+        if len(value) * 4 > MAX_ID_BYTES:
+            size = len(value.encode("utf-8", "surrogatepass"))
             if size > MAX_ID_BYTES:
                 message = f"is {size} bytes long; ids longer than {MAX_ID_BYTES} bytes are not kept"
                 raise _field_error("invalid_field", field, message)
+        if "\x00" in value or (not value.isascii() and _UNSTORABLE.search(value)):
+            message = "contains a NUL character or an unpaired surrogate, which no id can hold"
+            raise _field_error("invalid_field", field, message)
 
 
 _PYDANTIC_MESSAGES: dict[str, str] = {
@@ -465,7 +489,7 @@ def parse_payload(document: dict[str, Any]) -> Payload:
     _check_id(document, "locationId", "missing_location")
     for field in _CONVERSATION_FIELDS[event_type]:
         _check_id(document, field, "missing_conversation")
-    _check_id_sizes(document)
+    _check_id_values(document)
     validate: Callable[[Any], Payload] = _MODELS[event_type].model_validate
     try:
         return validate(document)
@@ -535,6 +559,7 @@ _PLAIN_STRINGS: tuple[str, ...] = (
     "chatWidgetId",
 )
 _PLAIN_LISTS: tuple[str, ...] = ("to", "cc", "bcc", "ccList", "bccList", "mentions")
+_OPTIONAL_IDS: tuple[str, ...] = ("messageId", "emailMessageId", "contactId")  # `OptId`s
 _PLAIN_KEYS = frozenset(
     {
         *_PLAIN_STRINGS,
@@ -612,7 +637,7 @@ def _plain_message(document: Any) -> dict[str, Any]:
     ):
         raise _Unsure
     try:
-        _check_id_sizes(document)
+        _check_id_values(document)
     except PayloadError:
         raise _Unsure from None
     for key in document.keys() - _PLAIN_KEYS:
@@ -621,6 +646,8 @@ def _plain_message(document: Any) -> dict[str, Any]:
         del values[key]
     if not _STRING_OR_NONE.issuperset(map(type, map(values.__getitem__, _PLAIN_STRINGS))):
         raise _Unsure
+    for name in _OPTIONAL_IDS:
+        values[name] = _blank_is_absent(values[name])
     sender = values.pop("from", None)
     if sender is not None and type(sender) is not str:
         raise _Unsure

@@ -8,11 +8,14 @@ import subprocess
 import threading
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import sqlalchemy
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
@@ -138,3 +141,24 @@ def message(**fields: Any) -> dict[str, Any]:
     }
     document.update(fields)
     return {key: value for key, value in document.items() if value is not ...}
+
+
+REFUSED = "refused-"
+"""The prefix of the conversations `events_refusing` makes the database refuse."""
+
+
+@contextmanager
+def events_refusing(engine: sqlalchemy.Engine) -> Iterator[str]:
+    """While open, PostgreSQL refuses every event of a conversation whose id starts with
+    `REFUSED` (a check constraint, NOT VALID: stored rows are not checked). Validation
+    now keeps out what a text column cannot hold, so this is how a body that passes it
+    but that the database still will not store is made."""
+    name = f"test_refuse_{uuid.uuid4().hex[:8]}"
+    check = f"CHECK (stream_id NOT LIKE '{REFUSED}%') NOT VALID"
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"ALTER TABLE events ADD CONSTRAINT {name} {check}"))
+    try:
+        yield REFUSED
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"ALTER TABLE events DROP CONSTRAINT {name}"))

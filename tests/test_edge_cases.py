@@ -167,3 +167,96 @@ def test_a_huge_id_never_stops_the_projections(
     wait_folded(engine)
     reader = Reader(server, make_key(engine, after["locationId"]))
     assert reader.get(f"/conversations/messages/{after['messageId']}").status_code == 200
+
+
+# --- found by an outside QA pass (2026-11-30) ------------------------------------------------
+
+
+def stored_message_ids(engine: sqlalchemy.Engine, *responses: httpx.Response) -> list[str]:
+    positions = [response.json()["position"] for response in responses]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sqlalchemy.text("SELECT message_id FROM events WHERE position = ANY(:p)"),
+            {"p": positions},
+        )
+        return [row.message_id for row in rows]
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "   "])
+def test_a_blank_webhook_id_does_not_make_other_deliveries_duplicates(
+    server: Server, blank: str
+) -> None:
+    """A blank `webhookId` cannot tell deliveries apart: the content decides, as with none."""
+    first, second = message(webhookId=blank), message(webhookId=blank)
+    stored = [server.post(first), server.post(second)]
+    assert [r.status_code for r in stored] == [201, 201], [r.text for r in stored]
+    assert stored[0].json()["position"] != stored[1].json()["position"]
+    again = server.post(json.dumps(first, indent=2).encode())  # the same JSON, spelled out
+    assert again.status_code == 200, again.text
+    assert again.json()["position"] == stored[0].json()["position"]
+
+
+@pytest.mark.parametrize("field", ["messageId", "emailMessageId"])
+def test_a_blank_message_id_counts_as_absent(
+    server: Server, engine: sqlalchemy.Engine, field: str
+) -> None:
+    """Two messages whose id is only whitespace are two messages (derived identities),
+    not one message `"   "` that the second overwrites."""
+    conversation = new_id("conv")
+    first = message(conversationId=conversation, body="first message", **{field: "   "})
+    second = message(conversationId=conversation, body="second message", **{field: "   "})
+    if field == "emailMessageId":
+        del first["messageId"], second["messageId"]
+    responses = [server.post(first), server.post(second)]
+    assert [r.status_code for r in responses] == [201, 201], [r.text for r in responses]
+    identities = stored_message_ids(engine, *responses)
+    assert len(set(identities)) == 2, identities
+    assert all(identity.startswith("derived:") for identity in identities), identities
+
+
+@pytest.mark.parametrize(
+    ("number", "detail"),
+    [
+        ("1e400", "beyond the range of a 64-bit float"),
+        ("-1e999", "beyond the range of a 64-bit float"),
+        ("9" * 5000, "an integer of more than 4,300 digits"),
+    ],
+)
+def test_valid_json_with_a_number_we_cannot_hold_is_kept_aside_not_refused(
+    server: Server, engine: sqlalchemy.Engine, number: str, detail: str
+) -> None:
+    """It is JSON (a 400 would have HighLevel retry it for hours): 202, kept verbatim."""
+    raw = json.dumps(message(extra=0)).encode().replace(b'"extra": 0', f'"x": {number}'.encode())
+    kept = server.post(raw)
+    assert kept.status_code == 202, kept.text
+    answer = kept.json()
+    assert answer["reason"] == "number_out_of_range", answer
+    assert detail in answer["detail"] and "sys." not in answer["detail"], answer
+    with engine.connect() as conn:
+        body = conn.scalar(
+            sqlalchemy.text("SELECT body FROM quarantine WHERE id = :id"),
+            {"id": answer["quarantineId"]},
+        )
+    assert bytes(body) == raw
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "status"),
+    [
+        ("callDuration", "1_000", 202),
+        ("callDuration", "\u0661\u0662\u0660", 202),  # Arabic-Indic digits
+        ("callDuration", "inf", 202),
+        ("callDuration", " 12.5 ", 201),
+        ("callDuration", "1e3", 201),
+        ("messageTypeId", "\uff12", 202),  # a full-width 2
+        ("messageTypeId", "2.0", 201),
+        ("messageTypeId", 2.0, 201),
+    ],
+)
+def test_numbers_given_as_text_are_spelled_as_json_spells_them(
+    server: Server, field: str, value: object, status: int
+) -> None:
+    response = server.post(message(**{field: value}))
+    assert response.status_code == status, response.text
+    if status == 202:
+        assert response.json()["reason"] == "invalid_field", response.text

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from conversations.cli import main
 from conversations.importer import Record, records
-from tests.helpers import message, new_id
+from tests.helpers import events_refusing, message, new_id
 
 
 @dataclass
@@ -379,16 +379,18 @@ def test_array_elements_are_quarantined_with_their_index(
 def test_a_payload_the_database_refuses_costs_only_itself(
     cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
 ) -> None:
-    """NUL and lone surrogates are valid JSON escapes PostgreSQL text cannot hold: the
-    batch holding them is retried payload by payload."""
+    """The batch holding payloads the database refuses is retried payload by payload."""
     docs = documents(6)
     lines = [json.dumps(d).encode() for d in docs]
-    lines[1] = lines[1].replace(b'"conversationId": "cnv', b'"conversationId": "\\u0000cnv')
-    lines[4] = lines[4].replace(b'"conversationId": "cnv', b'"conversationId": "\\ud800cnv')
     path = tmp_path / "unstorable.jsonl"
-    path.write_bytes(jsonl(lines))
 
-    result = cli("import", str(path))
+    with events_refusing(engine) as refused:
+        for index in (1, 4):
+            lines[index] = lines[index].replace(
+                b'"conversationId": "cnv', f'"conversationId": "{refused}cnv'.encode()
+            )
+        path.write_bytes(jsonl(lines))
+        result = cli("import", str(path))
 
     assert result.status == 1, result
     assert "4 stored, 0 duplicate, 2 quarantined" in result.out
