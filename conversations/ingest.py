@@ -165,7 +165,7 @@ class Ingestor:
 
     async def _receive(self, raw: bytes, headers: Mapping[str, str], source: Source) -> Outcome:
         verification = self._verifier.verify(
-            raw, headers.get(ED25519_HEADER), headers.get(RSA_HEADER)
+            raw, _first(headers.get(ED25519_HEADER)), _first(headers.get(RSA_HEADER))
         )
         if self._enforce and not verification.valid:
             log.warning(
@@ -288,6 +288,15 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
 def _kept(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers kept with a quarantined body (only built when one is kept)."""
     return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+
+def _first(signature: str | None) -> str | None:
+    """The first value of a signature header: one sent on several lines arrives joined
+    with ", " (as any header), and the first line counts. Base64 has no comma, so a
+    single value is itself."""
+    if signature is None or "," not in signature:
+        return signature
+    return signature.partition(",")[0].strip()
 
 
 def _quarantined(qid: int, reason: str, detail: str) -> Outcome:

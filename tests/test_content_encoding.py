@@ -204,3 +204,40 @@ def test_a_corrupt_body_is_quarantined_with_its_encoding_when_verification_is_of
     assert row["reason"] == "bad_encoding"
     assert row["headers"]["content-encoding"] == "gzip"
     assert bytes(row["body"]) == corrupt
+
+
+def post_lines(server: Server, body: bytes, encoded: bytes, *encodings: str) -> httpx.Response:
+    """`post`, with one `Content-Encoding` field line for each of `encodings`."""
+    return httpx.post(
+        f"{server.url}/webhooks/highlevel",
+        content=encoded,
+        headers=[
+            ("Content-Type", "application/json"),
+            *(("Content-Encoding", encoding) for encoding in encodings),
+            *server.keys.headers(body).items(),
+        ],
+        timeout=30,
+    )
+
+
+@pytest.mark.e2e
+def test_repeated_content_encoding_lines_are_one_list(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """RFC 9110 5.3: two field lines mean `identity, gzip`, not the first one alone."""
+    raw = json.dumps(message()).encode()
+    response = post_lines(server, raw, gzip.compress(raw), "identity", "gzip")
+    assert response.status_code == 201, response.text
+    assert stored_raw(engine, response.json()["position"]) == raw
+
+
+@pytest.mark.e2e
+def test_a_corrupt_body_keeps_every_content_encoding_line(
+    lenient_server: Server, engine: sqlalchemy.Engine
+) -> None:
+    raw = json.dumps(message()).encode()
+    corrupt = gzip.compress(raw)[:-8]
+    response = post_lines(lenient_server, raw, corrupt, "identity", "gzip")
+    assert_problem(response, 400, "bad_encoding")
+    [row] = quarantined(engine, corrupt)
+    assert row["headers"]["content-encoding"] == "identity, gzip"

@@ -600,6 +600,22 @@ def test_unknown_type_is_quarantined(server: Server, engine: sqlalchemy.Engine) 
     assert events_in(engine, location) == []
 
 
+def test_a_kept_header_sent_on_several_lines_keeps_every_value(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    raw = json.dumps(unusable("unknown_type", new_id("loc"))).encode()
+    lines = [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "10.0.0.1")]
+    response = httpx.post(
+        f"{server.url}/webhooks/highlevel",
+        content=raw,
+        headers=[("Content-Type", "application/json"), *server.keys.headers(raw).items(), *lines],
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    [row] = quarantined(engine, raw)
+    assert row["headers"]["x-forwarded-for"] == "203.0.113.7, 10.0.0.1"
+
+
 def test_invalid_field_names_the_field(server: Server, engine: sqlalchemy.Engine) -> None:
     document = message(dateAdded="yesterday")
     response = server.post(document)
