@@ -616,6 +616,30 @@ def test_a_kept_header_sent_on_several_lines_keeps_every_value(
     assert row["headers"]["x-forwarded-for"] == "203.0.113.7, 10.0.0.1"
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("café-bot ✓".encode(), "café-bot ✓"),  # UTF-8
+        (b"caf\xe9-bot", "café-bot"),  # not UTF-8: Latin-1
+        (b"\xc3\xa9 \xe9 \xe2\x9c\x93", "é é ✓"),  # only the bytes that are not UTF-8
+        (b"\xff\xfe", "\xff\xfe"),
+    ],
+    ids=["utf8", "latin1", "mixed", "no_utf8_at_all"],
+)
+def test_kept_header_values_are_utf8_and_latin1_only_where_not_utf8(
+    sent: bytes, kept: str, server: Server, engine: sqlalchemy.Engine
+) -> None:
+    raw = json.dumps(unusable("unknown_type", new_id("loc"))).encode()
+    headers = [(b"Content-Type", b"application/json"), (b"User-Agent", sent)]
+    headers += [(name.encode(), value.encode()) for name, value in server.keys.headers(raw).items()]
+    response = httpx.post(
+        f"{server.url}/webhooks/highlevel", content=raw, headers=headers, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    [row] = quarantined(engine, raw)
+    assert row["headers"]["user-agent"] == kept
+
+
 def test_invalid_field_names_the_field(server: Server, engine: sqlalchemy.Engine) -> None:
     document = message(dateAdded="yesterday")
     response = server.post(document)

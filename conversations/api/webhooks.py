@@ -33,10 +33,29 @@ def plain_headers(request: Request) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in request.scope["headers"]:
         key = name.decode("latin-1")  # a token: ASCII, lowercased by the server
-        text = value.decode("latin-1")
+        text = header_text(value)
         previous = headers.get(key)
         headers[key] = text if previous is None else f"{previous}, {text}"
     return headers
+
+
+def header_text(value: bytes) -> str:
+    """A header value as text: UTF-8, which is what senders put in headers today (a
+    `User-Agent: café-bot`), and Latin-1 (RFC 9110 5.5's obs-text) for just the bytes
+    that are not valid UTF-8. Never fails: every byte is Latin-1."""
+    try:
+        return value.decode()  # ASCII nearly always: as cheap as Latin-1
+    except UnicodeDecodeError:
+        pass
+    parts: list[str] = []
+    while True:
+        try:
+            parts.append(value.decode())
+            return "".join(parts)
+        except UnicodeDecodeError as error:
+            parts.append(value[: error.start].decode())
+            parts.append(value[error.start : error.end].decode("latin-1"))
+            value = value[error.end :]
 
 
 async def read_body(request: Request, headers: Mapping[str, str], limit: int) -> bytes:
