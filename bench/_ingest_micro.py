@@ -105,6 +105,9 @@ async def _round(url: str, name: str, count: int, seed: int) -> Any:
         appends = functools.partial(append_connection, url, 30)
     writer = GroupCommitWriter(appends, batch_max=500, timeout=30)
     await writer.start()
+    limit: dict[str, Any] = {}
+    if "max_body_bytes" in inspect.signature(Ingestor).parameters:  # newer code
+        limit["max_body_bytes"] = 1024 * 1024
     ingestor = Ingestor(
         engine=engine,
         writer=writer,
@@ -112,6 +115,7 @@ async def _round(url: str, name: str, count: int, seed: int) -> Any:
         enforce_signatures=True,
         retry_after=1,
         metrics=Metrics(),
+        **limit,
     )
     results: dict[str, tuple[float, float]] = {}
     try:

@@ -251,7 +251,8 @@ def _quarantine(args: argparse.Namespace, settings: Settings, handle: DatabaseHa
         return quarantine.list_bodies(handle.url, timeout, everything=args.all, limit=args.limit)
     if args.action == "show":
         return quarantine.show(handle.url, timeout, args.id)
-    return quarantine.retry(handle.url, timeout, None if args.all else args.id)
+    qid = None if args.all else args.id
+    return quarantine.retry(handle.url, timeout, qid, limit=settings.max_body_bytes)
 
 
 def _migrate(args: argparse.Namespace, handle: DatabaseHandle) -> int:

@@ -1,10 +1,12 @@
 """One webhook delivery in, one answer out: verify, parse, append or quarantine.
 
-The order of the checks is the contract: an unauthenticated body is never stored; a body
-that is not a JSON object is kept and answered 400; a JSON object that is not a usable
-event is kept and answered 202 (HighLevel retries any non-2xx, which would only repeat a
-payload that will never parse); everything else is appended and answered 201, or 200
-with the original's position when it is a redelivery. Nothing is acknowledged before it
+The order of the checks is the contract: the body's Content-Encoding is undone first (a
+body that does not decode is refused, or kept as received under verification `off`); an
+unauthenticated body is never stored; a body that is not a JSON object is kept and
+answered 400; a JSON object that is not a usable event is kept and answered 202
+(HighLevel retries any non-2xx, which would only repeat a payload that will never
+parse); everything else is appended and answered 201, or 200 with the original's
+position when it is a redelivery. Nothing is acknowledged before it
 is committed.
 """
 
@@ -19,6 +21,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conversations.deadline import within
+from conversations.encodings import (
+    SUPPORTED,
+    BadEncoding,
+    DecodedTooLarge,
+    UnsupportedEncoding,
+    decode,
+)
 from conversations.events import (
     NewEvent,
     NotJSONError,
@@ -91,6 +100,7 @@ class Ingestor:
         enforce_signatures: bool,
         retry_after: int,
         metrics: Metrics,
+        max_body_bytes: int,
     ) -> None:
         self._engine = engine
         self._writer = writer
@@ -98,22 +108,30 @@ class Ingestor:
         self._enforce = enforce_signatures
         self._retry_after = retry_after
         self._metrics = metrics
+        self._limit = max_body_bytes
 
     async def receive(
         self, raw: bytes, headers: Mapping[str, str], source: Source = "webhook"
     ) -> Outcome:
-        """Handle one delivery; never raises."""
+        """Handle one delivery, its body as received (Content-Encoding not undone yet);
+        never raises."""
+        kept, encoded = raw, True  # what a failure keeps: the body as received, until decoded
         try:
-            outcome = await self._receive(raw, headers, source)
+            body = decoded(raw, headers, self._limit)
+            if isinstance(body, Rejection):
+                outcome = await self._undecodable(raw, headers, body)
+            else:
+                kept, encoded = body, False
+                outcome = await self._receive(body, headers, source)
         except StoreUnavailable as error:
             outcome = self.unavailable(str(error))
         except Exception as error:  # an answer is owed whatever happened
-            outcome = await self._internal_error(raw, headers, source, error)
+            outcome = await self._internal_error(kept, _kept(headers, encoded), source, error)
         self._metrics.webhooks.inc(outcome.name)
         return outcome
 
     async def _internal_error(
-        self, raw: bytes, headers: Mapping[str, str], source: Source, error: Exception
+        self, raw: bytes, kept: Mapping[str, str], source: Source, error: Exception
     ) -> Outcome:
         """A bug must not lose the body: keep it aside (202) so it can be retried after
         the fix, or ask HighLevel to retry (503) if even that fails."""
@@ -122,36 +140,39 @@ class Ingestor:
         log.exception("unexpected error while ingesting a webhook")
         try:
             qid = await self._quarantine(
-                raw, _kept(headers), source, "internal_error", f"{type(error).__name__}: {error}"
+                raw, kept, source, "internal_error", f"{type(error).__name__}: {error}"
             )
         except StoreUnavailable as failure:
             return self.unavailable(str(failure))
         return _quarantined(qid, "internal_error", "the service failed on this body")
 
-    async def bad_encoding(self, raw: bytes, headers: Mapping[str, str], detail: str) -> Outcome:
-        """A body that is not valid in the Content-Encoding it declares: 400.
+    async def _undecodable(
+        self, raw: bytes, headers: Mapping[str, str], rejection: Rejection
+    ) -> Outcome:
+        """A body whose Content-Encoding cannot be undone: a coding not supported (415,
+        naming those that are), one that inflates past the limit (413), or a body that
+        is not valid in its coding (400).
 
-        Its signature covers the decoded JSON, which cannot be had, so it is
-        unauthenticated: with signatures enforced it is refused and not kept (nothing
-        unauthenticated is stored). With verification off it is kept in the quarantine
-        as received, with its Content-Encoding header, to be inspected.
+        Nothing of the first two is stored. The last one's signature covers the decoded
+        JSON, which cannot be had, so it is unauthenticated: with signatures enforced it
+        is refused and not kept (nothing unauthenticated is stored). With verification
+        off it is kept in the quarantine as received, with its Content-Encoding header,
+        so that `quarantine retry` decodes it as this would have.
         """
-        detail = f"The body is not valid in its Content-Encoding: {detail}"
+        reason, detail = rejection.reason, rejection.detail
+        if reason == "unsupported_encoding":
+            outcome = problem(415, reason, "Unsupported content encoding", detail)
+            outcome.headers["Accept-Encoding"] = ", ".join(SUPPORTED)
+            return outcome
+        if reason == "too_large":
+            outcome = problem(413, reason, "Payload too large", detail)
+            outcome.headers["Connection"] = "close"
+            return outcome
         if self._enforce:
             log.warning("webhook refused: %s", detail, extra={"bytes": len(raw)})
-            outcome = problem(400, "bad_encoding", "Body cannot be decoded", detail)
-        else:
-            kept = {**_kept(headers), "content-encoding": headers.get("content-encoding", "")}
-            try:
-                qid = await self._quarantine(raw, kept, "webhook", "bad_encoding", detail)
-            except StoreUnavailable as error:
-                outcome = self.unavailable(str(error))
-            else:
-                outcome = problem(
-                    400, "bad_encoding", "Body cannot be decoded", detail, quarantineId=qid
-                )
-        self._metrics.webhooks.inc(outcome.name)
-        return outcome
+            return problem(400, reason, "Body cannot be decoded", detail)
+        qid = await self._quarantine(raw, _kept(headers, encoded=True), "webhook", reason, detail)
+        return problem(400, reason, "Body cannot be decoded", detail, quarantineId=qid)
 
     def unavailable(self, detail: str) -> Outcome:
         outcome = problem(
@@ -260,6 +281,31 @@ class Rejection:
     location_id: str | None = None
 
 
+def decoded(raw: bytes, headers: Mapping[str, str], limit: int) -> bytes | Rejection:
+    """The body with the Content-Encoding of `headers` undone (at most `limit` bytes), or
+    why it cannot be: `unsupported_encoding`, `too_large` or `bad_encoding`.
+
+    The one decoding of a body, for the webhook endpoint and for `quarantine retry`: a
+    body kept still encoded keeps its `content-encoding` header, one kept decoded does
+    not, so a retry decodes exactly what the endpoint would have.
+    """
+    encoding = headers.get("content-encoding")
+    if encoding is None:  # the common case: nothing to undo
+        return raw
+    try:
+        return decode(raw, encoding, limit)
+    except UnsupportedEncoding as error:
+        return Rejection(
+            "unsupported_encoding",
+            f"Content-Encoding {error.coding[:40]!r} is not supported; "
+            f"use one of {', '.join(SUPPORTED)}.",
+        )
+    except DecodedTooLarge:
+        return Rejection("too_large", f"The body decodes to more than {limit} bytes.")
+    except BadEncoding as error:
+        return Rejection("bad_encoding", f"The body is not valid in its Content-Encoding: {error}")
+
+
 def prepare(raw: bytes, source: Source, verification: Verification | None) -> NewEvent | Rejection:
     """The pure half of ingest, shared with `import`: bytes to an event, or why not."""
     try:
@@ -285,9 +331,14 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
     return to_new_event(payload, document, raw, raw_text, metadata)
 
 
-def _kept(headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers kept with a quarantined body (only built when one is kept)."""
-    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+def _kept(headers: Mapping[str, str], encoded: bool = False) -> dict[str, str]:
+    """The headers kept with a quarantined body (only built when one is kept). A body kept
+    as received (`encoded`) keeps its Content-Encoding too, for a retry to undo it; a
+    decoded one does not, or a retry would decode it twice."""
+    kept = {name: headers[name] for name in KEPT_HEADERS if name in headers}
+    if encoded and "content-encoding" in headers:
+        kept["content-encoding"] = headers["content-encoding"]
+    return kept
 
 
 def _first(signature: str | None) -> str | None:

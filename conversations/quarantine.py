@@ -1,10 +1,13 @@
 """`conversations quarantine list | show ID | retry (ID | --all)`: the operator's view of
 the bodies kept aside, and their second chance once a fix has shipped.
 
-A retry runs the body through `ingest.prepare` again (signatures are not checked again:
-they were at receipt, or verification was off). A body that now parses is appended, and
-its row marked `ingested` with the event's position in the same transaction; a body that
-still fails stays `pending` with the current reason. Every function returns the exit
+A retry runs the body through the webhook endpoint's steps again, with the headers kept
+with it: its Content-Encoding undone (`ingest.decoded`: a body kept as received, still
+encoded, kept that header), then `ingest.prepare` (signatures are not checked again: they
+were at receipt, or verification was off). A body that now parses is appended, and its
+row marked `ingested` with the event's position in the same transaction; a body that
+still fails stays `pending` with the current reason (still `bad_encoding` for one that
+still does not decode). Every function returns the exit
 status: 0 done, 1 no such body or still failing, 2 the database failed.
 """
 
@@ -26,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conversations.database import create_async_engine, describe_error
 from conversations.events import NewEvent
-from conversations.ingest import Rejection, Source, prepare
+from conversations.ingest import Rejection, Source, decoded, prepare
 from conversations.progress import size
 from conversations.store import append_events, is_unavailable
 
@@ -45,7 +48,8 @@ _COUNT = text(
 )
 _ONE = text("SELECT * FROM quarantine WHERE id = :id")
 _LOCK = text(
-    "SELECT id, status, source, body, resolved_position FROM quarantine WHERE id = :id FOR UPDATE"
+    "SELECT id, status, source, headers, body, resolved_position"
+    " FROM quarantine WHERE id = :id FOR UPDATE"
 )
 _PENDING = text(
     "SELECT id FROM quarantine WHERE status = 'pending' AND id > :after ORDER BY id LIMIT 500"
@@ -246,18 +250,21 @@ def hex_dump(data: bytes) -> list[str]:
 # --- retry -----------------------------------------------------------------------------------
 
 
-def retry(url: str, db_timeout: float, qid: int | None) -> int:
-    """Retry one pending body (`qid`) or all of them (None); 0 when every retried body is
+def retry(url: str, db_timeout: float, qid: int | None, *, limit: int) -> int:
+    """Retry one pending body (`qid`) or all of them (None), decoded to at most `limit`
+    bytes (`CONVERSATIONS_MAX_BODY_BYTES`, as the endpoint); 0 when every retried body is
     now in the store, 1 otherwise."""
 
     async def work(engine: AsyncEngine) -> int:
-        return await (_retry_all(engine) if qid is None else _retry_id(engine, qid))
+        if qid is None:
+            return await _retry_all(engine, limit)
+        return await _retry_id(engine, qid, limit)
 
     return _run(url, db_timeout, work)
 
 
-async def _retry_id(engine: AsyncEngine, qid: int) -> int:
-    outcome, message = await _retry_one(engine, qid)
+async def _retry_id(engine: AsyncEngine, qid: int, limit: int) -> int:
+    outcome, message = await _retry_one(engine, qid, limit)
     if outcome == "missing":
         print(f"conversations: {message}", file=sys.stderr)
         return 1
@@ -265,7 +272,7 @@ async def _retry_id(engine: AsyncEngine, qid: int) -> int:
     return 1 if outcome == "failing" else 0
 
 
-async def _retry_all(engine: AsyncEngine) -> int:
+async def _retry_all(engine: AsyncEngine, limit: int) -> int:
     counts = {"stored": 0, "duplicate": 0, "failing": 0}
     after = 0
     while True:
@@ -274,7 +281,7 @@ async def _retry_all(engine: AsyncEngine) -> int:
         if not ids:
             break
         for qid in ids:
-            outcome, message = await _retry_one(engine, qid)
+            outcome, message = await _retry_one(engine, qid, limit)
             if outcome in counts:  # not one that went away or was ingested meanwhile
                 counts[outcome] += 1
                 print(message)
@@ -290,7 +297,7 @@ async def _retry_all(engine: AsyncEngine) -> int:
     return 1 if counts["failing"] else 0
 
 
-async def _retry_one(engine: AsyncEngine, qid: int) -> tuple[str, str]:
+async def _retry_one(engine: AsyncEngine, qid: int, limit: int) -> tuple[str, str]:
     """(outcome, message): outcome is stored, duplicate, failing, done (nothing to do) or
     missing. The row is locked, so two retries of one body cannot both append it."""
     async with engine.begin() as conn:
@@ -300,7 +307,7 @@ async def _retry_one(engine: AsyncEngine, qid: int) -> tuple[str, str]:
         if row.status != "pending":
             position = row.resolved_position
             return "done", f"quarantine {qid}: already {row.status} (position {position})"
-        prepared = _prepare(bytes(row.body), row.source)
+        prepared = _prepare(bytes(row.body), row.headers, row.source, limit)
         if isinstance(prepared, Rejection):
             return await _still_failing(conn, qid, prepared)
         event = dataclasses.replace(prepared, metadata={**prepared.metadata, "quarantineId": qid})
@@ -321,10 +328,16 @@ async def _retry_one(engine: AsyncEngine, qid: int) -> tuple[str, str]:
     return "stored", f"quarantine {qid}: stored at position {result.position}"
 
 
-def _prepare(body: bytes, source: str) -> NewEvent | Rejection:
+def _prepare(
+    body: bytes, headers: Mapping[str, str], source: str, limit: int
+) -> NewEvent | Rejection:
+    """What the endpoint would make of `body` received with `headers`."""
     kind: Source = "import" if source == "import" else "webhook"
     try:
-        return prepare(body, kind, None)
+        plain = decoded(body, headers, limit)
+        if isinstance(plain, Rejection):
+            return plain
+        return prepare(plain, kind, None)
     except Exception as error:  # still a bug: keep the body, say what failed
         return Rejection("internal_error", f"{type(error).__name__}: {error}")
 

@@ -3,6 +3,7 @@ aside, and their retry once the reason they failed for has gone away."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy
 from sqlalchemy import RowMapping, text
@@ -18,8 +20,8 @@ from sqlalchemy.engine import make_url
 
 from conversations.cli import main
 from conversations.database import create_engine
-from tests.conftest import migrated_database
-from tests.helpers import Server, events_refusing, message, new_id
+from tests.conftest import migrated_database, start_server
+from tests.helpers import KeyPair, Server, events_refusing, message, new_id
 
 
 @dataclass
@@ -265,6 +267,61 @@ def test_retry_records_the_current_reason_of_a_body_that_still_fails(
     assert (kept["status"], kept["reason"]) == ("pending", "rejected_by_database")
     assert kept["location_id"] == document["locationId"]
     assert kept["attempts"] == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity, gzip"])
+def test_retry_decodes_a_body_kept_with_its_content_encoding(
+    encoding: str, cli: Run, engine: sqlalchemy.Engine
+) -> None:
+    """A body kept as received (compressed) is decoded as the endpoint would: this one
+    stands for a decoder bug fixed since."""
+    document, raw = body()
+    qid = keep(engine, gzip.compress(raw), "bad_encoding", headers={"content-encoding": encoding})
+
+    result = cli("quarantine", "retry", str(qid))
+
+    assert result.status == 0, result
+    position = row(engine, qid)["resolved_position"]
+    assert result.out == f"quarantine {qid}: stored at position {position}\n"
+    assert bytes(event_at(engine, position)["raw"]) == raw
+    assert event_count(engine, document["locationId"]) == 1
+
+
+@pytest.fixture(scope="module")
+def lenient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
+    server = start_server(database_url, keys, CONVERSATIONS_WEBHOOK_VERIFY="off")
+    yield server
+    server.stop()
+
+
+@pytest.mark.e2e
+def test_retry_of_a_body_that_still_does_not_decode_keeps_its_reason(
+    lenient_server: Server, cli: Run, engine: sqlalchemy.Engine
+) -> None:
+    document, raw = body()
+    trailing = gzip.compress(raw) + b"\0" * 8
+    response = httpx.post(
+        f"{lenient_server.url}/webhooks/highlevel",
+        content=trailing,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    qid = response.json()["quarantineId"]
+    before = row(engine, qid)
+
+    result = cli("quarantine", "retry", str(qid))
+
+    assert result.status == 1
+    assert result.out == f"quarantine {qid}: still failing: bad_encoding: {before['detail']}\n"
+    after = row(engine, qid)
+    assert (after["status"], after["reason"], after["detail"]) == (
+        "pending",
+        "bad_encoding",
+        before["detail"],
+    )
+    assert after["headers"]["content-encoding"] == "gzip"
+    assert event_count(engine, document["locationId"]) == 0
 
 
 def test_retry_of_an_unknown_id_exits_1(cli: Run) -> None:

@@ -85,6 +85,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
                 enforce_signatures=settings.webhook_verify == "enforce",
                 retry_after=settings.retry_after,
                 metrics=metrics,
+                max_body_bytes=settings.max_body_bytes,
             ),
             metrics=metrics,
             read_engine=read_engine,

@@ -10,13 +10,6 @@ from starlette.responses import Response
 
 from conversations.api.problems import PROBLEM_JSON, problem_response
 from conversations.api.state import app_state
-from conversations.encodings import (
-    SUPPORTED,
-    BadEncoding,
-    DecodedTooLarge,
-    UnsupportedEncoding,
-    decode,
-)
 
 
 class BodyTooLarge(Exception):
@@ -84,20 +77,7 @@ async def receive_webhook(request: Request) -> Response:
     except ClientDisconnect:
         state.metrics.webhooks.inc("client_disconnected")
         return Response(status_code=400)
-    encoding = headers.get("content-encoding")
-    if encoding is None:  # the common case: nothing more to do
-        outcome = await state.ingestor.receive(raw, headers)
-    else:
-        try:
-            decoded = decode(raw, encoding, limit)
-        except UnsupportedEncoding as error:
-            return _unsupported(request, error.coding)
-        except DecodedTooLarge:
-            return _too_large(request, f"The body decodes to more than {limit} bytes.")
-        except BadEncoding as error:
-            outcome = await state.ingestor.bad_encoding(raw, headers, str(error))
-        else:
-            outcome = await state.ingestor.receive(decoded, headers)
+    outcome = await state.ingestor.receive(raw, headers)
     return Response(
         _JSON.encode(outcome.document).encode(),
         status_code=outcome.status,
@@ -115,19 +95,6 @@ def _too_large(request: Request, detail: str) -> Response:
         detail,
         headers={"Connection": "close"},
         outcome="too_large",
-    )
-
-
-def _unsupported(request: Request, coding: str) -> Response:
-    """415 for a coding not decoded here, naming those that are (RFC 9110 15.5.16)."""
-    app_state(request).metrics.webhooks.inc("unsupported_encoding")
-    return problem_response(
-        415,
-        "unsupported_encoding",
-        "Unsupported content encoding",
-        f"Content-Encoding {coding[:40]!r} is not supported; use one of {', '.join(SUPPORTED)}.",
-        headers={"Accept-Encoding": ", ".join(SUPPORTED)},
-        outcome="unsupported_encoding",
     )
 
 
