@@ -62,6 +62,10 @@ KEPT_HEADERS = (
     "x-request-id",
 )
 
+CHALLENGE = 'Signature realm="webhooks", headers="X-GHL-Signature X-WH-Signature"'
+"""`WWW-Authenticate` of a 401 (RFC 9110 11.6.1 wants one): the headers that carry
+HighLevel's signatures, for whoever wonders why the webhook was refused."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -194,7 +198,9 @@ class Ingestor:
                 verification.reason,
                 extra={"bytes": len(raw), "signature": verification.header},
             )
-            return problem(401, "unauthenticated", "Invalid signature", verification.reason)
+            refused = problem(401, "unauthenticated", "Invalid signature", verification.reason)
+            refused.headers["WWW-Authenticate"] = CHALLENGE
+            return refused
         prepared = prepare(raw, source, verification)
         if isinstance(prepared, Rejection):
             qid = await self._quarantine(

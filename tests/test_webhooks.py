@@ -764,6 +764,35 @@ def test_missing_signature_is_401(server: Server, engine: sqlalchemy.Engine) -> 
     assert events_in(engine, document["locationId"]) == []
 
 
+# RFC 9110 11.6.1: WWW-Authenticate = #challenge; challenge = auth-scheme [ 1*SP ( token68
+# / #auth-param ) ]; auth-param = token BWS "=" BWS ( token / quoted-string ).
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_PARAM = rf"{_TOKEN}[ \t]*=[ \t]*(?:{_TOKEN}|{_QUOTED})"
+_CHALLENGE = rf"{_TOKEN}(?: +(?:[A-Za-z0-9\-._~+/]+=*|{_PARAM}(?:[ \t]*,[ \t]*{_PARAM})*))?"
+WWW_AUTHENTICATE = re.compile(rf"{_CHALLENGE}(?:[ \t]*,[ \t]*{_CHALLENGE})*")
+
+
+def test_a_401_has_a_www_authenticate_challenge_naming_the_signature_headers(
+    server: Server,
+) -> None:
+    """RFC 9110 15.5.2: a 401 carries at least one challenge."""
+    response = server.post(message(), scheme="none")
+    assert_problem(response, 401)
+    challenge = response.headers["www-authenticate"]
+    assert WWW_AUTHENTICATE.fullmatch(challenge), challenge
+    assert challenge.startswith("Signature ")
+    assert "X-GHL-Signature" in challenge and "X-WH-Signature" in challenge
+    assert len(response.headers.get_list("www-authenticate")) == 1
+
+
+def test_the_challenge_pattern_refuses_what_rfc_9110_does() -> None:
+    for bad in ["", "Signature =realm", 'Signature realm="a', "Signature  , ", "a b c"]:
+        assert not WWW_AUTHENTICATE.fullmatch(bad), bad
+    for good in ['Bearer realm="conversations"', "Basic dXNlcjpw", 'A b=c, C d="e\\"f"']:
+        assert WWW_AUTHENTICATE.fullmatch(good), good
+
+
 def test_bad_ed25519_signature_is_not_rescued_by_a_valid_rsa_one(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:

@@ -775,7 +775,10 @@ def _service_paths() -> dict[str, Schema]:
                         "Not JSON, not UTF-8 or not an object (kept aside); or not valid "
                         "in its Content-Encoding (`bad_encoding`)."
                     ),
-                    "401": problem("Signature required, and missing or wrong: not stored."),
+                    "401": problem(
+                        "Signature required, and missing or wrong: not stored.",
+                        {"WWW-Authenticate": {"$ref": "#/components/headers/SignatureChallenge"}},
+                    ),
                     "413": problem(
                         "Larger than CONVERSATIONS_MAX_BODY_BYTES, as sent or once decoded: "
                         "not read (or inflated) further."
@@ -920,6 +923,12 @@ def build_document() -> dict[str, Any]:
                 },
                 "WWWAuthenticate": {
                     "description": '`Bearer realm="conversations"`.',
+                    "schema": _STRING,
+                },
+                "SignatureChallenge": {
+                    "description": '`Signature realm="webhooks", '
+                    'headers="X-GHL-Signature X-WH-Signature"`: the headers that carry '
+                    "HighLevel's signatures.",
                     "schema": _STRING,
                 },
                 "AcceptEncoding": {
