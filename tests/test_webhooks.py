@@ -947,6 +947,35 @@ def test_oversized_body_does_not_stop_the_next_delivery(
 
 
 @pytest.mark.smoke
+def request_count(server: Server, route: str) -> int:
+    exposition = httpx.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(
+        rf'^conversations_request_duration_seconds_count\{{route="{re.escape(route)}"\}} (\d+)$',
+        exposition,
+        re.M,
+    )
+    return int(found.group(1)) if found else 0
+
+
+def test_the_webhook_url_with_a_trailing_slash_stores_without_a_redirect(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    document = message()
+    raw = json.dumps(document).encode()
+    before = request_count(server, "/webhooks/highlevel")
+
+    response = httpx.post(
+        f"{server.url}/webhooks/highlevel/",
+        content=raw,
+        headers={"Content-Type": "application/json", **server.keys.headers(raw)},
+        timeout=30,
+    )
+
+    assert_stored(response, only_event(engine, document["locationId"]))
+    assert request_count(server, "/webhooks/highlevel") == before + 1
+    assert request_count(server, "/webhooks/highlevel/") == 0
+
+
 def test_get_on_the_webhook_url_is_405_problem(server: Server) -> None:
     response = httpx.get(f"{server.url}/webhooks/highlevel", timeout=10)
     problem = assert_problem(response, 405)

@@ -110,7 +110,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/webhooks/highlevel", webhooks.receive_webhook, methods=["POST"]),
+            *webhooks.ROUTES,
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics, methods=["GET"]),
@@ -204,5 +204,6 @@ class RequestLog:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
+            name = webhooks.ROUTE_LABELS.get(name, name)
             self.metrics.request_seconds.observe(name, elapsed)
             access_log(scope["method"], scope["path"], status, elapsed)

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conversations.api.problems import unavailable_response
 
-UNBOUNDED = frozenset({"/webhooks/highlevel", "/events/stream"})
+UNBOUNDED = frozenset({"/webhooks/highlevel", "/webhooks/highlevel/", "/events/stream"})
 
 # The loop keeps only weak references to tasks: this keeps the 503s being sent alive.
 _answering: set[asyncio.Task[None]] = set()

@@ -763,7 +763,8 @@ def _service_paths() -> dict[str, Schema]:
                 "Receive a HighLevel webhook",
                 "Keyless: authenticated by HighLevel's signature. The body is stored "
                 "exactly as received (after undoing its Content-Encoding, if any: the "
-                "signature covers the decoded JSON), acknowledged only once committed.",
+                "signature covers the decoded JSON), acknowledged only once committed. "
+                "Also served at `/webhooks/highlevel/` (with a trailing slash).",
                 {
                     "200": json_response("A redelivery of a stored event.", ref("WebhookStored")),
                     "201": json_response("Stored.", ref("WebhookStored")),

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from conversations.api.problems import PROBLEM_JSON, problem_response
 from conversations.api.state import app_state
@@ -101,3 +102,14 @@ def _too_large(request: Request, detail: str) -> Response:
 JSON = "application/json"
 # The bytes JSONResponse would render, from an encoder built once instead of per answer.
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+PATH = "/webhooks/highlevel"
+ROUTES = [
+    Route(PATH, receive_webhook, methods=["POST"]),
+    # With a trailing slash too: Starlette would answer it 307, which a webhook sender
+    # may not follow (or follow with a GET). The same operation, so not in the schema.
+    Route(f"{PATH}/", receive_webhook, methods=["POST"], include_in_schema=False),
+]
+ROUTE_LABELS = {f"{PATH}/": PATH}
+"""The route a request is counted under in the latency metric, where it is not its own."""
