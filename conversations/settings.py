@@ -5,6 +5,7 @@ The README's configuration table mirrors `SETTINGS`; a test keeps the two in ste
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ SETTINGS: tuple[Setting, ...] = (
         "CONVERSATIONS_MAX_BODY_BYTES",
         "1048576",
         "Largest webhook body accepted; larger ones get 413 and are not read further.",
+    ),
+    Setting(
+        "CONVERSATIONS_BODY_TIMEOUT",
+        "30",
+        "Seconds a webhook's whole body may take to arrive; a slower one is answered 408 "
+        "and nothing is stored.",
     ),
     Setting(
         "CONVERSATIONS_WEBHOOK_VERIFY",
@@ -149,6 +156,8 @@ def _float(env: Mapping[str, str], name: str) -> float:
         value = float(raw or "")
     except ValueError:
         raise SettingsError(f"Setting {name}={raw!r} is not a number.") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"Setting {name}={raw!r} is not a finite number.")
     if value <= 0:
         raise SettingsError(f"Setting {name}={value} must be positive.")
     return value
@@ -222,6 +231,7 @@ class Settings:
     log_format: str
     cors_origins: tuple[str, ...] = ()
     read_cache_mb: int = 64
+    body_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -249,4 +259,5 @@ class Settings:
             log_format=_choice(env, "CONVERSATIONS_LOG_FORMAT", ("json", "text")),
             cors_origins=_origins(env, "CONVERSATIONS_CORS_ORIGINS"),
             read_cache_mb=_int(env, "CONVERSATIONS_READ_CACHE_MB", minimum=0),
+            body_timeout=_float(env, "CONVERSATIONS_BODY_TIMEOUT"),
         )

@@ -17,6 +17,8 @@ def test_defaults() -> None:
     assert settings.webhook_verify == "enforce"
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.port == 8000
+    assert settings.body_timeout == 30.0
+    assert Settings.from_env({"CONVERSATIONS_BODY_TIMEOUT": "2.5"}).body_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -27,6 +29,10 @@ def test_defaults() -> None:
         ("CONVERSATIONS_WEBHOOK_VERIFY", "maybe", "not one of enforce, off"),
         ("CONVERSATIONS_AUTO_MIGRATE", "perhaps", "not a boolean"),
         ("CONVERSATIONS_DB_TIMEOUT", "-1", "must be positive"),
+        ("CONVERSATIONS_BODY_TIMEOUT", "0", "must be positive"),
+        ("CONVERSATIONS_BODY_TIMEOUT", "soon", "not a number"),
+        ("CONVERSATIONS_BODY_TIMEOUT", "nan", "not a finite number"),
+        ("CONVERSATIONS_BODY_TIMEOUT", "inf", "not a finite number"),
         ("CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY", "/no/such/key.pem", "neither PEM"),
     ],
 )

@@ -10,7 +10,9 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -136,6 +138,17 @@ def post_chunked(server: Server, raw: bytes) -> httpx.Response:
 @pytest.fixture(scope="module")
 def lenient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
     server = start_server(database_url, keys, CONVERSATIONS_WEBHOOK_VERIFY="off")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def impatient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
+    """Bodies must arrive within 1 s; reads are cut at 0.5 s (which must not apply to
+    webhooks, whose bodies may take longer)."""
+    server = start_server(
+        database_url, keys, CONVERSATIONS_BODY_TIMEOUT="1", CONVERSATIONS_DB_TIMEOUT="0.5"
+    )
     yield server
     server.stop()
 
@@ -974,6 +987,87 @@ def test_the_webhook_url_with_a_trailing_slash_stores_without_a_redirect(
     assert_stored(response, only_event(engine, document["locationId"]))
     assert request_count(server, "/webhooks/highlevel") == before + 1
     assert request_count(server, "/webhooks/highlevel/") == 0
+
+
+def send_partially(server: Server, path: str, head: bytes, declared: int) -> tuple[bytes, float]:
+    """A request declaring `declared` bytes of body that sends only `head`: what the
+    server answers (until it closes the connection) and how long that took."""
+    host, port = server.url.removeprefix("http://").split(":")
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request + head)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass  # still open after 10 s: what is asserted below says so
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("path", ["/webhooks/highlevel", "/webhooks/highlevel/"])
+def test_a_body_that_does_not_arrive_in_time_is_408_and_not_stored(
+    path: str, impatient_server: Server, engine: sqlalchemy.Engine
+) -> None:
+    document = message()
+    raw = json.dumps(document).encode()
+    head = raw[: len(raw) // 2]
+    before = webhook_count(impatient_server, "body_timeout")
+
+    answer, took = send_partially(impatient_server, path, head, len(raw))
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 1 <= took < 5, took
+    headers, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in headers.lower()
+    assert b"connection: close" in headers.lower()
+    problem = json.loads(body)
+    assert (problem["status"], problem["outcome"]) == (408, "body_timeout")
+    assert webhook_count(impatient_server, "body_timeout") == before + 1
+    assert events_in(engine, document["locationId"]) == []
+    with engine.connect() as conn:
+        kept = conn.scalar(
+            text("SELECT count(*) FROM quarantine WHERE position(:head IN body) > 0"),
+            {"head": head},
+        )
+    assert kept == 0
+    warnings = [line for line in impatient_server.lines if "did not arrive within" in line]
+    assert warnings and document["locationId"] not in "".join(warnings)
+
+
+def test_a_body_that_arrives_in_time_is_stored_and_the_server_goes_on(
+    impatient_server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A slow body within the deadline is taken; one that finished reading is never cut
+    afterwards (the deadline passes while the next requests are served)."""
+    document = message()
+    raw = json.dumps(document).encode()
+
+    def slowly() -> Iterator[bytes]:
+        for chunk in in_chunks(raw, len(raw) // 3 + 1):
+            time.sleep(0.2)
+            yield chunk
+
+    response = httpx.post(
+        f"{impatient_server.url}/webhooks/highlevel",
+        content=slowly(),
+        headers={"Content-Type": "application/json", **impatient_server.keys.headers(raw)},
+        timeout=30,
+    )
+    assert_stored(response, only_event(engine, document["locationId"]))
+    with httpx.Client(base_url=impatient_server.url, timeout=30) as client:
+        for _ in range(3):  # one connection, kept alive past the deadline
+            again = message()
+            body = json.dumps(again).encode()
+            headers = {"Content-Type": "application/json", **impatient_server.keys.headers(body)}
+            assert (
+                client.post("/webhooks/highlevel", content=body, headers=headers).status_code == 201
+            )
+            time.sleep(0.6)
 
 
 def test_get_on_the_webhook_url_is_405_problem(server: Server) -> None:

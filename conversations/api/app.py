@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conversations import pool
 from conversations.api import contacts, conversations, feed, health, openapi, webhooks
+from conversations.api.body_deadlines import BodyDeadlines
 from conversations.api.cursors import Cursors
 from conversations.api.deadlines import ReadDeadline
 from conversations.api.page_cache import PageCache, ProjectionChanges
@@ -57,6 +58,8 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             timeout=settings.db_timeout,
         )
         await writer.start()
+        body_deadlines = BodyDeadlines(settings.body_timeout)
+        await body_deadlines.start()
         read_engine = create_engine(
             database_url,
             pool_size=settings.db_pool_size,
@@ -92,6 +95,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             read_pool=read_pool,
             keys=KeyCache(read_engine),
             cursors=Cursors(read_engine),
+            body_deadlines=body_deadlines,
             pages=pages,
             changes=changes,
         )
@@ -99,6 +103,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         try:
             yield
         finally:
+            await body_deadlines.stop()
             await writer.stop()
             await engine.dispose()
             if worker is not None:

@@ -780,6 +780,10 @@ def _service_paths() -> dict[str, Schema]:
                         "Signature required, and missing or wrong: not stored.",
                         {"WWW-Authenticate": {"$ref": "#/components/headers/SignatureChallenge"}},
                     ),
+                    "408": problem(
+                        "The body did not arrive within CONVERSATIONS_BODY_TIMEOUT seconds: "
+                        "not stored; the connection is closed."
+                    ),
                     "413": problem(
                         "Larger than CONVERSATIONS_MAX_BODY_BYTES, as sent or once decoded: "
                         "not read (or inflated) further."

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
+from conversations.api.body_deadlines import BodyDeadlines
 from conversations.api.cursors import Cursors
 from conversations.ingest import Ingestor
 from conversations.keys import KeyCache
@@ -35,6 +36,8 @@ class AppState:
     layer between a request and its one statement."""
     keys: KeyCache
     cursors: Cursors
+    body_deadlines: BodyDeadlines
+    """Bounds the time a webhook's body takes to arrive (`CONVERSATIONS_BODY_TIMEOUT`)."""
     pages: PageCache | None = None
     """Finished read pages (None: `CONVERSATIONS_READ_CACHE_MB=0`)."""
     changes: ProjectionChanges | None = None

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Mapping
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from conversations.api.body_deadlines import BodyDeadlines
 from conversations.api.problems import PROBLEM_JSON, problem_response
 from conversations.api.state import app_state
+
+log = logging.getLogger("conversations.webhooks")
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive in time; `received` bytes of it did."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
 
 
 def plain_headers(request: Request) -> dict[str, str]:
@@ -52,18 +65,29 @@ def header_text(value: bytes) -> str:
             value = value[error.end :]
 
 
-async def read_body(request: Request, headers: Mapping[str, str], limit: int) -> bytes:
-    """The body, refusing to read past `limit` bytes (declared or streamed)."""
+async def read_body(
+    request: Request, headers: Mapping[str, str], limit: int, deadlines: BodyDeadlines
+) -> bytes:
+    """The body, refusing to read past `limit` bytes (declared or streamed) or past its
+    deadline (BodyTimeout)."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    reading = deadlines.begin()
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if not deadlines.expired(reading):
+            raise
+        raise BodyTimeout(size) from None
+    finally:
+        deadlines.end(reading)
     return b"".join(chunks)
 
 
@@ -72,9 +96,11 @@ async def receive_webhook(request: Request) -> Response:
     limit = state.settings.max_body_bytes
     headers = plain_headers(request)
     try:
-        raw = await read_body(request, headers, limit)
+        raw = await read_body(request, headers, limit, state.body_deadlines)
     except BodyTooLarge:
         return _too_large(request, f"The body is larger than {limit} bytes.")
+    except BodyTimeout as timeout:
+        return _body_timeout(request, timeout.received)
     except ClientDisconnect:
         state.metrics.webhooks.inc("client_disconnected")
         return Response(status_code=400)
@@ -84,6 +110,28 @@ async def receive_webhook(request: Request) -> Response:
         status_code=outcome.status,
         headers=outcome.headers,
         media_type=PROBLEM_JSON if outcome.problem else JSON,
+    )
+
+
+def _body_timeout(request: Request, received: int) -> Response:
+    """408 for a body still incomplete at its deadline: nothing is stored, and the
+    connection is closed (the rest of the body, if it comes, is not a next request)."""
+    state = app_state(request)
+    seconds = state.body_deadlines.seconds
+    log.warning(
+        "webhook refused: the body did not arrive within %g s",
+        seconds,
+        extra={"bytes": received, "declared": request.headers.get("content-length")},
+    )
+    state.metrics.webhooks.inc("body_timeout")
+    return problem_response(
+        408,
+        "body_timeout",
+        "Request timeout",
+        f"The body did not arrive within {seconds:g} s (CONVERSATIONS_BODY_TIMEOUT); "
+        f"{received} bytes of it did. Nothing was stored.",
+        headers={"Connection": "close"},
+        outcome="body_timeout",
     )
 
 
