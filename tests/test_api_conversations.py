@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy
 
@@ -701,6 +702,11 @@ def test_search_of_a_location_outside_the_key_is_empty(reader: Reader, world: Wo
     [
         ("limit", "0"),
         ("limit", "101"),
+        ("limit", "1_0"),
+        ("limit", "\u0663"),  # an Arabic-Indic 3
+        ("limit", "1e1"),
+        ("limit", "+5"),
+        ("limit", "2.5"),
         ("sort", "sideways"),
         ("sortBy", "date_added"),
         ("lastMessageType", "TYPE_FAX"),
@@ -717,6 +723,31 @@ def test_search_of_a_location_outside_the_key_is_empty(reader: Reader, world: Wo
 def test_bad_search_parameters_are_400s_naming_them(reader: Reader, name: str, value: str) -> None:
     response = reader.get("/conversations/search", {name: value})
     assert f"'{name}'" in assert_problem(response, 400)["detail"]
+
+
+def test_an_empty_unsupported_filter_is_absent_and_a_whole_float_limit_is_an_integer(
+    reader: Reader,
+) -> None:
+    """HighLevel's SDK sends `query=` for an empty search box, and types limits as floats."""
+    found = reader.json("/conversations/search", {"query": "", "limit": "2.0"})
+    assert len(found["conversations"]) <= 2
+
+
+def test_two_authorization_headers_are_refused_not_picked(
+    server: Server, engine: sqlalchemy.Engine, world: World
+) -> None:
+    mine, other = make_key(engine, world.location), make_key(engine, world.other_location)
+    response = httpx.get(
+        f"{server.url}/conversations/search",
+        headers=[("Authorization", f"Bearer {mine}"), ("Authorization", f"Bearer {other}")],
+        timeout=10,
+    )
+    assert "once" in assert_problem(response, 400)["detail"]
+
+
+@pytest.mark.parametrize("path", ["/conversations/search/", "/conversations/messages/"])
+def test_a_stray_trailing_slash_is_a_404_problem_not_a_redirect(reader: Reader, path: str) -> None:
+    assert_problem(reader.get(path), 404)
 
 
 def test_search_needs_a_location_when_the_key_has_several(

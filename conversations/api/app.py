@@ -113,7 +113,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             if changes is not None:
                 await changes.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *webhooks.ROUTES,
             Route("/healthz", health.healthz, methods=["GET"]),
@@ -137,6 +137,10 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    # A path with a stray trailing slash is a 404 problem like any unknown path, not a
+    # bare 307 answered before authentication (the webhook has both spellings as routes).
+    app.router.redirect_slashes = False
+    return app
 
 
 def cors(settings: Settings) -> list[Middleware]:

@@ -42,7 +42,10 @@ async def require_scope_async(request: Request) -> Scope:
 def bearer_token(request: Request, *, query_token: bool = False) -> str:
     """The key the request presents: the Authorization header, or (where `query_token`)
     the `access_token` parameter; 400 when both are given (RFC 6750 2: one method only)."""
-    header = request.headers.get("authorization")
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:  # which one would count is anybody's guess: refuse, do not pick
+        raise HTTPException(400, "Give the API key once: one Authorization header.")
+    header = headers[0] if headers else None
     queried = request.query_params.getlist(ACCESS_TOKEN) if query_token else []
     if queried:
         if header is not None or len(queried) > 1:

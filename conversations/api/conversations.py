@@ -166,7 +166,8 @@ async def search_conversations(request: Request) -> Response:
     state = app_state(request)
     scope = await require_scope_async(request)
     for name in _UNSUPPORTED_SEARCH:
-        if name in request.query_params:
+        # Empty is absent, as for every parameter (an SDK sends `query=` for an empty box).
+        if any(value.strip() for value in request.query_params.getlist(name)):
             raise bad(name, "HighLevel's filter is not supported by this service")
     params = Params(
         request,
@@ -183,6 +184,7 @@ async def search_conversations(request: Request) -> Response:
             "status",
             "startDate",
             "endDate",
+            *_UNSUPPORTED_SEARCH,  # only empty ones get here
         ],
     )
     location, visible = _list_location(params, scope)

@@ -11,6 +11,8 @@ from starlette.requests import Request
 
 from conversations.payloads import MAX_ID_BYTES
 
+_INTEGER_TEXT = re.compile(r"-?\d+(?:\.0*)?", re.ASCII)
+
 
 class Params:
     def __init__(self, request: Request, allowed: Sequence[str]) -> None:
@@ -36,9 +38,12 @@ class Params:
         raw = self.text(name, max_length=20)
         if raw is None:
             return default
+        # "20.0" too: HighLevel's SDKs type their limits as floats. ASCII digits only, as
+        # JSON and the webhooks spell numbers (int() would take "1_0", "٣", " 5").
+        if not _INTEGER_TEXT.fullmatch(raw):
+            raise bad(name, f"{raw!r} is not an integer")
         try:
-            # "20.0" too: HighLevel's SDKs type their limits as floats.
-            value = int(raw) if raw.lstrip("-").isdigit() else _whole(float(raw))
+            value = int(raw) if "." not in raw else _whole(float(raw))
         except (ValueError, OverflowError):
             raise bad(name, f"{raw!r} is not an integer") from None
         if not minimum <= value <= maximum:
