@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handle = open_database(settings)
         except Exception as error:
             print(f"conversations: cannot open the database: {error}", file=sys.stderr)
-            return 1
+            return 2  # as for every other setting that cannot be used
         return _run(args, settings, handle)
     except KeyboardInterrupt:
         print("conversations: interrupted", file=sys.stderr)
@@ -214,13 +214,16 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
                     conn, locations, all_locations=args.all_locations, label=args.label
                 )
             elif args.action == "list":
+                from conversations.quarantine import escape_controls
+
                 print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")
                 for key in keys.list_keys(conn):
                     where = "(all locations)" if key.all_locations else ", ".join(key.locations)
+                    label, where = escape_controls(key.label or ""), escape_controls(where)
                     revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
                     print(
                         f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<25}"
-                        f" {revoked:<25} {key.label or '':<16} {where}"
+                        f" {revoked:<25} {label:<16} {where}"
                     )
             elif not keys.revoke_key(conn, args.key):
                 print(f"conversations: no live key {args.key!r}", file=sys.stderr)

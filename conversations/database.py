@@ -142,9 +142,18 @@ def _adapt(engine: sqlalchemy.Engine) -> None:
         set_json_loads(json_codec.loads, raw)
 
 
+# libpq waits for a connection as long as the OS does: for ever on a database that accepts
+# the TCP connection and then hangs. A command then hung instead of saying so.
+CONNECT_TIMEOUT = 10
+
+
 def create_engine(url: str, **kwargs: Any) -> sqlalchemy.Engine:
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs["connect_args"] = {**LIVENESS, **kwargs.get("connect_args", {})}
+    kwargs["connect_args"] = {
+        **LIVENESS,
+        "connect_timeout": CONNECT_TIMEOUT,
+        **kwargs.get("connect_args", {}),
+    }
     engine = sqlalchemy.create_engine(sqlalchemy_url(url), **kwargs)
     _adapt(engine)
     return engine

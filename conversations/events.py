@@ -313,7 +313,8 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
         raise
     except json.JSONDecodeError as error:
         raise NotJSONError(
-            f"the body is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+            f"the body is not valid JSON: {error.msg.removesuffix(' at')}"
+            f" at line {error.lineno} column {error.colno}"
         ) from None
     except RecursionError:
         raise NotJSONError("the body is nested too deeply") from None

@@ -32,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from conversations.payloads import MAX_ID_BYTES
 from conversations.schema import metadata
 
 if TYPE_CHECKING:
@@ -97,6 +98,14 @@ def create_key(
     """Store a new key's hash; returns the key itself, which is never shown again."""
     if not all_locations and not [loc for loc in locations if loc.strip()]:
         raise ValueError("a key needs at least one location, or all locations")
+    for location in locations:  # one no event can have would make a key that sees nothing
+        if len(location.strip().encode("utf-8", "surrogatepass")) > MAX_ID_BYTES or not (
+            location.isprintable()
+        ):
+            raise ValueError(
+                f"location {location[:40]!r}: not a location id (longer than "
+                f"{MAX_ID_BYTES} bytes, or holding control characters)"
+            )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     conn.execute(

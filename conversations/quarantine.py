@@ -213,7 +213,7 @@ def _print_body(row: Row[Any]) -> None:
         for line in hex_dump(body):
             print(line)
         return
-    escaped = _escape_controls(shown)
+    escaped = escape_controls(shown)
     note = ", control characters escaped" if escaped != shown else ""
     print(f"body ({len(body)} bytes, UTF-8{note}):")
     print(escaped)
@@ -222,7 +222,7 @@ def _print_body(row: Row[Any]) -> None:
 _CONTROL = re.compile(r"[^\n\t\x20-\x7e]")
 
 
-def _escape_controls(shown: str) -> str:
+def escape_controls(shown: str) -> str:
     """A body from the internet must not drive the operator's terminal: control
     characters (escape sequences) are shown as \\xNN / \\uNNNN."""
 

@@ -329,6 +329,10 @@ def test_parse_json_object_returns_document_and_text() -> None:
         (b'\xef\xbb\xbf{"a": 1}', "the body starts with a UTF-8 byte order mark"),
         (b'{"a": "\xff"}', "the body is not valid UTF-8 (byte 0xff at offset 7)"),
         (b'{"a": "\xed\xa0\x80"}', "the body is not valid UTF-8 (byte 0xed at offset 7)"),
+        (
+            b'{"a": "tab\there"}',
+            "the body is not valid JSON: Invalid control character at line 1 column 11",
+        ),
     ],
 )
 def test_parse_json_object_errors(raw: bytes, detail: str) -> None:

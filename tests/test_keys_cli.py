@@ -200,6 +200,21 @@ def test_a_blank_location_is_refused(cli: Cli) -> None:
     assert "location" in result.err
 
 
+@pytest.mark.parametrize("location", ["x" * 600, "loc\x01", "loc\x1b[31m"])
+def test_a_location_no_event_can_have_is_refused(cli: Cli, location: str) -> None:
+    result = cli("keys", "create", "--location", location)
+    assert result.status == 2
+    assert result.out == ""
+    assert "not a location id" in result.err
+
+
+def test_list_does_not_let_a_label_drive_the_terminal(cli: Cli) -> None:
+    key = cli.create("--all-locations", "--label", "\x1b[31mred")
+    listing = cli("keys", "list")
+    line = next(line for line in listing.out.splitlines() if line.startswith(parts(key)[0]))
+    assert "\x1b" not in line and "\\x1b[31mred" in line
+
+
 def test_comma_separated_locations_are_several_locations(
     cli: Cli, server: Server, locations: tuple[str, str, str]
 ) -> None:

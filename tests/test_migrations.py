@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.util import CommandError
 
 import conversations.keys
 import conversations.projections.registry  # noqa: F401  (their tables join the metadata)
@@ -63,3 +64,24 @@ def test_migrations_are_at_head(engine: sqlalchemy.Engine) -> None:
     with engine.connect() as conn:
         current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
     assert current == migrate.head_revision()
+
+
+def test_the_event_store_is_not_dropped_while_it_holds_events(
+    empty_engine: sqlalchemy.Engine,
+) -> None:
+    """Events refuse DELETE and TRUNCATE; a downgrade to base must not drop them either."""
+    with empty_engine.connect() as conn:
+        migrate.upgrade(conn)
+    with empty_engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO events (location_id, stream_id, event_type, payload, raw,"
+                " metadata, dedup_key) VALUES ('l', 's', 'InboundMessage', '{}', '', '{}', 'k')"
+            )
+        )
+    with empty_engine.connect() as conn, pytest.raises(CommandError, match="holds 1 events"):
+        migrate.downgrade(conn, "base")
+    assert tables(empty_engine) == set(metadata.tables)
+    with empty_engine.connect() as conn:
+        migrate.downgrade(conn, "0012")  # a downgrade that keeps the events still works
+        migrate.upgrade(conn)

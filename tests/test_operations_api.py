@@ -283,3 +283,22 @@ def test_each_request_is_one_json_line_without_bodies(
     # Neither the bodies nor the query strings (which may hold anything) are logged.
     assert secret not in ops_server.output
     assert "Bearer" not in ops_server.output and key not in ops_server.output
+
+
+def test_a_database_without_the_schema_is_a_503_that_says_to_migrate(
+    server_url: str, keys: KeyPair
+) -> None:
+    """`serve` told not to migrate, on an empty database: not a 500, not "unreachable"."""
+    name = f"conversations_noschema_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    server = start_server(
+        url, keys, CONVERSATIONS_AUTO_MIGRATE="false", CONVERSATIONS_PROJECTION_WORKER="false"
+    )
+    try:
+        for path in ("/projections", "/readyz"):
+            problem = assert_problem(httpx.get(f"{server.url}{path}", timeout=10), 503)
+            assert "conversations migrate" in problem["detail"], (path, problem)
+        assert "Traceback" not in server.output
+    finally:
+        server.stop()
+        drop_database(server_url, name)

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from conversations.api.problems import problem_response
+from conversations.api.problems import problem_response, schema_missing
 from conversations.api.state import AppState, app_state
 from conversations.deadline import within
 from conversations.metrics import Gauge
@@ -57,6 +57,8 @@ async def readyz(request: Request) -> Response:
     try:
         probe = await within(_probe(state, quarantine=False), state.settings.db_timeout)
     except Exception as error:
+        if schema_missing(error):
+            return _not_ready(state, "the database has no schema: run `conversations migrate`")
         return _not_ready(state, f"database unreachable: {type(error).__name__}")
     head = head_revision()
     if probe.migration != head:

@@ -85,9 +85,30 @@ def unavailable_response(detail: str, retry_after: int) -> Response:
     )
 
 
+def schema_missing(exc: Exception) -> bool:
+    """A query that found no table, column or function it needs: the database has no
+    schema yet, or one older than this release (`serve --no-migrate`, a downgrade)."""
+    cause = getattr(exc, "orig", exc)
+    return isinstance(cause, _UNDEFINED)
+
+
+_UNDEFINED = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedColumn,
+    psycopg.errors.UndefinedFunction,
+)
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, DATABASE_AWAY):  # raised where no other handler sees it
         return await database_away(request, exc)
+    if schema_missing(exc):  # not a bug of this service: say what to do
+        log.warning("database schema missing or behind on %s: %s", request.url.path, exc)
+        return unavailable_response(
+            "The database schema is missing or older than this release: run "
+            "`conversations migrate`.",
+            request.app.state.conversations.settings.retry_after,
+        )
     # Anything else unexpected stays a 500 (a bug to see).
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0001"
@@ -182,6 +183,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Below this revision there is no event store. The table refuses DELETE and TRUNCATE
+    # so that no release loses an event; dropping it with its events would undo that, so
+    # it is refused while it holds one (drop the database itself if that is the intent).
+    held = op.get_bind().execute(sa.text("SELECT count(*) FROM events")).scalar_one()
+    if held:
+        raise CommandError(
+            f"refusing to downgrade below 0001: it drops the event store, which holds "
+            f"{held} events (drop the database itself to discard them)"
+        )
     op.execute(DOWNGRADE_SQL)
     op.drop_index(op.f("ix_quarantine_status_id"), table_name="quarantine")
     op.drop_table("quarantine")
