@@ -37,6 +37,9 @@ Status precedence (`status_rank`; a higher rank wins whatever the arrival order)
 Folding a message (`build_message`)
     `status` and `call_status` come together from the dominant event; every other field
     from the most dominant event that has a non-empty value for it (empty: None, "", []).
+    A body is the exception to "empty is absent": when no event has a non-empty one but
+    some event sent `""` (an SMS or WhatsApp message of attachments alone), it is `""`,
+    as HighLevel shows it; None only when no event sent a body at all.
     Dominance is (status rank, number of attachments, content), where content is the
     canonical JSON of the payload without the envelope (`webhookId`, `timestamp`, `appId`,
     `versionId`): a total order, so ties are deterministic and two events that tie on it
@@ -273,6 +276,8 @@ class MessageEntry:
     user_id: str | None
     source: str | None
     conversation_provider_id: str | None
+    chat_widget_id: str | None
+    provider: str | None
     date_added: datetime | None
     preview: str
     positions: tuple[int, ...]
@@ -320,6 +325,8 @@ _OTHER_FIELDS = (
     "userId",
     "source",
     "conversationProviderId",
+    "chatWidgetId",
+    "provider",
     "dateAdded",
 )
 
@@ -425,6 +432,11 @@ def _direction(ordered: Sequence[Fields]) -> str:
     return "inbound" if ordered[0]["type"] == "InboundMessage" else "outbound"
 
 
+def _empty_body(ordered: Sequence[Fields]) -> str | None:
+    """The body of a message no event gave a non-empty one: "" when one sent "" (not None)."""
+    return "" if any(fields["body"] is not None for fields in ordered) else None
+
+
 def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
     """Fold every event about one message, in any order and with repeats (rules: module doc).
 
@@ -464,7 +476,7 @@ def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
     message_type = merged["messageType"] or None
     message_type_string = merged["messageTypeString"] or None
     message_type_id = merged["messageTypeId"]
-    body = merged["body"] or None
+    body = merged["body"] or _empty_body(ordered)
     plain_text = merged["plainText"] or None
     return _new_entry(
         {
@@ -496,6 +508,8 @@ def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
             "user_id": merged["userId"] or None,
             "source": merged["source"] or None,
             "conversation_provider_id": merged["conversationProviderId"] or None,
+            "chat_widget_id": merged["chatWidgetId"] or None,
+            "provider": merged["provider"] or None,
             "date_added": merged["dateAdded"] or None,
             "preview": preview_of(plain_text, body),
             "positions": positions,
@@ -504,7 +518,7 @@ def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
 
 
 def _new_entry(values: dict[str, Any]) -> MessageEntry:
-    """`MessageEntry(**values)` without the frozen dataclass's `__init__`, whose 31
+    """`MessageEntry(**values)` without the frozen dataclass's `__init__`, whose 33
     `object.__setattr__` calls were a third of a one-event fold: the same instance, its
     attributes set at once. `values` must name every field, in field order; MessageEntry
     must keep an instance `__dict__` and have no `__post_init__` (tests check all three)."""

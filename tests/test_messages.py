@@ -362,6 +362,8 @@ def test_single_sms_fields() -> None:
         user_id="u1",
         source="app",
         conversation_provider_id="p1",
+        chat_widget_id=None,
+        provider=None,
         date_added=datetime(2024, 5, 8, 12, 0, tzinfo=UTC),
         preview="Hi there",
         positions=(1,),
@@ -496,9 +498,34 @@ def test_whatsapp_media_arrives_later() -> None:
     entries = all_orders(first, later)
     assert all(entry == entries[0] for entry in entries)
     assert entries[0].attachments == ("https://cdn.example/a.jpg", "https://cdn.example/b.jpg")
-    assert entries[0].body is None
+    assert entries[0].body == ""  # sent empty, as HighLevel shows it
     assert entries[0].preview == ""
     assert entries[0].channel == "WhatsApp"
+
+
+def test_an_empty_body_stays_empty_and_a_sent_one_wins() -> None:
+    assert build(message(body="")).body == ""
+    assert build(message(body=...)).body is None
+    assert build(message(body=None)).body is None
+    for entry in all_orders(message(body=""), message(body=None, status="delivered")):
+        assert entry.body == ""
+    for entry in all_orders(message(body="", status="delivered"), message(body="hello")):
+        assert (entry.body, entry.preview) == ("hello", "hello")
+
+
+def test_chat_widget_and_email_provider_are_kept() -> None:
+    chat = message(messageType="Live Chat", body="hi", chatWidgetId="67b0cc8cf14b19d85ace7s35")
+    assert build(chat).chat_widget_id == "67b0cc8cf14b19d85ace7s35"
+    email = message(
+        messageType="Email", messageId=..., emailMessageId="e1", provider="Leadconnector Gmail"
+    )
+    assert build(email).provider == "Leadconnector Gmail"
+    assert (build(message()).chat_widget_id, build(message()).provider) == (None, None)
+    # As every field: from the most dominant event that has one, in any order.
+    sent = email | {"status": "sent", "provider": "old"}
+    opened = email | {"status": "opened", "provider": ""}
+    for entry in all_orders(sent, opened, email | {"status": "delivered"}):
+        assert (entry.status, entry.provider) == ("opened", "Leadconnector Gmail")
 
 
 def test_redelivery_with_more_fields_completes_the_entry() -> None:
@@ -689,6 +716,8 @@ VARYING_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "ccList": ADDRESSES,
     "bccList": ADDRESSES,
     "subject": st.sampled_from([None, "", "s1", "s2"]),
+    "chatWidgetId": st.sampled_from([None, "", "w1", "w2"]),
+    "provider": st.sampled_from([None, "", "Leadconnector Gmail", "mailgun"]),
     "dateAdded": st.sampled_from(["2024-05-08T12:00:00Z", "2024-05-08T13:00:00+01:00", None]),
     "webhookId": st.uuids().map(str),
     "timestamp": st.sampled_from(["2024-05-08T12:00:01Z", "2024-05-08T12:00:02Z"]),
@@ -790,6 +819,8 @@ def plain_build(events: list[StoredEvent]) -> MessageEntry:
     known = [d for d in directions if d in ("inbound", "outbound")]
     event = parsed[0][0]
     plain_text, body = first(ordered, lambda p: p.plainText), first(ordered, lambda p: p.body)
+    if body is None and any(p.body == "" for p in ordered):
+        body = ""  # sent empty: kept empty
     types = [first(ordered, attrgetter(name)) for name in TYPE_NAMES]
     return MessageEntry(
         location_id=event.location_id,
@@ -820,6 +851,8 @@ def plain_build(events: list[StoredEvent]) -> MessageEntry:
         user_id=first(ordered, lambda p: p.userId),
         source=first(ordered, lambda p: p.source),
         conversation_provider_id=first(ordered, lambda p: p.conversationProviderId),
+        chat_widget_id=first(ordered, lambda p: p.chatWidgetId),
+        provider=first(ordered, lambda p: p.provider),
         date_added=first(ordered, lambda p: p.dateAdded),
         preview=preview_of(plain_text, body),
         positions=tuple(sorted({event.position for event, _ in parsed})),
