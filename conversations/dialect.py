@@ -15,7 +15,7 @@ name per channel (`TYPE_CHANNELS`): `TYPE_SMS` selects every SMS-channel message
 (campaign and workflow SMS included).
 
 Fields. Every field of HighLevel's shape is present; a value the webhooks never gave is
-null (the store keeps no `chatWidgetId`, `provider`, `altId` or `replyToMessageId`).
+null (they carry no `altId` or `replyToMessageId`). A `body` sent empty stays `""`.
 Conversation flags never reported by a ConversationUnreadUpdate read as HighLevel's
 defaults: unreadCount 0, starred false, inbox true, deleted false.
 """
@@ -227,7 +227,7 @@ def message_json(message: Message, conversation_id: str) -> dict[str, Any]:
         "source": message.source,
         "userId": message.user_id,
         "conversationProviderId": message.conversation_provider_id,
-        "chatWidgetId": None,
+        "chatWidgetId": message.chat_widget_id,
     }
 
 
@@ -259,7 +259,7 @@ def email_json(message: Message, conversation_id: str) -> dict[str, Any]:
         "status": message.status,
         "contentType": message.content_type,
         "attachments": list(message.attachments),
-        "provider": None,
+        "provider": message.provider,
         "from": message.from_,
         "to": list(message.to),
         "cc": list(message.cc),

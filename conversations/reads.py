@@ -148,7 +148,7 @@ def message_json_sql(m: str, conversation_id: str, alias: str = "j") -> str:
         "source": f"{m}.source",
         "userId": f"{m}.user_id",
         "conversationProviderId": f"{m}.conversation_provider_id",
-        "chatWidgetId": "NULL::text",
+        "chatWidgetId": f"{m}.chat_widget_id",
     }
     # The type name in a lateral of its own, named: two fields use it (written once).
     return f"CROSS JOIN LATERAL (SELECT {_type_name(m)} AS type_name) {alias}_type " + _object(
@@ -255,7 +255,7 @@ _MESSAGE_COLUMNS = ", ".join(
         "message_type_string", "message_type_id", "status", "call_status", "call_duration",
         "body", "content_type", "attachments", "from_", '"to"', "cc", "bcc", "subject",
         "thread_id", "email_message_id", "message_id", "user_id", "source",
-        "conversation_provider_id", "date_added", "doc",
+        "conversation_provider_id", "chat_widget_id", "date_added", "doc",
     )
 )  # fmt: skip
 """What the JSON of a message needs."""

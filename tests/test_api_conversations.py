@@ -118,6 +118,7 @@ def _documents(w: World) -> list[dict[str, Any]]:
             ccList=["cc@example.com"],
             bccList=["bcc@example.com"],
             **{"from": "Shop <shop@example.com>"},
+            provider="Leadconnector Gmail",
             dateAdded=at(4),
         ),
         message(**common, messageId=ids["whatsapp"], messageType="WhatsApp", dateAdded=at(5)),
@@ -530,6 +531,49 @@ def test_get_message_by_any_of_its_ids(reader: Reader, world: World) -> None:
     assert_problem(found, 404)
 
 
+def test_widget_provider_and_empty_bodies_read_as_sent(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """What the webhooks sent, through every endpoint that shows a message (the page is
+    the stored document; one message, export and email are built per request)."""
+    location, conversation = new_id("loc"), new_id("cnv")
+    reader = Reader(server, make_key(engine, location))
+    contact = new_id("con")
+    common = {"locationId": location, "conversationId": conversation, "contactId": contact}
+    widget = "67b0cc8cf14b19d85ace7s35"
+    chat = message(**common, messageType="Live Chat", chatWidgetId=widget, dateAdded=at(0))
+    sms = message(**common, body="", attachments=["https://example.com/a.jpg"], dateAdded=at(1))
+    whatsapp = message(**common, messageType="WhatsApp", body="", dateAdded=at(2))
+    email = message(
+        **common,
+        messageId=...,
+        emailMessageId=new_id("eml"),
+        messageType="Email",
+        provider="Leadconnector Gmail",
+        body=...,
+        dateAdded=at(3),
+    )
+    # A later delivery without the fields takes none of them away.
+    read = {**whatsapp, "status": "read", "webhookId": str(uuid.uuid4())}
+    del read["body"]
+    post_all(server, [chat, sms, whatsapp, email, read])
+    wait_folded(engine)
+
+    page = reader.json(f"/conversations/{conversation}/messages", {"sort": "asc"})
+    listed = page["messages"]["messages"]
+    assert [m["chatWidgetId"] for m in listed] == [widget, None, None, None]
+    assert [m["body"] for m in listed] == ["hello", "", "", None]
+    assert listed[2]["status"] == "read"
+    for shown in listed:
+        assert reader.json(f"/conversations/messages/{shown['id']}") == shown
+    exported = reader.json("/conversations/messages/export", {"locationId": location})
+    assert {m["id"]: m for m in exported["messages"]} == {m["id"]: m for m in listed}
+    by_contact = reader.json(f"/contacts/{contact}/messages", {"sort": "asc"})
+    assert by_contact["messages"] == listed
+    found = reader.json(f"/conversations/messages/email/{email['emailMessageId']}")
+    assert (found["provider"], found["body"]) == ("Leadconnector Gmail", None)
+
+
 def test_a_message_without_ids_is_found_by_the_id_it_is_shown_with(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
@@ -574,7 +618,7 @@ def test_get_email(reader: Reader, world: World) -> None:
         "status": "delivered",
         "contentType": "text/html",
         "attachments": [],
-        "provider": None,
+        "provider": "Leadconnector Gmail",
         "from": "Shop <shop@example.com>",
         "to": ["client@example.com"],
         "cc": ["cc@example.com"],

@@ -75,9 +75,17 @@ def _documents(location: str, root: str, merged: str, contact: str) -> list[dict
             bccList=[],
             attachments=[{"url": "https://example.com/x.pdf", "size": 1.5}],
             **{"from": "Shop <shop@example.com>"},
+            provider="Leadconnector Gmail",
             dateAdded="2025-03-01T11:02:00.000Z",
         ),
         message(**common, messageType="WhatsApp", body="wa", dateAdded="2025-03-01T11:03:00Z"),
+        message(**common, messageType="WhatsApp", body="", dateAdded="2025-03-01T11:03:00.001Z"),
+        message(
+            **common,
+            messageType="Live Chat",
+            chatWidgetId="67b0cc8cf14b19d85ace7s35",
+            dateAdded="2025-03-01T11:03:30Z",
+        ),
         message(**common, messageType="Mystery", body="other", dateAdded="2025-03-01T11:04:00Z"),
         message(
             **common,
@@ -154,6 +162,10 @@ def test_every_message_json_is_the_dialects(
             )
         }
     assert {(loc, key): json.loads(text) for loc, key, text in rows} == expected
+    # What the webhooks sent, not nulls on both sides.
+    sent = [json.loads(text) for loc, _, text in rows if loc == world[0]]
+    assert {m["chatWidgetId"] for m in sent} == {None, "67b0cc8cf14b19d85ace7s35"}
+    assert "" in {m["body"] for m in sent}
 
 
 def test_every_stored_document_is_the_dialects(

@@ -343,6 +343,28 @@ def test_whatsapp_attachments_arriving_later(harness: Harness, engine: Any) -> N
     assert reversed_ is not None and reversed_.attachments == (photo,)
 
 
+def test_widget_provider_and_empty_bodies_are_kept_as_sent(harness: Harness, engine: Any) -> None:
+    location, conversation = new_id("loc"), new_id("cnv")
+    common = {"locationId": location, "conversationId": conversation}
+    chat = message(**common, messageType="Live Chat", chatWidgetId="67b0cc8cf14b19d85ace7s35")
+    email = message(**common, messageType="Email", provider="Leadconnector Gmail")
+    empty = message(**common, messageType="SMS", body="")
+    harness.send(chat, email, empty, again(empty, status="delivered", body=...))
+    with engine.connect() as conn:
+        found = {
+            d["messageId"]: get_message(conn, location, d["messageId"])
+            for d in (chat, email, empty)
+        }
+    stored = {key: m for key, m in found.items() if m is not None}
+    assert stored[chat["messageId"]].chat_widget_id == "67b0cc8cf14b19d85ace7s35"
+    assert stored[email["messageId"]].provider == "Leadconnector Gmail"
+    assert stored[empty["messageId"]].body == ""
+    assert stored[empty["messageId"]].status == "delivered"
+    documents = {key: json.loads(m.doc or "null") for key, m in stored.items()}
+    assert documents[chat["messageId"]]["chatWidgetId"] == "67b0cc8cf14b19d85ace7s35"
+    assert documents[empty["messageId"]]["body"] == ""
+
+
 def test_values_survive_the_fold_exactly(harness: Harness, engine: Any) -> None:
     """Rows travel to PostgreSQL as one JSON document per batch: nothing may be lost."""
     text = 'quotes " and \\ backslash\nnew line, ünïcödé, 😀, <b>tags</b>, tab\t'
@@ -730,7 +752,7 @@ def scenario(location: str) -> list[dict[str, Any]]:
         whatsapp,
         again(whatsapp, attachments=["https://example.com/a.jpg"]),
         email,
-        again(email, status="opened"),
+        again(email, status="opened", provider="Leadconnector Gmail"),
         undated,
         merge(location, f"{RUN}-b", f"{RUN}-a"),
         merge(location, f"{RUN}-c", f"{RUN}-b"),

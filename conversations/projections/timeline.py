@@ -114,6 +114,9 @@ timeline_messages = Table(
     Column("user_id", Text, nullable=True),
     Column("source", Text, nullable=True),
     Column("conversation_provider_id", Text, nullable=True),
+    # Migration 0014: NULL on rows written before it, until `conversations replay`.
+    Column("chat_widget_id", Text, nullable=True),
+    Column("provider", Text, nullable=True),
     Column("date_added", DateTime(timezone=True), nullable=True),
     Column("preview", Text, nullable=False),
     Column("positions", ARRAY(BigInteger), nullable=False),
@@ -195,6 +198,8 @@ def _message_row(entry: MessageEntry) -> dict[str, Any]:
         "user_id": entry.user_id,
         "source": entry.source,
         "conversation_provider_id": entry.conversation_provider_id,
+        "chat_widget_id": entry.chat_widget_id,
+        "provider": entry.provider,
         "date_added": entry.date_added,
         "preview": entry.preview,
         "positions": list(entry.positions),
@@ -308,6 +313,8 @@ class TimelineMessage:
     user_id: str | None
     source: str | None
     conversation_provider_id: str | None
+    chat_widget_id: str | None
+    provider: str | None
     date_added: datetime | None
     preview: str
     positions: tuple[int, ...]
