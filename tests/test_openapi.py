@@ -111,11 +111,14 @@ def reader_key(server: Server, engine: sqlalchemy.Engine) -> dict[str, str]:
         message(**common, body=f"message {n}", dateAdded=f"2024-05-08T12:00:{n:02d}.000Z")
         for n in range(12)
     ]
+    # Fields the document must type as HighLevel does (string | null), with strings in them.
+    documents[0].update(body="", chatWidgetId="67b0cc8cf14b19d85ace7s35")
     for name in ("doc_email", "doc_outbound_call", "doc_inbound_voicemail"):
         document = fixture(name)
         document.update(common, messageId=new_id("msg"), webhookId=str(uuid.uuid4()))
         if "emailMessageId" in document:
             document["emailMessageId"] = document["messageId"]
+            document["provider"] = "Leadconnector Gmail"
         documents.append(document)
     unread = fixture("doc_unread_update")
     unread.update(locationId=location, id=conversation, contactId=contact)
