@@ -453,3 +453,23 @@ def test_reads_on_a_hung_database_are_answered_in_bounded_time(
             assert time.monotonic() < deadline, f"{path} still 503 after the stall"
             time.sleep(0.1)
         assert status in (200, 404), path
+
+
+def test_the_worker_says_once_that_catch_up_fails_and_once_that_it_works_again(
+    database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
+) -> None:
+    """An outage is one warning with its traceback, then one line when folding works
+    again: not a traceback per retry."""
+    with proxied(database_url, keys) as outage:
+        proxy, server = outage.proxy, outage.server
+        proxy.cut()
+        try:
+            time.sleep(4)  # retries after 0.5, 1 and 2 s
+        finally:
+            proxy.restore()
+        deadline = time.monotonic() + 30
+        while "catch-up works again" not in server.output and time.monotonic() < deadline:
+            time.sleep(0.1)
+        output = server.output
+    assert output.count("projection catch-up failed") == 1, output
+    assert output.count("projection catch-up works again") == 1, output

@@ -87,6 +87,8 @@ class CatchUpWorker:
         self._stopping = threading.Event()
         self._backoff = 0.5
         """Seconds to wait before the next attempt after a failure."""
+        self._failing = False
+        """Whether catch-up failed since it last worked (see `_log_failure`)."""
         self._retry_at: dict[str, float] = {}
         """Projections whose fold failed, and when to try them again."""
         self._delays: dict[str, float] = {}
@@ -108,10 +110,24 @@ class CatchUpWorker:
             try:
                 self._listen_and_fold()
             except Exception as error:
-                log.warning("projection catch-up failed, retrying: %s", error, exc_info=True)
+                self._log_failure(error)
                 self._record(error)
                 self._stopping.wait(self._backoff)
                 self._backoff = min(self._backoff * 2, 30.0)
+
+    def _log_failure(self, error: Exception) -> None:
+        """One warning (with the traceback) when catch-up starts failing, not one per
+        retry: an outage of a minute would otherwise log a dozen tracebacks. The retries
+        log at debug level, and `_listen_and_fold` says when catch-up works again."""
+        if self._failing:
+            log.debug("projection catch-up still failing: %s", describe(error))
+            return
+        self._failing = True
+        log.warning(
+            "projection catch-up failed, retrying until it works: %s",
+            describe(error),
+            exc_info=error,
+        )
 
     def _record(self, error: Exception) -> None:
         """Put a failure outside any one projection's fold (reading the events, say)
@@ -155,6 +171,9 @@ class CatchUpWorker:
                 self._last_fold = time.monotonic()
                 self._fold()
                 self._backoff = 0.5
+                if self._failing:
+                    log.warning("projection catch-up works again")
+                    self._failing = False
                 self._wait(listener)
 
     def _wait(self, listener: psycopg.Connection[object]) -> None:
