@@ -183,3 +183,24 @@ def test_a_signing_key_of_the_wrong_kind_is_one_line_and_exit_2(
         timeout=20,
     )
     assert_one_line_error(result, "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY", "not an RSA key")
+
+
+def test_a_reader_that_goes_away_stops_a_command_quietly(database_url: str) -> None:
+    """`conversations status | head -1`: the pipe closes under the command. It stops with
+    the shell's 141, no traceback, as Unix tools do."""
+    read, write = os.pipe()
+    os.close(read)  # nobody will read what the command writes
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "conversations", "status"],
+            env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+            cwd=REPO,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert process.returncode == 141, process.stderr
+    assert "Traceback" not in process.stderr and "BrokenPipe" not in process.stderr
