@@ -117,3 +117,11 @@ def server(database_url: str, keys: KeyPair) -> Iterator[Server]:
     server = start_server(database_url, keys)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def lenient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
+    """A server with signature verification off (CONVERSATIONS_WEBHOOK_VERIFY=off)."""
+    server = start_server(database_url, keys, CONVERSATIONS_WEBHOOK_VERIFY="off")
+    yield server
+    server.stop()

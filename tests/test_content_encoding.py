@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import zlib
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -21,8 +20,7 @@ from conversations.encodings import (
     codings,
     decode,
 )
-from tests.conftest import start_server
-from tests.helpers import KeyPair, Server, message
+from tests.helpers import Server, message
 
 PROBLEM_JSON = "application/problem+json"
 JSON_BODY = b'{"type": "InboundMessage", "body": "h\xc3\xa9llo"}'
@@ -130,13 +128,6 @@ def assert_problem(response: httpx.Response, status: int, kind: str) -> dict[str
     document: dict[str, object] = response.json()
     assert document["type"] == f"urn:conversations:problem:{kind}"
     return document
-
-
-@pytest.fixture(scope="module")
-def lenient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
-    server = start_server(database_url, keys, CONVERSATIONS_WEBHOOK_VERIFY="off")
-    yield server
-    server.stop()
 
 
 @pytest.mark.e2e

@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 
 from conversations.cli import main
 from conversations.database import create_engine
-from tests.conftest import migrated_database, start_server
-from tests.helpers import KeyPair, Server, events_refusing, message, new_id
+from tests.conftest import migrated_database
+from tests.helpers import Server, events_refusing, message, new_id
 
 
 @dataclass
@@ -285,13 +285,6 @@ def test_retry_decodes_a_body_kept_with_its_content_encoding(
     assert result.out == f"quarantine {qid}: stored at position {position}\n"
     assert bytes(event_at(engine, position)["raw"]) == raw
     assert event_count(engine, document["locationId"]) == 1
-
-
-@pytest.fixture(scope="module")
-def lenient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
-    server = start_server(database_url, keys, CONVERSATIONS_WEBHOOK_VERIFY="off")
-    yield server
-    server.stop()
 
 
 @pytest.mark.e2e
