@@ -71,11 +71,18 @@ class Supervisor:
                 break
             if loop.time() - started >= self._stable_after:
                 backoff = self._min_backoff
-            log.warning(
-                "%s exited (status %s); restarting in %.1f s", self.name, returncode, backoff
-            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
+            if self._stopping.is_set():
+                # A SIGTERM to the whole process group (systemd, `timeout`) reaches the
+                # child first: its exit was part of the shutdown, not a failure to report.
+                break
+            log.warning(
+                "%s exited (status %s); restarting after %.1f s",
+                self.name,
+                returncode,
+                backoff,
+            )
             backoff = min(backoff * 2, self._max_backoff)
 
     async def _run_once(self) -> int | None:

@@ -292,6 +292,22 @@ def test_supervisor_restarts_with_growing_backoff(tmp_path: Path) -> None:
     assert 3 <= len(started) <= 10, started
 
 
+def test_a_child_that_ends_with_the_shutdown_is_not_reported_as_restarting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SIGTERM to the process group ends the child just before `stop`: no warning."""
+
+    async def scenario() -> None:
+        supervisor = Supervisor("quick child", [sys.executable, "-c", "pass"], backoff=2.0)
+        await supervisor.start()
+        await asyncio.sleep(1.0)  # it has exited (status 0); the backoff is running
+        await supervisor.stop()
+
+    with caplog.at_level("INFO", logger="conversations"):
+        asyncio.run(scenario())
+    assert "restarting" not in caplog.text
+
+
 def test_supervisor_kills_a_child_that_ignores_sigterm() -> None:
     script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 
