@@ -21,8 +21,10 @@ import io
 import json
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -603,12 +605,31 @@ def run(names: Sequence[str], url: str, *, limit: int, db_timeout: float) -> int
             print(f"conversations: cannot read {name}: {error.strerror or error}", file=sys.stderr)
         return 2
     try:
-        report = asyncio.run(_import_all(names, url, limit, db_timeout))
+        with _sigterm_as_sigint():
+            report = asyncio.run(_import_all(names, url, limit, db_timeout))
     except KeyboardInterrupt:
         print("conversations: interrupted; importing again skips what was stored", file=sys.stderr)
         return 130
     report.print()
     return report.status()
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM handled as asyncio.run handles Ctrl-C: the import is cancelled cleanly.
+
+    The CLI makes SIGTERM raise KeyboardInterrupt wherever the main thread is; inside
+    the event loop that can be in a task's step, which then dies with it and is logged
+    as "Task exception was never retrieved" with a traceback. asyncio.run's own SIGINT
+    handler cancels the main task instead, so SIGTERM is turned into that SIGINT."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check(names: Sequence[str]) -> Iterator[tuple[str, OSError]]:

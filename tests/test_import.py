@@ -7,7 +7,11 @@ import gzip
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from conversations.cli import main
 from conversations.importer import Record, records
+from tests.conftest import REPO, migrated_database
 from tests.helpers import events_refusing, message, new_id
 
 
@@ -520,3 +525,33 @@ def test_a_database_that_fails_stops_the_import_with_status_2(
     assert result.status == 2
     assert "conversations: import stopped, database error: " in result.err
     assert "does not exist" in result.err
+
+
+def test_sigterm_stops_an_import_as_ctrl_c_does(server_url: str, tmp_path: Path) -> None:
+    """Exit 130 with its one line, and no traceback of a task that died with the signal
+    (the way asyncio.run handles Ctrl-C). Stopped at a few moments, on a database of its
+    own: what the interrupted imports stored stays there, and a re-run skips it."""
+    location = new_id("loc")
+    path = tmp_path / "many.jsonl"
+    path.write_bytes(
+        b"".join(json.dumps(message(locationId=location)).encode() + b"\n" for _ in range(30_000))
+    )
+    with migrated_database(server_url, "conversations_import_term") as url:
+        environment = {**os.environ, "DATABASE_URL": url, "CONVERSATIONS_LOG_LEVEL": "warning"}
+        for delay in (0.8, 1.1, 1.4):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "conversations", "import", str(path)],
+                env=environment,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(delay)
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=60)
+            if process.returncode == 0:
+                continue  # it finished first: nothing was interrupted
+            assert process.returncode == 130, err
+            assert "interrupted" in err
+            assert "Traceback" not in err and "never retrieved" not in err, err
