@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     work.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
 
     migrate = commands.add_parser("migrate", help="apply schema migrations")
-    migrate.add_argument("--revision", default="head", help="target revision (default: head)")
-    migrate.add_argument(
+    direction = migrate.add_mutually_exclusive_group()
+    direction.add_argument("--revision", default="head", help="target revision (default: head)")
+    direction.add_argument(
         "--downgrade", metavar="REVISION", help="go back down to REVISION (e.g. base)"
     )
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection
 
 import migrations
@@ -35,8 +37,25 @@ def upgrade(connection: Connection, revision: str = "head") -> None:
     processes) migrate one after the other instead of racing.
     """
     connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727741000)")
+    _refuse_going_down(connection, revision)
     command.upgrade(alembic_config(connection), revision)
     connection.commit()
+
+
+def _refuse_going_down(connection: Connection, revision: str) -> None:
+    """An upgrade to a revision below the database's does nothing in alembic: say so,
+    rather than report success for a schema that did not move."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    script = ScriptDirectory.from_config(alembic_config())
+    if current is None or revision in ("head", "heads", current):
+        return
+    target = script.get_revision(revision)
+    below = {rev.revision for rev in script.iterate_revisions(current, "base")} - {current}
+    if target is not None and target.revision in below:
+        raise CommandError(
+            f"the database is at {current}, above {target.revision}: use "
+            f"--downgrade {target.revision} to go down"
+        )
 
 
 def downgrade(connection: Connection, revision: str) -> None:

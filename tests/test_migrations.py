@@ -85,3 +85,16 @@ def test_the_event_store_is_not_dropped_while_it_holds_events(
     with empty_engine.connect() as conn:
         migrate.downgrade(conn, "0012")  # a downgrade that keeps the events still works
         migrate.upgrade(conn)
+
+
+def test_an_upgrade_to_a_revision_below_the_database_is_refused(
+    empty_engine: sqlalchemy.Engine,
+) -> None:
+    """alembic would do nothing and report success; the schema did not move."""
+    with empty_engine.connect() as conn:
+        migrate.upgrade(conn)
+    with empty_engine.connect() as conn, pytest.raises(CommandError, match="--downgrade 0012"):
+        migrate.upgrade(conn, "0012")
+    with empty_engine.connect() as conn:
+        migrate.upgrade(conn, migrate.head_revision() or "head")  # at it: nothing to do
+        migrate.upgrade(conn)
