@@ -250,14 +250,26 @@ with engine.begin() as connection:
         else:
             print(connection.exec_driver_sql(f"SELECT v FROM {table}").scalar())
 engine.dispose()
+if os.environ.get("TEST_BARRIER"):  # stay until every process of the group has the server
+    import time
+    where, count = os.environ["TEST_BARRIER"].rsplit(":", 1)
+    (Path(where) / str(os.getpid())).touch()
+    deadline = time.monotonic() + 30
+    while len(list(Path(where).iterdir())) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.05)
 if action == "crash":
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def _child(data_dir: Path, action: str, *tables: str) -> subprocess.Popen[str]:
+def _child(
+    data_dir: Path, action: str, *tables: str, barrier: str | None = None
+) -> subprocess.Popen[str]:
+    """`barrier` ("DIR:N"): the child exits only once N children have used the server."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["CONVERSATIONS_DATA_DIR"] = str(data_dir)
+    if barrier:
+        env["TEST_BARRIER"] = barrier
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, action, *tables],
@@ -313,7 +325,12 @@ def test_embedded_data_persists_and_server_stops_with_its_last_process(data_dir:
     pgdata = data_dir / "postgres"
     # Processes opening a fresh data dir at once: one initialises and starts, all use it.
     tables = ["first", "second", "third", "fourth"]
-    children = [_child(data_dir, "write", table) for table in tables]
+    # Held together: one that finished before another opened would rightly stop the server.
+    barrier = data_dir.parent / "barrier"
+    barrier.mkdir()
+    children = [
+        _child(data_dir, "write", table, barrier=f"{barrier}:{len(tables)}") for table in tables
+    ]
     pids = {_finish(child)[0] for child in children}
     assert len(pids) == 1
     _assert_stopped(pgdata, int(pids.pop()))
