@@ -529,8 +529,9 @@ def test_a_database_that_fails_stops_the_import_with_status_2(
 
 def test_sigterm_stops_an_import_as_ctrl_c_does(server_url: str, tmp_path: Path) -> None:
     """Exit 130 with its one line, and no traceback of a task that died with the signal
-    (the way asyncio.run handles Ctrl-C). Stopped at a few moments, on a database of its
-    own: what the interrupted imports stored stays there, and a re-run skips it."""
+    (the way asyncio.run handles Ctrl-C). Stopped as soon as each run has stored something
+    new, on a database of its own: what the interrupted imports stored stays there, and a
+    last run completes the import."""
     location = new_id("loc")
     path = tmp_path / "many.jsonl"
     path.write_bytes(
@@ -538,20 +539,41 @@ def test_sigterm_stops_an_import_as_ctrl_c_does(server_url: str, tmp_path: Path)
     )
     with migrated_database(server_url, "conversations_import_term") as url:
         environment = {**os.environ, "DATABASE_URL": url, "CONVERSATIONS_LOG_LEVEL": "warning"}
-        for delay in (0.8, 1.1, 1.4):
-            process = subprocess.Popen(
-                [sys.executable, "-m", "conversations", "import", str(path)],
-                env=environment,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+        command = [sys.executable, "-m", "conversations", "import", str(path)]
+        engine = sqlalchemy.create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return int(conn.execute(text("SELECT count(*) FROM events")).scalar_one())
+
+        try:
+            interrupted = 0
+            for _ in range(3):
+                before = stored()
+                process = subprocess.Popen(
+                    command,
+                    env=environment,
+                    cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                while stored() == before and process.poll() is None:
+                    time.sleep(0.01)
+                process.send_signal(signal.SIGTERM)
+                out, err = process.communicate(timeout=60)
+                if "total: " in out:
+                    continue  # it finished before the signal came (and may have died of it)
+                assert process.returncode == 130, err
+                assert "interrupted" in err
+                assert "Traceback" not in err and "never retrieved" not in err, err
+                interrupted += 1
+            assert interrupted, "every run finished before it was stopped"
+            assert stored() < 30_000
+            last = subprocess.run(
+                command, env=environment, cwd=REPO, capture_output=True, text=True
             )
-            time.sleep(delay)
-            process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=60)
-            if process.returncode == 0:
-                continue  # it finished first: nothing was interrupted
-            assert process.returncode == 130, err
-            assert "interrupted" in err
-            assert "Traceback" not in err and "never retrieved" not in err, err
+            assert last.returncode == 0, last.stderr
+            assert stored() == 30_000
+        finally:
+            engine.dispose()
