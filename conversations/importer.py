@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import gzip
 import io
 import json
 import os
@@ -45,6 +44,7 @@ BATCH_EVENTS = 2000
 BATCH_BYTES = 16 * 1024 * 1024
 LISTED = 20
 GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 BOM = b"\xef\xbb\xbf"
 
 Kind = Literal["lines", "array", "values"]
@@ -99,9 +99,35 @@ class _Counted:
 def _decoded(counted: _Counted) -> Iterator[bytes]:
     """The file's content in chunks, gunzipped when it starts with the gzip magic."""
     if counted.head(len(GZIP_MAGIC)) == GZIP_MAGIC:
-        stream = gzip.GzipFile(fileobj=counted, mode="rb")
-        return iter(partial(stream.read, CHUNK), b"")
+        return _gunzipped(counted)
     return iter(partial(counted.read, CHUNK), b"")
+
+
+def _gunzipped(counted: _Counted) -> Iterator[bytes]:
+    """Gunzip as a stream, one member after another (`cat a.gz b.gz`; zero padding after
+    a member is ignored, as gzip does), at most CHUNK bytes out at a time. Unlike
+    `gzip.GzipFile`, whose read of a truncated file raises and drops what it inflated in
+    that call, everything inflated before a truncation or a corruption is yielded first:
+    an interrupted download imports all its whole lines."""
+    inflater = zlib.decompressobj(_GZIP_WBITS)
+    fed = False  # whether the current member has had any input
+    pending = b""
+    while True:
+        if not pending:
+            pending = counted.read(CHUNK)
+            if not pending:
+                if fed and not inflater.eof:
+                    raise EOFError("the gzip data ends early (truncated)")
+                return
+        if inflater.eof:
+            inflater, fed = zlib.decompressobj(_GZIP_WBITS), False
+            pending = pending.lstrip(b"\0")
+            continue
+        fed = True
+        out = inflater.decompress(pending, CHUNK)
+        pending = inflater.unconsumed_tail or inflater.unused_data
+        if out:
+            yield out
 
 
 def records(chunks: Iterator[bytes], limit: int) -> tuple[Kind, Iterator[Record]]:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,10 +507,38 @@ def test_an_unreadable_file_keeps_what_was_read_before_and_exits_2(
     assert result.status == 2, result
     assert f"conversations: {path}: " in result.err
     assert "stopped reading it" in result.err
+    if damage == "not gzip after all":
+        return
+    # What came before the damage is stored: the first line or element, whole.
+    assert f"{path}: 1 stored, 0 duplicate, 0 quarantined" in result.out
+    assert len(events_in(engine, docs[0]["locationId"])) == 1
     if damage == "broken array":
         assert "element 1 is not valid JSON" in result.err
-        assert f"{path}: 1 stored, 0 duplicate, 0 quarantined" in result.out
-        assert len(events_in(engine, docs[0]["locationId"])) == 1
+    else:
+        assert "the gzip data ends early (truncated)" in result.err
+
+
+def test_a_truncated_gzip_keeps_every_whole_line_before_the_cut(
+    cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
+) -> None:
+    """An interrupted download of a large export: over several chunks of output, two
+    members, zero padding between them; all but the cut last line are stored."""
+    docs = documents(3000)
+    lines = [json.dumps(d).encode() for d in docs]
+    first, second = gzip.compress(jsonl(lines[:1000])), gzip.compress(jsonl(lines[1000:]))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(first + b"\0" * 100 + second[: len(second) * 3 // 4])
+
+    result = cli("import", str(path))
+
+    assert result.status == 2, result
+    assert "the gzip data ends early (truncated)" in result.err
+    cut = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(second[: len(second) * 3 // 4])
+    whole = 1000 + cut.count(b"\n")
+    assert 1000 < whole < 3000
+    assert f"{path}: {whole} stored, 0 duplicate, 0 quarantined" in result.out
+    stored = [row["payload"] for row in events_in(engine, docs[0]["locationId"])]
+    assert stored == docs[:whole]
 
 
 def test_a_database_that_fails_stops_the_import_with_status_2(
