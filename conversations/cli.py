@@ -13,7 +13,13 @@ from types import FrameType
 from typing import Any, TypeAlias
 
 from conversations import __version__
-from conversations.database import DatabaseHandle, create_engine, describe_error, open_database
+from conversations.database import (
+    DatabaseHandle,
+    create_engine,
+    describe_error,
+    embedded_kept_running,
+    open_database,
+)
 from conversations.settings import MAX_PORT, Settings, SettingsError
 
 log = logging.getLogger("conversations.cli")
@@ -345,17 +351,18 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
+    with embedded_kept_running(handle):
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
     return 0
 
 

