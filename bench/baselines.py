@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from conversations.cli import HTTP_SERVER
+
 POOL_SIZE = 10
 INSERT_SQL = "INSERT INTO baseline_events (body) VALUES (%s)"
 
@@ -89,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         app,
         host=args.host,
         port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
         log_level="warning",
+        **HTTP_SERVER,
     )
     return 0
 

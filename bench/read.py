@@ -66,6 +66,7 @@ if str(REPO) not in sys.path:  # `python bench/read.py` puts bench/, not the rep
 from bench._corpus import write_corpus  # noqa: E402
 from bench.ingest import HOST, Result, Server, measure, serving  # noqa: E402
 from bench.replay import BenchFailure, prepare_rows, throwaway_database, time_copy  # noqa: E402
+from conversations.cli import HTTP_SERVER  # noqa: E402
 from conversations.database import create_engine  # noqa: E402
 from conversations.keys import create_key  # noqa: E402
 
@@ -295,11 +296,8 @@ def serve_baseline(document_path: Path, host: str, port: int) -> int:
         app,
         host=host,
         port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
         log_level="warning",
-        server_header=False,
+        **HTTP_SERVER,
     )
     return 0
 

@@ -336,6 +336,15 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     return 0
 
 
+HTTP_SERVER: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "access_log": False,
+    "server_header": False,
+}
+"""How `serve` runs uvicorn; the benchmarks serve their baselines the same way."""
+
+
 def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
     import uvicorn
 
@@ -353,15 +362,7 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
     with embedded_kept_running(handle):
         uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=10,
+            app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10, **HTTP_SERVER
         )
     return 0
 
