@@ -142,7 +142,26 @@ def _adapt(engine: sqlalchemy.Engine) -> None:
     def register(connection: Any, record: Any) -> None:
         raw = getattr(connection, "driver_connection", connection)  # async adapts it
         raw.adapters.register_dumper(list, ListBinaryDumper)
-        set_json_loads(json_codec.loads, raw)
+        set_json_loads(_load_stored_json, raw)
+
+
+def _load_stored_json(document: str | bytes) -> Any:
+    """A JSON column's value; `{}` for one too deeply nested for Python to decode.
+
+    Ingest refuses bodies nested past `events.MAX_NESTING`, but a database may hold
+    payloads stored before it did (up to ~970 levels, through `import`). Failing on one
+    would fail every fold batch that reads it, for ever, and hold every projection back;
+    read as an empty object, its event is left out of the projections as any payload they
+    cannot use is. The event keeps its exact bytes (`raw`)."""
+    try:
+        return json_codec.loads(document)
+    except RecursionError:
+        logger.warning(
+            "A stored JSON document nests too deeply to decode (%d bytes): read as {};"
+            " the projections leave its event out",
+            len(document),
+        )
+        return {}
 
 
 # libpq waits for a connection as long as the OS does: for ever on a database that accepts

@@ -256,14 +256,60 @@ class NotJSONError(ValueError):
         self.detail = detail
 
 
-class NumberOutOfRangeError(ValueError):
-    """The body is JSON, but holds a number beyond a 64-bit float (1e400) or an integer
-    too long to convert (over 4,300 digits). It is an object we cannot use, not one that is
-    not JSON: it is kept aside with a 202 (HighLevel would retry a 4xx for hours)."""
+class UnusableJSONError(ValueError):
+    """The body is a JSON object, but one we cannot use: it is kept aside with a 202 under
+    `reason` (HighLevel would retry a 4xx for hours), not refused as not JSON."""
+
+    reason = "unusable"
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class NumberOutOfRangeError(UnusableJSONError):
+    """A number beyond a 64-bit float (1e400) or an integer too long to convert (over
+    4,300 digits)."""
+
+    reason = "number_out_of_range"
+
+
+class NestedTooDeeplyError(UnusableJSONError):
+    """Arrays and objects nested more than MAX_NESTING levels deep."""
+
+    reason = "nested_too_deeply"
+
+
+MAX_NESTING = 128
+"""The deepest nesting of objects and arrays a body may have (its own braces are level 1).
+
+HighLevel's payloads nest three levels deep. The bound is the same for the webhook,
+`import` and `quarantine retry`, and keeps every stored payload within what each reader
+decodes alike: pydantic-core stops at about 200 levels, and Python's `json` at the
+interpreter's recursion limit less the caller's own stack, which differs from one code
+path to another (a payload stored through one path once stopped the projection worker,
+which could not decode it)."""
+
+
+def _nested_too_deeply() -> NestedTooDeeplyError:
+    return NestedTooDeeplyError(
+        f"the body nests objects and arrays more than {MAX_NESTING} levels deep"
+    )
+
+
+def _nests_deeper(document: dict[str, Any], text: str) -> bool:
+    """Whether `document` nests deeper than MAX_NESTING (walked without recursion; the
+    bracket count spares nearly every body the walk)."""
+    if text.count("{") + text.count("[") <= MAX_NESTING:
+        return False
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -317,7 +363,9 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
             f" at line {error.lineno} column {error.colno}"
         ) from None
     except RecursionError:
-        raise NotJSONError("the body is nested too deeply") from None
+        if not text.lstrip().startswith("{"):
+            raise NotJSONError("the body is not a JSON object (and nests too deeply)") from None
+        raise _nested_too_deeply() from None
     except ValueError as error:
         if "digits" not in str(error):
             raise NotJSONError(f"the body is not valid JSON: {error}") from None
@@ -326,6 +374,8 @@ def parse_json_object(raw: bytes) -> tuple[dict[str, Any], str]:
             f"the body contains an integer of more than {limit:,} digits"
         ) from None
     if isinstance(document, dict):
+        if _nests_deeper(document, text):
+            raise _nested_too_deeply()
         return document, text
     if document is None:
         raise NotJSONError("the body is JSON null, not an object")

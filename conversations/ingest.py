@@ -31,7 +31,7 @@ from conversations.encodings import (
 from conversations.events import (
     NewEvent,
     NotJSONError,
-    NumberOutOfRangeError,
+    UnusableJSONError,
     message_event,
     parse_json_object,
     to_new_event,
@@ -278,8 +278,8 @@ class Ingestor:
 
 @dataclass(frozen=True)
 class Rejection:
-    """Why a body cannot become an event: `not_json`, `number_out_of_range`, or a
-    PayloadError reason."""
+    """Why a body cannot become an event: `not_json`, an UnusableJSONError's reason, or
+    a PayloadError reason."""
 
     reason: str
     detail: str
@@ -318,8 +318,8 @@ def prepare(raw: bytes, source: Source, verification: Verification | None) -> Ne
         document, raw_text = parse_json_object(raw)
     except NotJSONError as error:
         return Rejection("not_json", error.detail)
-    except NumberOutOfRangeError as error:
-        return Rejection("number_out_of_range", error.detail)
+    except UnusableJSONError as error:
+        return Rejection(error.reason, error.detail)
     metadata = _metadata(verification, document, source)
     fields = plain_message_fields(document)
     if fields is not None:  # nearly every webhook: a message checked without pydantic

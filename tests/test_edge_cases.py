@@ -5,20 +5,27 @@ where the fix goes. A strict xfail that starts passing fails the suite: drop its
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
 import sqlalchemy
 
+from conversations.database import create_async_engine
+from conversations.events import MAX_NESTING
+from conversations.ingest import Rejection, prepare
 from conversations.payloads import MAX_ID_BYTES
+from conversations.store import append_events
 from tests.api_support import Reader, make_key, post_all, wait_folded
 from tests.conftest import start_server
 from tests.helpers import KeyPair, Server, message, new_id
+from tests.test_store import new_event
 
 
 def test_dates_before_the_year_1000_are_valid_iso_8601(
@@ -260,3 +267,71 @@ def test_numbers_given_as_text_are_spelled_as_json_spells_them(
     assert response.status_code == status, response.text
     if status == 202:
         assert response.json()["reason"] == "invalid_field", response.text
+
+
+def _nested(depth: int, **fields: object) -> bytes:
+    """A message whose `x` nests arrays so that the body is `depth` levels deep."""
+    inner = "[" * (depth - 1) + "]" * (depth - 1)
+    return json.dumps(message(x=0, **fields)).encode().replace(b'"x": 0', f'"x": {inner}'.encode())
+
+
+@pytest.mark.parametrize(
+    ("depth", "status"), [(MAX_NESTING, 201), (MAX_NESTING + 1, 202), (5_000, 202)]
+)
+def test_one_nesting_bound_for_every_body(server: Server, depth: int, status: int) -> None:
+    """Deeper than MAX_NESTING is an object we cannot use (202, kept), whatever the depth
+    and whichever way it comes in: the webhook, `import` and `quarantine retry` share
+    `prepare`, which no longer depends on how deep the caller's own stack is."""
+    raw = _nested(depth)
+    response = server.post(raw)
+    assert response.status_code == status, response.text
+    prepared = prepare(raw, "import", None)
+    if status == 202:
+        assert response.json()["reason"] == "nested_too_deeply"
+        assert f"more than {MAX_NESTING} levels" in response.json()["detail"]
+        assert isinstance(prepared, Rejection) and prepared.reason == "nested_too_deeply"
+    else:
+        assert not isinstance(prepared, Rejection)
+
+
+def test_a_deep_array_is_still_not_an_object(server: Server) -> None:
+    response = server.post(b"[" * 5_000 + b"]" * 5_000)
+    assert response.status_code == 400, response.text
+    assert "not a JSON object" in response.json()["detail"]
+
+
+def test_a_payload_stored_too_deep_to_decode_does_not_hold_the_projections_back(
+    server: Server, engine: sqlalchemy.Engine, database_url: str
+) -> None:
+    """A database written before ingest bounded nesting may hold a payload Python cannot
+    decode (`import` stored ~970 levels). Its event is left out of the projections (as
+    any payload they cannot use), and every event after it is folded."""
+    location = new_id("loc")
+    deep = _nested(3_000, locationId=location)
+    event = replace(
+        new_event(message(locationId=location)),
+        payload_json=deep.decode(),
+        raw=deep,
+        payload_is_raw=True,
+        dedup_key=f"deep:{new_id()}",
+    )
+
+    async def store() -> None:
+        writer = create_async_engine(database_url, pool_size=1, timeout=10)
+        try:
+            async with writer.begin() as conn:
+                await append_events(conn, [event])
+        finally:
+            await writer.dispose()
+
+    asyncio.run(store())
+    later = message(locationId=location)
+    post_all(server, [later])
+    wait_folded(engine)
+    reader = Reader(server, make_key(engine, location))
+    assert reader.json(f"/conversations/messages/{later['messageId']}")["id"] == later["messageId"]
+    with engine.connect() as conn:
+        failures = conn.scalar(
+            sqlalchemy.text("SELECT count(*) FROM projection_checkpoints WHERE failure IS NOT NULL")
+        )
+    assert failures == 0
