@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from conversations.payloads import MAX_ID_BYTES
+from conversations.payloads import MAX_ID_BYTES, nameable_location
 from conversations.schema import metadata
 
 if TYPE_CHECKING:
@@ -99,8 +99,9 @@ def create_key(
     if not all_locations and not [loc for loc in locations if loc.strip()]:
         raise ValueError("a key needs at least one location, or all locations")
     for location in locations:  # one no event can have would make a key that sees nothing
-        if len(location.strip().encode("utf-8", "surrogatepass")) > MAX_ID_BYTES or not (
-            location.isprintable()
+        name = location.strip()
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES or not (
+            nameable_location(name)
         ):
             raise ValueError(
                 f"location {location[:40]!r}: not a location id (longer than "

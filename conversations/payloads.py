@@ -437,6 +437,19 @@ def _check_id_values(document: dict[str, Any]) -> None:
         if "\x00" in value or (not value.isascii() and _UNSTORABLE.search(value)):
             message = "contains a NUL character or an unpaired surrogate, which no id can hold"
             raise _field_error("invalid_field", field, message)
+    location = document.get("locationId")
+    if isinstance(location, str) and location.strip() and not nameable_location(location):
+        message = (
+            "has whitespace at an end or a character that is not printable: no API key could"
+            " name this location"
+        )
+        raise _field_error("invalid_field", "locationId", message)
+
+
+def nameable_location(location: str) -> bool:
+    """Whether an API key can name `location` (`keys create --location`): events stored
+    under any other location id would be readable by no location-scoped key."""
+    return location.isprintable() and location == location.strip()
 
 
 _PYDANTIC_MESSAGES: dict[str, str] = {
