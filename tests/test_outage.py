@@ -298,15 +298,15 @@ def test_hung_database_is_answered_in_bounded_time(
 
     def request(client: httpx.Client, what: str) -> tuple[int, float, httpx.Response]:
         started = time.monotonic()
-        if what == "readyz":
-            response = client.get(f"{server.url}/readyz")
+        if what in ("readyz", "metrics"):
+            response = client.get(f"{server.url}/{what}")
         else:
             raw = {"good": good, "unusable": unusable, "not_json": not_json}[what]
             headers = {"Content-Type": "application/json", **server.keys.headers(raw)}
             response = client.post(f"{server.url}/webhooks/highlevel", content=raw, headers=headers)
         return response.status_code, time.monotonic() - started, response
 
-    paths = ["good", "unusable", "not_json", "readyz"]
+    paths = ["good", "unusable", "not_json", "readyz", "metrics"]
     proxy.stall()
     try:
         answers = dict(zip(paths, in_parallel(request, paths), strict=True))
@@ -314,6 +314,12 @@ def test_hung_database_is_answered_in_bounded_time(
             assert client.get(f"{server.url}/healthz").status_code == 200
     finally:
         proxy.flow()
+    # A scrape still gets every counter (the outage's included), with the gauge at 0.
+    status, seconds, scraped = answers.pop("metrics")
+    assert status == 200, scraped.text
+    assert seconds < DB_TIMEOUT + SLACK, f"metrics took {seconds:.2f} s"
+    assert "\nconversations_database_reachable 0\n" in scraped.text
+    assert "conversations_webhooks_total{" in scraped.text
     for what, (status, seconds, response) in answers.items():
         assert status == 503, (what, response.text)
         assert seconds < DB_TIMEOUT + SLACK, f"{what} took {seconds:.2f} s"

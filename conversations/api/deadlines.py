@@ -7,7 +7,9 @@ long as the socket lives. So a read that has not started its answer within
 (psycopg would then spend up to 10 s cancelling the query on the server) but left to
 finish or fail, and its late answer, or error, goes nowhere. The server goes on with the
 connection's next request as soon as the 503 is sent. Webhooks bound their own waits
-(the writer, the quarantine); the live event stream never ends by design.
+(the writer, the quarantine), and so do `/readyz` and `/metrics`, which answer a hung
+database themselves (not ready; a scrape with `conversations_database_reachable 0` and
+every counter, which a 503 would lose); the live event stream never ends by design.
 
 A timer, not a task per request (`deadline.within`): every read pays for this, and a
 task with `wait_for` and `shield` around it cost about three times as much CPU.
@@ -21,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conversations.api.problems import unavailable_response
 
-UNBOUNDED = frozenset({"/webhooks/highlevel", "/webhooks/highlevel/", "/events/stream"})
+UNBOUNDED = frozenset(
+    {"/webhooks/highlevel", "/webhooks/highlevel/", "/events/stream", "/metrics", "/readyz"}
+)
 
 # The loop keeps only weak references to tasks: this keeps the 503s being sent alive.
 _answering: set[asyncio.Task[None]] = set()
