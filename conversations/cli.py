@@ -338,7 +338,8 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
 
 HTTP_SERVER: dict[str, Any] = {
     "loop": "uvloop",
-    "http": "httptools",
+    "http": "conversations.api.protocol:Http11Protocol",  # httptools, upgrade offers ignored
+    "ws": "none",
     "access_log": False,
     "server_header": False,
 }

@@ -1,0 +1,71 @@
+"""The HTTP/1.1 protocol `serve` runs under uvicorn: httptools', with upgrade offers ignored.
+
+A client may offer to switch protocols on any request (`Connection: Upgrade`, `Upgrade:
+h2c`: curl `--http2`, Java's RestClient and Ktor do so by default on `http://` URLs), and
+a server that does not switch answers the request as if the offer had not been made (RFC
+9110 7.8). llhttp ends such a request at its headers and leaves the body unread, and
+uvicorn then serves the request with an empty body (uvicorn#2722, httptools#124): a
+webhook delivered that way was kept as "the body is empty", its payload lost, and the
+connection answered nothing more. Here the request is replayed to a fresh parser without
+the offer, so its body is read as HTTP/1.1 frames it (Content-Length or chunked), and the
+requests after it on the connection are served as usual. Nothing is ever upgraded: the
+service has no WebSocket endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class Http11Protocol(HttpToolsProtocol):
+    _offered_upgrade = False
+    """The request being parsed offers an upgrade: it is replayed without the offer."""
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._replay(data[upgrade.args[0] :])
+
+    def on_headers_complete(self) -> None:
+        if self.parser.should_upgrade():
+            self._offered_upgrade = True  # answered once replayed (`_replay`)
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._offered_upgrade:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._offered_upgrade:
+            super().on_message_complete()
+
+    def _replay(self, rest: bytes) -> None:
+        """Parse the request again from its start, without the upgrade offer, then what
+        followed its headers (`rest`): its body and whatever comes after it."""
+        self._offered_upgrade = False
+        version = self.parser.get_http_version().encode("ascii")
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/", version, b"\r\n"]
+        for name, value in self.headers:
+            if name == b"upgrade":
+                continue
+            if name == b"connection":
+                tokens = [t.strip() for t in value.split(b",")]
+                value = b", ".join(t for t in tokens if t and t.lower() != b"upgrade")
+                if not value:
+                    continue
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # as uvicorn sets up its parser
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.data_received(b"".join(head) + rest)

@@ -1,0 +1,113 @@
+"""Requests that offer a protocol upgrade (`Connection: Upgrade`, `Upgrade: h2c`, as curl
+`--http2`, Java's RestClient and Ktor send on `http://` URLs) are answered as if the offer
+had not been made: the webhook's body is read and stored, and the connection goes on
+serving the requests after it. Spoken over raw sockets, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import sqlalchemy
+
+from tests.helpers import Server, message
+from tests.test_webhooks import only_event
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def exchange(server: Server, segments: list[bytes], answers: int) -> list[Answer]:
+    """Send `segments` on one connection, a moment apart (so the server reads them one by
+    one), and read `answers` responses."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for segment in segments:
+            sock.sendall(segment)
+            time.sleep(0.05)
+        received, parsed = b"", []
+        while len(parsed) < answers:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {parsed} in {received!r}"
+            received += chunk
+            while (answer := _response(received)) is not None:
+                length, status, headers, body = answer
+                parsed.append((status, headers, body))
+                received = received[length:]
+    return parsed
+
+
+def _response(data: bytes) -> tuple[int, int, dict[str, str], bytes] | None:
+    """The first whole response in `data` (length, status, headers, body), or None."""
+    head, found, rest = data.partition(b"\r\n\r\n")
+    if not found:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    size = int(headers.get("content-length", "0"))
+    if len(rest) < size:
+        return None
+    return len(head) + 4 + size, int(lines[0].split()[1]), headers, rest[:size]
+
+
+def webhook(server: Server, body: bytes, *, offer: str, chunked: bool = False) -> bytes:
+    """A signed webhook request head offering an upgrade to `offer`, then its body."""
+    signature = server.keys.headers(body)["X-GHL-Signature"]
+    framing = "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(body)}\r\n"
+    head = (
+        "POST /webhooks/highlevel HTTP/1.1\r\nHost: hooks.example\r\n"
+        f"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: {offer}\r\n"
+        "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nContent-Type: application/json\r\n"
+        f"X-GHL-Signature: {signature}\r\n{framing}\r\n"
+    ).encode()
+    if not chunked:
+        return head + body
+    half = len(body) // 2
+    return (
+        head
+        + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
+        + b"0\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize("offer", ["h2c", "websocket"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-segment", "segments"])
+def test_a_webhook_offering_an_upgrade_is_stored_as_sent(
+    server: Server, engine: sqlalchemy.Engine, offer: str, chunked: bool, split: bool
+) -> None:
+    document = message()
+    body = json.dumps(document).encode()
+    request = webhook(server, body, offer=offer, chunked=chunked)
+    headers_end = request.index(b"\r\n\r\n") + 4
+    segments = (
+        [request[: headers_end + 10], request[headers_end + 10 : -20], request[-20:]]
+        if split
+        else [request]
+    )
+
+    [(status, headers, answer)] = exchange(server, segments, 1)
+
+    assert status == 201, answer
+    assert "upgrade" not in headers
+    stored = only_event(engine, document["locationId"])
+    assert json.loads(answer)["position"] == stored["position"]
+    assert bytes(stored["raw"]) == body
+
+
+def test_requests_after_an_upgrade_offer_on_the_connection_are_served(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """Pipelined: the offering webhook, a GET offering an upgrade too, then a plain GET."""
+    document = message()
+    body = json.dumps(document).encode()
+    get_offering = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    )
+    plain_get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    answers = exchange(server, [webhook(server, body, offer="h2c") + get_offering + plain_get], 3)
+
+    assert [status for status, _, _ in answers] == [201, 200, 200], answers
+    assert bytes(only_event(engine, document["locationId"])["raw"]) == body
