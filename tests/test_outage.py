@@ -418,6 +418,42 @@ def test_reads_answer_503_while_the_database_is_cut_then_recover(
             assert answer.status_code in (200, 404), answer.text
 
 
+def test_an_outage_is_logged_going_and_coming_back_not_at_every_retry(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
+    """Five seconds cut, with reads and webhooks meanwhile: the page cache says once that
+    it is off and once that it is on again; the connection pools' warnings at every
+    failed reconnection stay at debug level."""
+    proxy, server = outage.proxy, outage.server
+    _, headers, paths = readable(engine)
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        deadline = time.monotonic() + 15  # an earlier test's outage may not be over for it
+        while (
+            "\nconversations_read_cache_serving 1\n" not in client.get(f"{server.url}/metrics").text
+        ):
+            assert time.monotonic() < deadline, "the page cache did not come back"
+            time.sleep(0.2)
+        seen = len(server.lines)
+        proxy.cut()
+        try:
+            until = time.monotonic() + 5
+            while time.monotonic() < until:
+                client.get(f"{server.url}{paths[0]}", headers=headers)
+                send(client, server, json.dumps(message()).encode())
+                time.sleep(0.2)
+        finally:
+            proxy.restore()
+        deadline = time.monotonic() + 15
+        while not any("page cache on again" in line for line in list(server.lines)[seen:]):
+            assert time.monotonic() < deadline, "".join(list(server.lines)[seen:])
+            client.get(f"{server.url}{paths[0]}", headers=headers)
+            time.sleep(0.2)
+    logged = list(server.lines)[seen:]
+    assert not [line for line in logged if "psycopg.pool" in line], logged
+    assert len([line for line in logged if "page cache off" in line]) == 1, logged
+    assert len([line for line in logged if "page cache on again" in line]) == 1, logged
+
+
 def test_reads_on_a_hung_database_are_answered_in_bounded_time(
     outage: Outage, engine: sqlalchemy.Engine
 ) -> None:

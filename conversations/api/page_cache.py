@@ -86,6 +86,8 @@ class ProjectionChanges:
         self._counts: dict[str, int] = {}
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._off_since: float | None = None
+        """When the cache went off (None while it is on): `_off` logs the first time only."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._keep_listening(), name="page-cache-listener")
@@ -121,11 +123,14 @@ class ProjectionChanges:
             try:
                 conn = await asyncio.to_thread(self._connect)
             except psycopg.Error as error:
-                log.warning("page cache off: cannot listen for projection changes: %s", error)
+                self._off(f"cannot listen for projection changes: {error}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
+            if self._off_since is not None:
+                log.warning("page cache on again: listening for projection changes")
+                self._off_since = None
             self._epoch += 1  # what was missed while not listening cannot match any more
             self._lost.clear()
             self._conn, self._fd = conn, conn.fileno()
@@ -183,8 +188,18 @@ class ProjectionChanges:
             self._lose(str(error))
 
     def _lose(self, reason: str) -> None:
-        log.warning("page cache off until its listener reconnects: %s", reason)
+        self._off(f"until its listener reconnects: {reason}")
         self._drop()
+
+    def _off(self, why: str) -> None:
+        """One warning when the cache goes off, not one per reconnection attempt (an
+        outage would log one every few seconds); `_keep_listening` says when it is on
+        again."""
+        if self._off_since is None:
+            self._off_since = time.monotonic()
+            log.warning("page cache off %s", why)
+        else:
+            log.debug("page cache still off %s", why)
 
     def _changed(self, locations: list[str] | None) -> None:
         self._any += 1
