@@ -112,6 +112,61 @@ def test_a_preflight_is_answered_for_a_configured_origin(browser_server: Server)
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "authorization, version",  # HighLevel's SDKs send `Version` on every call
+        "authorization, content-type, version, x-sdk-version",  # the JS SDK's defaults
+        "Authorization, Version, GHL-SDK-Version, Accept",  # the Python SDK's
+    ],
+)
+def test_a_preflight_allows_the_headers_highlevel_clients_send(
+    browser_server: Server, requested: str
+) -> None:
+    response = httpx.options(
+        f"{browser_server.url}/conversations/search",
+        headers={
+            "Origin": APP,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": requested,
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == APP
+    allowed = {
+        h.strip() for h in response.headers["access-control-allow-headers"].lower().split(",")
+    }
+    assert {h.strip().lower() for h in requested.split(",")} <= allowed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({"Origin": "https://evil.example.com", "Access-Control-Request-Method": "GET"}, "origin"),
+        ({"Origin": APP, "Access-Control-Request-Method": "DELETE"}, "DELETE"),
+        (
+            {
+                "Origin": APP,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization, x-custom",
+            },
+            "x-custom",
+        ),
+    ],
+    ids=["origin", "method", "header"],
+)
+def test_a_refused_preflight_is_a_problem_document(
+    browser_server: Server, headers: dict[str, str], named: str
+) -> None:
+    response = httpx.options(f"{browser_server.url}/conversations/search", headers=headers)
+    document = assert_problem(response, 400)
+    assert named in document["detail"], document
+    if headers["Origin"] != APP:
+        assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.e2e
 def test_another_origin_gets_no_cors(browser_server: Server, engine: sqlalchemy.Engine) -> None:
     key = make_key(engine, new_id("loc"))
     response = httpx.get(

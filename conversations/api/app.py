@@ -11,10 +11,12 @@ import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +30,7 @@ from conversations.api.problems import (
     DATABASE_AWAY,
     database_away,
     http_exception,
+    problem_response,
     server_error,
 )
 from conversations.api.state import AppState
@@ -143,27 +146,83 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
     return app
 
 
+CORS_HEADERS = (
+    "Authorization",
+    "Accept",
+    "Cache-Control",
+    "Last-Event-ID",
+    # HighLevel's SDKs send these on every call (the JS one `X-SDK-Version`, the Python
+    # one `GHL-SDK-Version`): a page written against HighLevel would otherwise be refused.
+    "Version",
+    "X-SDK-Version",
+    "GHL-SDK-Version",
+)
+"""Request headers a preflight allows, beyond the CORS-safelisted ones (`Content-Type`,
+`Accept-Language`, ...), which Starlette allows anyway."""
+
+
 def cors(settings: Settings) -> list[Middleware]:
     """CORS for browser pages on `CONVERSATIONS_CORS_ORIGINS` (none when unset).
 
     Keys are bearer tokens (a header, or `access_token` for EventSource), never cookies,
     so credentials are not allowed and `*` exposes nothing a page could not read with a
-    key it holds anyway. Preflights are answered for reads with the headers the API and
-    EventSource use; inside RequestLog, so preflights are logged too.
+    key it holds anyway. Preflights are answered for reads with the headers the API,
+    EventSource and HighLevel's SDKs use; inside RequestLog, so preflights are logged too.
     """
     if not settings.cors_origins:
         return []
     return [
         Middleware(
-            CORSMiddleware,
+            ProblemCORS,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "HEAD"],
-            allow_headers=["Authorization", "Last-Event-ID", "Accept", "Cache-Control"],
+            allow_headers=list(CORS_HEADERS),
             expose_headers=["Retry-After", "WWW-Authenticate"],
             allow_credentials=False,
             max_age=600,
         )
     ]
+
+
+class ProblemCORS(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as every other error is: a
+    problem document saying what was refused (Starlette's is a bare `text/plain` line)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        kept = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-type", "content-length")
+        }
+        return problem_response(
+            400,
+            "cors_refused",
+            "CORS preflight refused",
+            self._refusal(request_headers),
+            headers=kept,
+        )
+
+    def _refusal(self, request_headers: Headers) -> str:
+        """Which of the origin, method and headers asked for are not allowed."""
+        reasons = []
+        origin = request_headers["origin"]
+        if not self.is_allowed_origin(origin):
+            reasons.append(f"origin {origin!r} is not one of CONVERSATIONS_CORS_ORIGINS")
+        method = request_headers["access-control-request-method"]
+        if method not in self.allow_methods:
+            reasons.append(f"method {method!r} is not allowed (only GET and HEAD)")
+        requested = request_headers.get("access-control-request-headers") or ""
+        names = [name.strip().lower() for name in requested.split(",")]
+        refused = [name for name in names if name not in self.allow_headers]
+        if refused:
+            allowed = ", ".join(self.allow_headers)
+            reasons.append(f"headers {', '.join(map(repr, refused))} are not allowed ({allowed})")
+        if not reasons:  # what else Starlette refuses (a private-network request)
+            reasons.append("the request is not allowed from a browser on another origin")
+        return "; ".join(reasons) + "."
 
 
 def projection_worker(database_url: str) -> Supervisor:
