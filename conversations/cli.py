@@ -232,7 +232,8 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
                 print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")
                 for key in keys.list_keys(conn):
                     where = "(all locations)" if key.all_locations else ", ".join(key.locations)
-                    label, where = escape_controls(key.label or ""), escape_controls(where)
+                    label = escape_controls(key.label or "", keep="")
+                    where = escape_controls(where, keep="")
                     revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
                     print(
                         f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<25}"

@@ -219,21 +219,28 @@ def _print_body(row: Row[Any]) -> None:
     print(escaped)
 
 
-_CONTROL = re.compile(r"[^\n\t\x20-\x7e]")
+_NOT_PLAIN = re.compile(r"[^\x20-\x7e]")
+_ESCAPED = frozenset({"Cc", "Cf", "Zl", "Zp"})
+"""Control and format characters (escape sequences, bidi overrides) and the Unicode line
+and paragraph separators: what can drive a terminal or start a line of its own."""
 
 
-def escape_controls(shown: str) -> str:
-    """A body from the internet must not drive the operator's terminal: control
-    characters (escape sequences) are shown as \\xNN / \\uNNNN."""
+def escape_controls(shown: str, *, keep: str = "\n\t") -> str:
+    """Text from the internet (a body, a label) must not drive the operator's terminal
+    nor fake lines of output: control, format and line-separator characters are shown as
+    \\xNN / \\uNNNN / \\UNNNNNNNN, but for those in `keep` (a body shown over several lines
+    keeps its newlines and tabs; a table cell passes `keep=""`, so each row is one line)."""
 
     def escape(match: re.Match[str]) -> str:
         char = match.group()
-        if unicodedata.category(char) not in ("Cc", "Cf"):
+        if char in keep or unicodedata.category(char) not in _ESCAPED:
             return char
         code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+        if code < 0x100:
+            return f"\\x{code:02x}"
+        return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
-    return _CONTROL.sub(escape, shown)
+    return _NOT_PLAIN.sub(escape, shown)
 
 
 def hex_dump(data: bytes) -> list[str]:

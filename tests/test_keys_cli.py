@@ -215,6 +215,33 @@ def test_list_does_not_let_a_label_drive_the_terminal(cli: Cli) -> None:
     assert "\x1b" not in line and "\\x1b[31mred" in line
 
 
+@pytest.mark.parametrize(
+    ("label", "shown"),
+    [
+        ("a\nfake row", "a\\x0afake row"),
+        ("tab\there", "tab\\x09here"),
+        ("line\u2028sep", "line\\u2028sep"),  # Zl
+        ("para\u2029sep", "para\\u2029sep"),  # Zp
+        ("next\x85line", "next\\x85line"),  # Cc beyond ASCII
+        ("\u202eright-to-left", "\\u202eright-to-left"),  # Cf: a bidi override
+    ],
+)
+def test_list_shows_a_label_on_its_own_line_whatever_it_holds(
+    cli: Cli, label: str, shown: str
+) -> None:
+    """A label cannot fake a row: every line separator, tab and format character in it is
+    escaped, so each key is one line."""
+    key = cli.create("--all-locations", "--label", label)
+    listing = cli("keys", "list")
+    assert listing.status == 0, listing.err
+    mine = [line for line in listing.out.splitlines() if parts(key)[0] in line]
+    assert len(mine) == 1, listing.out
+    assert shown in mine[0]
+    for char in label:
+        if not char.isprintable() and char != "\n":  # "\n" ends each line
+            assert char not in listing.out
+
+
 def test_comma_separated_locations_are_several_locations(
     cli: Cli, server: Server, locations: tuple[str, str, str]
 ) -> None:
