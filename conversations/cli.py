@@ -240,7 +240,7 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
                         f" {revoked:<25} {label:<16} {where}"
                     )
             elif not keys.revoke_key(conn, args.key):
-                print(f"conversations: no live key {args.key!r}", file=sys.stderr)
+                print(f"conversations: no live key {keys.shown(args.key)}", file=sys.stderr)
                 return 1
     except ValueError as error:
         print(f"conversations: {error}", file=sys.stderr)

@@ -136,6 +136,22 @@ def list_keys(conn: Connection) -> list[KeyInfo]:
     ]
 
 
+def shown(key: str) -> str:
+    """What a message may show of `key`, a key id or a whole key given on the command
+    line: only a key id, never a secret (a terminal's scrollback and a log collecting
+    stderr keep it). Anything else, perhaps a key mistyped or pasted with more around it,
+    is not shown at all."""
+    parts = _split(key)
+    key_id = parts[0] if parts else key.strip()
+    if key_id.isascii() and key_id.isalnum() and len(key_id) <= _SHOWN_ID_CHARS:
+        return f"with id {key_id!r}"
+    return "matching the argument (not shown: neither a key id nor a whole key)"
+
+
+_SHOWN_ID_CHARS = 16
+"""Key ids are 12 characters; a longer word may be a secret (43 characters)."""
+
+
 def revoke_key(conn: Connection, key: str) -> bool:
     """Revoke by key id (or by the whole key); False if there is no such live key."""
     parts = _split(key)

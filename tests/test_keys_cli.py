@@ -178,6 +178,25 @@ def test_revoke_by_the_whole_key_works_too(
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("given", ["{key}", " {key}\n", "Bearer {key}", "{key}x", "cvk-{secret}"])
+def test_revoke_never_echoes_a_secret(
+    cli: Cli, locations: tuple[str, str, str], given: str
+) -> None:
+    """A key revoked already (or mistyped) is refused without the secret reaching the
+    terminal, its scrollback or a log collecting stderr: only the key id is named."""
+    key = cli.create("--location", locations[0])
+    key_id, secret = parts(key)
+    assert cli("keys", "revoke", key_id).status == 0
+    again = cli("keys", "revoke", given.format(key=key, secret=secret))
+    assert again.status == 1
+    assert again.out == ""
+    assert secret not in again.err and secret[:8] not in again.err, again.err
+    message = again.err.splitlines()[-1]
+    assert message.startswith("conversations: no live key"), again.err
+    if given.strip().startswith("cvk_"):  # a whole key: named by its id
+        assert f"with id '{key_id}'" in message, again.err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
