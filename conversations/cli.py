@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from conversations import __version__
 from conversations.database import (
@@ -21,6 +21,9 @@ from conversations.database import (
     open_database,
 )
 from conversations.settings import MAX_PORT, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from conversations.keys import KeyInfo
 
 log = logging.getLogger("conversations.cli")
 
@@ -227,18 +230,7 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
                     conn, locations, all_locations=args.all_locations, label=args.label
                 )
             elif args.action == "list":
-                from conversations.quarantine import escape_controls
-
-                print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")
-                for key in keys.list_keys(conn):
-                    where = "(all locations)" if key.all_locations else ", ".join(key.locations)
-                    label = escape_controls(key.label or "", keep="")
-                    where = escape_controls(where, keep="")
-                    revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
-                    print(
-                        f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<25}"
-                        f" {revoked:<25} {label:<16} {where}"
-                    )
+                _print_keys(keys.list_keys(conn))
             elif not keys.revoke_key(conn, args.key):
                 print(f"conversations: no live key {keys.shown(args.key)}", file=sys.stderr)
                 return 1
@@ -250,6 +242,23 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
     if created:  # only once it is committed
         print(created)
     return 0
+
+
+def _print_keys(found: Sequence[KeyInfo]) -> None:
+    """The `keys list` table; printed once the query succeeded, so a database that fails
+    it (no schema, gone) leaves stdout empty rather than a header above the error."""
+    from conversations.quarantine import escape_controls
+
+    print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")
+    for key in found:
+        where = "(all locations)" if key.all_locations else ", ".join(key.locations)
+        label = escape_controls(key.label or "", keep="")
+        where = escape_controls(where, keep="")
+        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
+        print(
+            f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<25}"
+            f" {revoked:<25} {label:<16} {where}"
+        )
 
 
 def _import(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:

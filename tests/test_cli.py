@@ -49,6 +49,7 @@ def conversations(
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
     assert result.returncode == 2, result.stderr
+    assert result.stdout == "", result.stdout  # no table header, no partial output
     assert "Traceback" not in result.stderr, result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("conversations: "), result.stderr
