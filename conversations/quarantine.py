@@ -142,6 +142,7 @@ def _print_list(rows: Sequence[Row[Any]], count: int, everything: bool) -> None:
 
 
 def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    rows = [[_cell(value) for value in row] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return [
         "  ".join(
@@ -150,6 +151,18 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
         ).rstrip()
         for row in [header, *rows]
     ]
+
+
+_CELL_CHARS = 40
+"""The widest a table cell is shown: a location id from the internet can be 512 bytes
+(more in a body that failed for it), which would pad every line of the table."""
+
+
+def _cell(value: str) -> str:
+    """`value` on one line (escaped: a body's text must not fake rows), cut to
+    `_CELL_CHARS` with an ellipsis; `show ID` has it whole."""
+    value = escape_controls(value, keep="")
+    return value if len(value) <= _CELL_CHARS else value[: _CELL_CHARS - 1] + "…"
 
 
 def _time(moment: datetime | None) -> str:

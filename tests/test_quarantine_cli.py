@@ -426,6 +426,38 @@ def test_list_shows_pending_bodies_newest_first(
     assert limited.out.splitlines()[-1] == "2 of 3 pending bodies shown (--limit N for more)"
 
 
+def test_list_caps_a_long_value_and_show_gives_it_whole(
+    fresh_cli: Run, fresh_engine: sqlalchemy.Engine
+) -> None:
+    """A body from the internet can name a 600-byte location: the table shows its start
+    (every other line keeps its width), `show ID` all of it; and no cell spans lines."""
+    short = keep(fresh_engine, b'{"a": 1}', "unknown_type")
+    long = keep(fresh_engine, b'{"a": 2}', "unknown_type")
+    location = "L" * 600
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE quarantine SET location_id = :l WHERE id = :id"),
+            {"l": location, "id": long},
+        )
+        conn.execute(
+            text("UPDATE quarantine SET location_id = :l WHERE id = :id"),
+            {"l": "loc\nfake\u2028row", "id": short},
+        )
+
+    listing = fresh_cli("quarantine", "list")
+    shown = fresh_cli("quarantine", "show", str(long))
+
+    assert listing.status == 0
+    lines = listing.out.splitlines()
+    assert len(lines) == 4, listing.out  # the header, two rows, the count
+    assert max(len(line) for line in lines) < 150, listing.out
+    cells = lines[1].split()
+    assert cells[0] == str(long)
+    assert f" {'L' * 39}… " in lines[1]
+    assert "loc\\x0afake\\u2028row" in lines[2]
+    assert f"location: {location}\n" in shown.out
+
+
 def test_list_refuses_a_limit_below_1(fresh_cli: Run) -> None:
     result = fresh_cli("quarantine", "list", "--limit", "0")
     assert result.status == 2
