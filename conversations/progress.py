@@ -35,6 +35,9 @@ class Progress:
 
     `update_to` is cheap enough to call per item: it redraws at most every 0.1 s on a
     terminal and writes a line at most every 5 s elsewhere; `close` writes the last state.
+    A total passed is raised to what is done beyond it: a replay counts the events in the
+    store when it starts but folds those that arrive meanwhile too, and `3,234 of 2,772`
+    would read as a bug.
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class Progress:
 
     def update_to(self, done: int, items: int | None = None) -> None:
         self._done, self._items = done, items
+        if self._total is not None and done > self._total:
+            self._total = done
         now = time.monotonic()
         if now >= self._next:
             self._next = now + (_TTY_INTERVAL if self._tty else _PLAIN_INTERVAL)
