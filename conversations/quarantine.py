@@ -161,7 +161,7 @@ _CELL_CHARS = 40
 def _cell(value: str) -> str:
     """`value` on one line (escaped: a body's text must not fake rows), cut to
     `_CELL_CHARS` with an ellipsis; `show ID` has it whole."""
-    value = escape_controls(value, keep="")
+    value = _line(value)
     return value if len(value) <= _CELL_CHARS else value[: _CELL_CHARS - 1] + "…"
 
 
@@ -200,24 +200,27 @@ def show(url: str, db_timeout: float, qid: int) -> int:
 
 
 def _print_body(row: Row[Any]) -> None:
+    """Every field on its line; what the sender wrote (the location, the headers, the
+    detail and errors quoting the body) escaped like the body, so none drives the
+    terminal or fakes a line."""
     status = row.status
     if row.resolved_position is not None:
         status += f" (event at position {row.resolved_position}, {_time(row.resolved_at)})"
     print(f"id: {row.id}")
     print(f"status: {status}")
-    print(f"source: {_origin(row.source, row.headers)}")
+    print(f"source: {_line(_origin(row.source, row.headers))}")
     print(f"reason: {row.reason}")
-    print(f"detail: {row.detail}")
-    print(f"location: {row.location_id or '-'}")
+    print(f"detail: {_line(row.detail)}")
+    print(f"location: {_line(row.location_id or '-')}")
     print(f"attempts: {row.attempts}")
     print(f"received: {_time(row.received_at)} (first), {_time(row.last_received_at)} (last)")
     print(f"sha256: {row.body_sha256}")
     print("headers:" + ("" if row.headers else " none"))
     for name, value in row.headers.items():
-        print(f"  {name}: {value}")
+        print(f"  {_line(name)}: {_line(str(value))}")
     print("errors:" + ("" if row.errors else " none"))
     for error in row.errors:
-        print(f"  {json.dumps(error, ensure_ascii=False, sort_keys=True)}")
+        print(f"  {_line(json.dumps(error, ensure_ascii=False, sort_keys=True))}")
     body = bytes(row.body)
     try:
         shown = body.decode("utf-8")
@@ -254,6 +257,11 @@ def escape_controls(shown: str, *, keep: str = "\n\t") -> str:
         return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
     return _NOT_PLAIN.sub(escape, shown)
+
+
+def _line(text: str) -> str:
+    """`text` escaped onto one line."""
+    return escape_controls(text, keep="")
 
 
 def hex_dump(data: bytes) -> list[str]:

@@ -207,6 +207,30 @@ def test_show_keeps_the_terminal_safe_and_dumps_what_is_not_utf8(
     assert "00000000  ff fe " in dumped.out
 
 
+def test_show_escapes_what_came_from_the_internet_besides_the_body(
+    cli: Run, engine: sqlalchemy.Engine
+) -> None:
+    """The location, the detail (which may quote the body) and the headers kept are the
+    sender's text too: one line each, escapes escaped."""
+    qid = keep(
+        engine,
+        f'{{"b": "{new_id()}"}}'.encode(),
+        "unknown_type",
+        headers={"user-agent": "agent\x9b2J\u2028x"},
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE quarantine SET location_id = :l, detail = :d WHERE id = :id"),
+            {"l": "loc\x1b[31m", "d": "bad\nfake: line", "id": qid},
+        )
+    shown = cli("quarantine", "show", str(qid))
+    assert shown.status == 0
+    assert "location: loc\\x1b[31m\n" in shown.out
+    assert "detail: bad\\x0afake: line\n" in shown.out
+    assert "  user-agent: agent\\x9b2J\\u2028x\n" in shown.out
+    assert not {"\x1b", "\x9b", "\u2028"} & set(shown.out)
+
+
 # --- retry ------------------------------------------------------------------------------------
 
 
