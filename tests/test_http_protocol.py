@@ -111,3 +111,26 @@ def test_requests_after_an_upgrade_offer_on_the_connection_are_served(
 
     assert [status for status, _, _ in answers] == [201, 200, 200], answers
     assert bytes(only_event(engine, document["locationId"])["raw"]) == body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nhello\r\n0\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["length-and-chunked", "bad-chunk-size", "http2-preface", "negative-length"],
+)
+def test_a_request_that_is_not_http_1_1_gets_a_problem_document(
+    server: Server, request_bytes: bytes
+) -> None:
+    [(status, headers, body)] = exchange(server, [request_bytes], 1)
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["status"] == 400 and "not valid HTTP/1.1" in problem["detail"]

@@ -15,9 +15,12 @@ service has no WebSocket endpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from conversations.api.problems import PROBLEM_JSON
 
 
 class Http11Protocol(HttpToolsProtocol):
@@ -48,6 +51,29 @@ class Http11Protocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         if not self._offered_upgrade:
             super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser cannot read (malformed framing: Content-Length with
+        chunked, a bad chunk size, HTTP/2 spoken without an upgrade) is answered with a
+        problem document like every other error, then the connection is closed: nothing
+        after it on the connection can be framed."""
+        body = json.dumps(
+            {
+                "type": "urn:conversations:problem:bad_request",
+                "title": "Bad Request",
+                "status": 400,
+                "detail": f"The request is not valid HTTP/1.1: {msg}",
+            }
+        ).encode()
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:  # the date, as on every answer
+            head += [name, b": ", value, b"\r\n"]
+        head.append(
+            f"content-type: {PROBLEM_JSON}\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n".encode("ascii")
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def _replay(self, rest: bytes) -> None:
         """Parse the request again from its start, without the upgrade offer, then what
