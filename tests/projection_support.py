@@ -65,6 +65,33 @@ def hold_live(conn: sqlalchemy.Connection, projection: Projection) -> None:
     )
 
 
+def rows_read(conn: sqlalchemy.Connection, *tables: Table) -> int:
+    """How many rows of `tables` this transaction has read so far, by sequential scans
+    and by index scans (heap fetches): PostgreSQL's counters of the current transaction
+    (`pg_stat_xact_user_tables`), exact and not yet flushed to the shared statistics.
+
+    Call `prepare_to_count` first: a test's tables are small enough that the planner may
+    read one whole to find a few rows."""
+    read = conn.scalar(
+        text(
+            "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)"
+            " FROM pg_stat_xact_user_tables WHERE relid = ANY(CAST(:tables AS regclass[]))"
+        ),
+        {"tables": [t.name for t in tables]},
+    )
+    return int(read or 0)
+
+
+def prepare_to_count(conn: sqlalchemy.Connection, *tables: Table) -> None:
+    """Plan this transaction's statements as on tables too big to read whole: with
+    statistics of `tables`, and by index lookups (no sequential scans, no hash or merge
+    joins, which read a whole small table), so `rows_read` counts the rows they need."""
+    for table in tables:
+        conn.execute(text(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}"))
+    for method in ("seqscan", "hashjoin", "mergejoin"):
+        conn.execute(text(f"SET LOCAL enable_{method} = off"))
+
+
 def at(hour: int, minute: int = 0) -> str:
     """A `dateAdded` on 2025-03-04, as HighLevel writes it."""
     return f"2025-03-04T{hour:02d}:{minute:02d}:00.000Z"

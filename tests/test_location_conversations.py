@@ -21,6 +21,7 @@ from conversations.projections.location_conversations import (
     PROJECTION,
     ConversationSummary,
     conversation_flags,
+    conversation_messages,
     get,
     resolve,
     search,
@@ -34,7 +35,9 @@ from tests.projection_support import (
     at,
     hold_live,
     merge,
+    prepare_to_count,
     rebuild_in_one_pass,
+    rows_read,
     side_tables,
     table_rows,
     time,
@@ -131,6 +134,45 @@ def test_last_message_follows_the_newest_date_whatever_the_arrival_order(
     assert (found.message_count, found.first_message_at) == (4, time(8))
     assert found.channels == ("Call", "Email", "SMS", "WhatsApp")
     assert found.last_message_key == email["messageId"]
+
+
+@pytest.mark.parametrize("date_added", [at(7), ...], ids=["same-date", "no-date"])
+def test_a_tie_for_the_last_message_is_a_delta_whatever_the_conversation_holds(
+    engine: sqlalchemy.Engine, append: Append, date_added: Any
+) -> None:
+    # Every message of the conversation shares a date (or has none): the key decides
+    # which is last. A batch compares its messages with the stored last key instead of
+    # recomputing the conversation from every message it has (which slowed catch-up down
+    # as a conversation grew).
+    location, cnv, contact = new_id("loc"), new_id("cnv"), new_id("con")
+    common = {"locationId": location, "conversationId": cnv, "contactId": contact}
+    earlier = append(
+        [
+            message(**common, dateAdded=date_added, messageId=f"msg-{i}", body=f"body {i}")
+            for i in range(100, 300)
+        ]
+    )
+    fold(engine, earlier, [])
+    later = append(
+        [
+            message(**common, dateAdded=date_added, messageId="msg-999", body="newest"),
+            message(**common, dateAdded=date_added, messageId="msg-050", body="older"),
+        ]
+    )
+    with engine.begin() as conn:
+        hold_live(conn, PROJECTION)
+        prepare_to_count(conn, conversation_messages)
+        before = rows_read(conn, conversation_messages)
+        PROJECTION.apply(conn, EventBatch(later, later[-1].position), Tables())
+        read = rows_read(conn, conversation_messages) - before
+    assert read <= 10, f"{read} messages read to add 2 to a conversation of 200"
+
+    found = conversation(engine, location, cnv)
+    assert (found.last_message_key, found.last_message_preview) == ("msg-999", "newest")
+    assert found.message_count == 202
+    with side_tables(engine, PROJECTION) as one_pass:
+        rebuild_in_one_pass(engine, PROJECTION, one_pass, [*earlier, *later])
+        assert table_rows(engine, PROJECTION, one_pass, location) == rows(engine, location)
 
 
 def test_unread_updates_the_latest_timestamp_wins(

@@ -183,8 +183,8 @@ def _update_summaries(
 ) -> None:
     """The usual changes (a message joins a group; a message's status or preview changes)
     as exact deltas on the stored summary rows; any other (a message leaves a group or
-    changes its date or direction, a tie on the last message's date, a group without a
-    row yet) by recomputing the group from the ledger."""
+    changes its date or direction, a group without a row yet) by recomputing the group
+    from the ledger."""
     forced: set[Group] = set()
     left: set[Group] = set()  # groups a message leaves: only these can be left empty
     steps: list[tuple[Group, MessageKey, dict[str, Any] | None, dict[str, Any]]] = []
@@ -252,7 +252,7 @@ def _load_summaries_statement(summary: Table) -> Any:
 
 
 def _date_order(date: datetime | None) -> tuple[bool, datetime]:
-    """Newest first by date, a missing date lowest (the key breaks ties: not compared here)."""
+    """Newest first by date, a missing date lowest (the key breaks ties)."""
     return date is not None, date or _NO_TIME
 
 
@@ -267,9 +267,12 @@ def _apply_delta(
             row["last_preview"] = after["preview"]
         return True
     date = after["date_added"]
-    current, new = _date_order(row["last_message_at"]), _date_order(date)
-    if new == current:
-        return False  # a tie on the date: broken by the key in SQL
+    # Newest first by (date, key): the key compared as SQL's COLLATE "C" does, byte by
+    # byte in UTF-8, which is code point order, as Python compares strings. So a tie on
+    # the date (all the messages of a group may share one, or have none) is a delta too,
+    # not a recompute that reads the whole group.
+    current = (_date_order(row["last_message_at"]), row["last_message_key"])
+    new = (_date_order(date), key[1])
     row["message_count"] += 1
     row["inbound_count"] += after["direction"] == "inbound"
     row["outbound_count"] += after["direction"] == "outbound"

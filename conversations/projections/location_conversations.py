@@ -464,9 +464,8 @@ def _update_summaries(
     """Bring the summaries of everything that changed up to date: the usual changes (a new
     message, a new status or preview of a known one, new flags) as exact deltas on the
     stored rows (`_Delta`); any other (merges, a message that moves or changes its date,
-    channel or contact, ties on the last message's date) by recomputing the whole root
-    from the working tables. Rows of touched ids that are no longer roots or have nothing
-    left to show are deleted."""
+    channel or contact) by recomputing the whole root from the working tables. Rows of
+    touched ids that are no longer roots or have nothing left to show are deleted."""
     conversations = set(touched) | {key for key, _, _ in flags}
     for key, before, after in changes:
         for row in (before, after):
@@ -494,6 +493,7 @@ def _update_summaries(
     forced_roots = {root(*key) for key in forced}
     delta_roots = {r for r, *_ in steps} | {key for key, _, _ in own_flags}
     delta = _Delta(conn, tables.summary, delta_roots - forced_roots)
+    delta.order_ties(steps)
     for root_key, key, before, after in steps:
         if root_key not in forced_roots and not delta.apply(root_key, key, before, after):
             forced_roots.add(root_key)
@@ -529,8 +529,15 @@ def _in_place(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
 
 
 def _date_order(date: datetime | None) -> tuple[bool, datetime]:
-    """Newest first by date, a missing date lowest (the key breaks ties: not compared here)."""
+    """Newest first by date, a missing date lowest (the key breaks ties: `_Delta.order_ties`)."""
     return date is not None, date or NO_TIME
+
+
+_KEY_ORDER = text("SELECT key FROM unnest(CAST(:keys AS TEXT[])) AS key ORDER BY key").columns(
+    key=Text
+)
+"""Message keys in the order of the database's default collation: the ledger's
+`message_key` has no collation of its own, so `_recompute` orders it the same way."""
 
 
 class _Delta:
@@ -542,6 +549,29 @@ class _Delta:
         self._conn, self._summary = conn, summary
         self._rows: dict[Key, dict[str, Any]] = load(conn, summary, "conversation_id", roots)
         self._changed: set[Key] = set()
+        self._key_rank: dict[str, int] = {}
+
+    def order_ties(
+        self, steps: Iterable[tuple[Key, Key, Mapping[str, Any] | None, Mapping[str, Any]]]
+    ) -> None:
+        """Rank, in the collation `_recompute` orders keys by, the message keys that may
+        break a tie on the last message's date: those of the new messages dated as the
+        stored last message of their root or as another new message of it (while `apply`
+        goes through the steps, the last message is the stored one or one of these).
+        One query for the batch, only when there is a tie: a recompute instead would read
+        every message of the root, and all of them may share a date (or have none)."""
+        tied: dict[tuple[Key, tuple[bool, datetime]], set[str]] = defaultdict(set)
+        for root, message_key, before, after in steps:
+            if before is None and root in self._rows:
+                tied[(root, _date_order(after["date_added"]))].add(message_key[1])
+        for (root, date), keys in tied.items():
+            row = self._rows[root]
+            if row["last_message_key"] is not None and _date_order(row["last_message_at"]) == date:
+                keys.add(row["last_message_key"])
+        wanted = sorted({key for keys in tied.values() if len(keys) > 1 for key in keys})
+        if wanted:
+            ordered = self._conn.scalars(_KEY_ORDER, {"keys": wanted})
+            self._key_rank = {key: rank for rank, key in enumerate(ordered)}
 
     def apply(
         self,
@@ -564,9 +594,14 @@ class _Delta:
         date = after["date_added"]
         current = _date_order(row["last_message_at"])
         new = _date_order(date)
-        if row["last_message_key"] is not None and new == current:
-            return False  # a tie on the date: broken by the key in SQL's collation
-        newest = row["last_message_key"] is None or new > current
+        last_key = row["last_message_key"]
+        if last_key is not None and new == current:  # a tie: the key decides
+            rank = self._key_rank
+            if message_key[1] not in rank or last_key not in rank:
+                return False  # not ranked (cannot happen): recompute
+            newest = rank[message_key[1]] > rank[last_key]
+        else:
+            newest = last_key is None or new > current
         contact = after["contact_id"]
         if contact is not None and not newest and contact != row["contact_id"]:
             return False  # whether it is the newest message with a contact: unknown here
