@@ -19,7 +19,7 @@ from conversations.database import create_async_engine
 from conversations.events import NewEvent, parse_json_object, to_new_event
 from conversations.payloads import parse_payload
 from conversations.projections import bulk, runner
-from conversations.projections.base import BulkProjection, Projection, Tables
+from conversations.projections.base import BulkProjection, EventBatch, Projection, Tables
 from conversations.store import StoredEvent, append_events, read_range
 
 Append = Callable[[Sequence[dict[str, Any]]], list[StoredEvent]]
@@ -65,31 +65,30 @@ def hold_live(conn: sqlalchemy.Connection, projection: Projection) -> None:
     )
 
 
-def rows_read(conn: sqlalchemy.Connection, *tables: Table) -> int:
-    """How many rows of `tables` this transaction has read so far, by sequential scans
-    and by index scans (heap fetches): PostgreSQL's counters of the current transaction
-    (`pg_stat_xact_user_tables`), exact and not yet flushed to the shared statistics.
+def rows_read_folding(
+    engine: sqlalchemy.Engine, projection: Projection, events: Sequence[StoredEvent], table: Table
+) -> int:
+    """How many rows of `table` the projection reads to fold `events` as one live batch
+    (the fold is committed): PostgreSQL's counters of the fold's own transaction
+    (`pg_stat_xact_user_tables`: sequential scans and heap fetches), exact and not yet
+    flushed to the shared statistics.
 
-    Call `prepare_to_count` first: a test's tables are small enough that the planner may
-    read one whole to find a few rows."""
-    read = conn.scalar(
-        text(
-            "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)"
-            " FROM pg_stat_xact_user_tables WHERE relid = ANY(CAST(:tables AS regclass[]))"
-        ),
-        {"tables": [t.name for t in tables]},
+    The transaction's statements are planned as on tables too big to read whole: with
+    statistics, and by index lookups (no sequential scans, no hash or merge joins, which
+    read a whole small table), so the count is the rows the fold needs, not what the
+    planner found cheapest on a test's small tables."""
+    count = text(
+        "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)"
+        " FROM pg_stat_xact_user_tables WHERE relid = CAST(:table AS regclass)"
     )
-    return int(read or 0)
-
-
-def prepare_to_count(conn: sqlalchemy.Connection, *tables: Table) -> None:
-    """Plan this transaction's statements as on tables too big to read whole: with
-    statistics of `tables`, and by index lookups (no sequential scans, no hash or merge
-    joins, which read a whole small table), so `rows_read` counts the rows they need."""
-    for table in tables:
+    with engine.begin() as conn:
+        hold_live(conn, projection)
         conn.execute(text(f"ANALYZE {conn.dialect.identifier_preparer.quote(table.name)}"))
-    for method in ("seqscan", "hashjoin", "mergejoin"):
-        conn.execute(text(f"SET LOCAL enable_{method} = off"))
+        for method in ("seqscan", "hashjoin", "mergejoin"):
+            conn.execute(text(f"SET LOCAL enable_{method} = off"))
+        before = int(conn.scalar(count, {"table": table.name}) or 0)
+        projection.apply(conn, EventBatch(events, events[-1].position), Tables())
+        return int(conn.scalar(count, {"table": table.name}) or 0) - before
 
 
 def at(hour: int, minute: int = 0) -> str:

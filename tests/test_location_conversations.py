@@ -35,9 +35,8 @@ from tests.projection_support import (
     at,
     hold_live,
     merge,
-    prepare_to_count,
     rebuild_in_one_pass,
-    rows_read,
+    rows_read_folding,
     side_tables,
     table_rows,
     time,
@@ -159,12 +158,7 @@ def test_a_tie_for_the_last_message_is_a_delta_whatever_the_conversation_holds(
             message(**common, dateAdded=date_added, messageId="msg-050", body="older"),
         ]
     )
-    with engine.begin() as conn:
-        hold_live(conn, PROJECTION)
-        prepare_to_count(conn, conversation_messages)
-        before = rows_read(conn, conversation_messages)
-        PROJECTION.apply(conn, EventBatch(later, later[-1].position), Tables())
-        read = rows_read(conn, conversation_messages) - before
+    read = rows_read_folding(engine, PROJECTION, later, conversation_messages)
     assert read <= 10, f"{read} messages read to add 2 to a conversation of 200"
 
     found = conversation(engine, location, cnv)
