@@ -23,12 +23,11 @@ import re
 import signal
 import stat
 import sys
-import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -631,8 +630,7 @@ def run(names: Sequence[str], url: str, *, limit: int, db_timeout: float) -> int
             print(f"conversations: cannot read {name}: {error.strerror or error}", file=sys.stderr)
         return 2
     try:
-        with _sigterm_as_sigint():
-            report = asyncio.run(_import_all(names, url, limit, db_timeout))
+        report = asyncio.run(_cancelled_by_sigterm(_import_all(names, url, limit, db_timeout)))
     except KeyboardInterrupt:
         print("conversations: interrupted; importing again skips what was stored", file=sys.stderr)
         return 130
@@ -640,21 +638,39 @@ def run(names: Sequence[str], url: str, *, limit: int, db_timeout: float) -> int
     return report.status()
 
 
-@contextlib.contextmanager
-def _sigterm_as_sigint() -> Iterator[None]:
-    """SIGTERM handled as asyncio.run handles Ctrl-C: the import is cancelled cleanly.
+async def _cancelled_by_sigterm(work: Coroutine[Any, Any, Report]) -> Report:
+    """`await work`, cancelled by SIGTERM as asyncio.run cancels it on Ctrl-C, then
+    KeyboardInterrupt: the import stops cleanly between two batches, with the CLI's line
+    and status 130.
 
-    The CLI makes SIGTERM raise KeyboardInterrupt wherever the main thread is; inside
-    the event loop that can be in a task's step, which then dies with it and is logged
-    as "Task exception was never retrieved" with a traceback. asyncio.run's own SIGINT
-    handler cancels the main task instead, so SIGTERM is turned into that SIGINT."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    The CLI makes SIGTERM raise KeyboardInterrupt wherever the main thread is; inside the
+    event loop that can be in a task's step, which then dies with it and is logged as
+    "Task exception was never retrieved" with a traceback. (Relaying it as SIGINT to
+    asyncio's own handler instead failed where SIGINT is ignored, as in a shell's
+    background job: the import ran on to its end.)"""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        yield
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not main thread
+        return await work
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
     finally:
+        loop.remove_signal_handler(signal.SIGTERM)
         signal.signal(signal.SIGTERM, previous)
 
 
