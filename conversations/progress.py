@@ -102,9 +102,9 @@ class Progress:
         else:
             parts.append(self._amount(self._done))
         if self._unit != "bytes":
-            parts[-1] += f" {self._unit}"
+            parts[-1] += f" {_noun(self._unit, self._total or self._done)}"
         if self._items is not None:
-            parts.append(f"{self._items:,} {self._items_name}")
+            parts.append(f"{self._items:,} {_noun(self._items_name, self._items)}")
         if elapsed > 0:
             parts.append(self._rate(elapsed))
         if final:
@@ -120,3 +120,8 @@ class Progress:
         if self._unit == "bytes":
             return f"{size(self._done / elapsed)}/s"
         return f"{self._done / elapsed:,.0f} {self._unit}/s"
+
+
+def _noun(plural: str, count: float) -> str:
+    """`1 payload`, `2 payloads` (the names given are plurals)."""
+    return plural.removesuffix("s") if count == 1 else plural
