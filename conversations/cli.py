@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -370,11 +371,25 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         _migrate(argparse.Namespace(downgrade=None, revision="head"), handle)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
-    log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
-    with embedded_kept_running(handle):
-        uvicorn.run(
-            app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10, **HTTP_SERVER
+    if settings.webhook_verify == "off":
+        log.warning(
+            "CONVERSATIONS_WEBHOOK_VERIFY=off: webhook signatures are not checked, so anyone"
+            " who can reach /webhooks/highlevel can store events (for local trials only)"
         )
+    log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10, **HTTP_SERVER
+    )
+    server = uvicorn.Server(config)
+    with embedded_kept_running(handle), contextlib.suppress(KeyboardInterrupt):
+        try:
+            server.run()  # re-raises the SIGINT or SIGTERM it stopped on: swallowed
+        except SystemExit:  # it could not start: exits with a status of its own
+            if server.started:
+                raise
+    if not server.started:  # uvicorn logged why (the port is taken, say)
+        print(f"conversations: cannot serve on http://{host}:{port}", file=sys.stderr)
+        return 2
     return 0
 
 

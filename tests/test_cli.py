@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,3 +206,35 @@ def test_a_reader_that_goes_away_stops_a_command_quietly(database_url: str) -> N
         os.close(write)
     assert process.returncode == 141, process.stderr
     assert "Traceback" not in process.stderr and "BrokenPipe" not in process.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_and_exits_2(database_url: str) -> None:
+    """Not "serving on ..." and uvicorn's undocumented status 3: one line saying it cannot
+    serve there, after uvicorn's own reason, status 2 like any setting that cannot be used.
+    With verification off, a warning says what that means."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "CONVERSATIONS_LOG_LEVEL": "warning",
+            "CONVERSATIONS_WEBHOOK_VERIFY": "off",
+            "CONVERSATIONS_PROJECTION_WORKER": "false",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "conversations", "serve", "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.rstrip().endswith(
+        f"conversations: cannot serve on http://127.0.0.1:{port}"
+    )
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "signatures are not checked" in result.stderr
