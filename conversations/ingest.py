@@ -183,7 +183,10 @@ class Ingestor:
             503,
             "unavailable",
             "Database unavailable",
-            f"The event was not stored ({detail}); retry later.",
+            # Not "not stored": a write the database did not confirm in time may commit
+            # after the answer. Either way the retry is right (a duplicate, if it did).
+            f"The event is not confirmed stored ({detail}); retry later: if it was stored"
+            " after all, the retry is answered as a duplicate.",
         )
         outcome.headers["Retry-After"] = str(self._retry_after)
         return outcome

@@ -71,19 +71,28 @@ class Supervisor:
                 break
             if loop.time() - started >= self._stable_after:
                 backoff = self._min_backoff
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
-            if self._stopping.is_set():
-                # A SIGTERM to the whole process group (systemd, `timeout`) reaches the
-                # child first: its exit was part of the shutdown, not a failure to report.
+            # A SIGTERM to the whole process group (systemd, `timeout`) reaches the child
+            # first: its exit is part of the shutdown, not a failure to report, if a stop
+            # follows within a moment. Otherwise it is reported then, not after a backoff
+            # of up to 30 s with the projections stalled and nothing said.
+            grace = min(backoff, 1.0)
+            if await self._stopped_within(grace):
                 break
             log.warning(
-                "%s exited (status %s); restarting after %.1f s",
+                "%s exited (status %s); restarting in %.1f s",
                 self.name,
                 returncode,
                 backoff,
             )
+            if await self._stopped_within(backoff - grace):
+                break
             backoff = min(backoff * 2, self._max_backoff)
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Whether `stop` is called within `seconds` (waits that long at most)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     async def _run_once(self) -> int | None:
         """Start the child and wait until it exits, or until `stop` (then end it)."""

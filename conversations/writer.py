@@ -173,19 +173,34 @@ class GroupCommitWriter:
     async def _append(self, events: list[NewEvent]) -> list[AppendResult]:
         # The connection autocommits: the INSERT is one durable statement (one round
         # trip); a duplicate's original, looked up after it, is committed already.
-        conn = self._connection
+        kept = self._connection is not None and not self._connection.closed
         try:
-            if conn is None or conn.closed:
-                conn = self._connection = await self._connect()
-            results = await append_batch(conn, events)
+            results = await self._append_on_connection(events)
         except Exception as error:
-            if is_unavailable(error):  # the next batch starts on a new connection
-                await self._disconnect()
-            raise
+            if not (kept and is_unavailable(error)):
+                raise
+            # The connection kept from an earlier batch was dead (PostgreSQL restarted,
+            # an idle timeout, a failover): once more on a new one before answering 503,
+            # which would cost the sender a retry for an outage already over. Safe: should
+            # the first attempt have committed, this one finds its events as duplicates.
+            results = await self._append_on_connection(events)
         if self._failing:
             log.warning("database available again")
             self._failing = False
         return results
+
+    async def _append_on_connection(self, events: list[NewEvent]) -> list[AppendResult]:
+        """`append_batch` on the kept connection, or a new one; a connection that fails
+        for want of the database is dropped (the next attempt opens another)."""
+        try:
+            conn = self._connection
+            if conn is None or conn.closed:
+                conn = self._connection = await self._connect()
+            return await append_batch(conn, events)
+        except Exception as error:
+            if is_unavailable(error):
+                await self._disconnect()
+            raise
 
     async def _disconnect(self) -> None:
         conn, self._connection = self._connection, None

@@ -250,6 +250,26 @@ def test_outage_answers_503_then_recovers_and_loses_nothing(
     assert all(len(found) == 1 for found in rows.values())
 
 
+def test_a_webhook_after_a_blip_is_stored_not_answered_503(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
+    """Every connection is reset (PostgreSQL restarted, a failover, an idle timeout) and the
+    database is back at once: the writer's kept connection is dead, and the next webhook
+    is stored on a new one, not answered 503 for an outage that is over."""
+    proxy, server = outage.proxy, outage.server
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        deadline = time.monotonic() + 5  # an earlier test's cut may still be felt
+        while send(client, server, json.dumps(message()).encode()).status != 201:
+            assert time.monotonic() < deadline, "the writer did not recover"
+        for _ in range(3):
+            proxy.cut()
+            proxy.restore()
+            time.sleep(0.2)  # the reset reaches the server before the next webhook
+            answer = send(client, server, json.dumps(message()).encode())
+            assert answer.status == 201, answer
+            assert_stored_once(engine, [answer])
+
+
 def test_cut_database_answers_503_quickly_and_readyz_tells(
     outage: Outage, engine: sqlalchemy.Engine
 ) -> None:

@@ -323,3 +323,27 @@ def test_supervisor_kills_a_child_that_ignores_sigterm() -> None:
     pid, took = asyncio.run(scenario())
     assert pid is not None and not alive(pid)
     assert took < 5
+
+
+def test_supervisor_reports_a_dead_child_before_its_backoff_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a backoff of 10 s (after a few quick deaths it reaches 30), the exit is logged
+    within a second or so, not when the restart comes."""
+
+    async def scenario() -> float:
+        supervisor = Supervisor("dying child", [sys.executable, "-c", "exit(3)"], backoff=10.0)
+        started = time.monotonic()
+        await supervisor.start()
+        for _ in range(160):  # 8 s at most
+            if "exited (status 3)" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        await supervisor.stop()
+        return took
+
+    with caplog.at_level("INFO", logger="conversations"):
+        took = asyncio.run(scenario())
+    assert "dying child exited (status 3); restarting in 10.0 s" in caplog.text
+    assert took < 5
