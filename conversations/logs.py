@@ -35,7 +35,11 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure(level: str, fmt: str) -> None:
+    """Log to standard error at `level`, as `fmt`: `json`, `text`, or `auto` (text for a
+    person at a terminal, JSON for a log collector)."""
     handler = logging.StreamHandler(sys.stderr)
+    if fmt == "auto":
+        fmt = "text" if _terminal(sys.stderr) else "json"
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
@@ -57,6 +61,14 @@ def configure(level: str, fmt: str) -> None:
     # back (the writer, the page cache, the worker). Their warnings show at debug level.
     if root.level > logging.DEBUG:
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+def _terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # closed
+        return False
 
 
 def access_log(method: str, path: str, status: int, seconds: float) -> None:

@@ -118,7 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
         "comma-separated list such as `https://app.example.com`. Unset: no CORS headers.",
     ),
     Setting("CONVERSATIONS_LOG_LEVEL", "INFO", "`DEBUG`, `INFO`, `WARNING` or `ERROR`."),
-    Setting("CONVERSATIONS_LOG_FORMAT", "json", "`json` (one object a line) or `text`."),
+    Setting(
+        "CONVERSATIONS_LOG_FORMAT",
+        "auto",
+        "`json` (one object a line), `text`, or `auto`: `text` when standard error is a "
+        "terminal (a person reads it), `json` otherwise (systemd, docker, a file).",
+    ),
 )
 
 
@@ -256,7 +261,7 @@ class Settings:
             log_level=_choice(
                 env, "CONVERSATIONS_LOG_LEVEL", ("debug", "info", "warning", "error")
             ).upper(),
-            log_format=_choice(env, "CONVERSATIONS_LOG_FORMAT", ("json", "text")),
+            log_format=_choice(env, "CONVERSATIONS_LOG_FORMAT", ("auto", "json", "text")),
             cors_origins=_origins(env, "CONVERSATIONS_CORS_ORIGINS"),
             read_cache_mb=_int(env, "CONVERSATIONS_READ_CACHE_MB", minimum=0),
             body_timeout=_float(env, "CONVERSATIONS_BODY_TIMEOUT"),

@@ -238,3 +238,34 @@ def test_serve_on_a_port_in_use_says_so_and_exits_2(database_url: str) -> None:
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert "signatures are not checked" in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "pipe"])
+def test_logs_are_plain_lines_at_a_terminal_and_json_elsewhere(
+    database_url: str, terminal: bool
+) -> None:
+    """`CONVERSATIONS_LOG_FORMAT=auto` (the default): a person running a command sees
+    plain lines; systemd, docker or a file get JSON."""
+    env = {k: v for k, v in os.environ.items() if k != "CONVERSATIONS_LOG_FORMAT"}
+    env.update(DATABASE_URL=database_url, CONVERSATIONS_LOG_LEVEL="info")
+    reader, writer = os.openpty() if terminal else os.pipe()
+    with os.fdopen(reader, "rb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conversations", "status"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=writer,
+        )
+        os.close(writer)
+        assert process.wait(timeout=60) == 0
+        logged = b""
+        with contextlib.suppress(OSError):  # a pty's reader gets EIO once the writer is gone
+            while chunk := output.read1(65536):
+                logged += chunk
+    first = logged.decode().splitlines()[0]
+    if terminal:
+        assert " INFO conversations.database Using PostgreSQL at " in first, first
+    else:
+        assert first.startswith('{"time": '), first
