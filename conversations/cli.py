@@ -248,13 +248,12 @@ def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
 def _print_keys(found: Sequence[KeyInfo]) -> None:
     """The `keys list` table; printed once the query succeeded, so a database that fails
     it (no schema, gone) leaves stdout empty rather than a header above the error."""
-    from conversations.quarantine import escape_controls
+    from conversations.quarantine import one_line
 
     print(f"{'key id':<14} {'created':<25} {'revoked':<25} {'label':<16} locations")
     for key in found:
         where = "(all locations)" if key.all_locations else ", ".join(key.locations)
-        label = escape_controls(key.label or "", keep="")
-        where = escape_controls(where, keep="")
+        label, where = one_line(key.label or ""), one_line(where)
         revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
         print(
             f"{key.key_id:<14} {key.created_at.isoformat(timespec='seconds'):<25}"

@@ -37,7 +37,7 @@ _SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2
 _EMBEDDED_USER = "postgres"
 _embedded_lock = threading.Lock()
 _embedded_servers: dict[Path, Any] = {}
-"""The library's server object of each data directory this process opened (`revive`)."""
+"""The library's server object of each data directory this process opened (`_revive`)."""
 
 
 class DatabaseConfigError(RuntimeError):

@@ -161,7 +161,7 @@ _CELL_CHARS = 40
 def _cell(value: str) -> str:
     """`value` on one line (escaped: a body's text must not fake rows), cut to
     `_CELL_CHARS` with an ellipsis; `show ID` has it whole."""
-    value = _line(value)
+    value = one_line(value)
     return value if len(value) <= _CELL_CHARS else value[: _CELL_CHARS - 1] + "…"
 
 
@@ -208,19 +208,19 @@ def _print_body(row: Row[Any]) -> None:
         status += f" (event at position {row.resolved_position}, {_time(row.resolved_at)})"
     print(f"id: {row.id}")
     print(f"status: {status}")
-    print(f"source: {_line(_origin(row.source, row.headers))}")
+    print(f"source: {one_line(_origin(row.source, row.headers))}")
     print(f"reason: {row.reason}")
-    print(f"detail: {_line(row.detail)}")
-    print(f"location: {_line(row.location_id or '-')}")
+    print(f"detail: {one_line(row.detail)}")
+    print(f"location: {one_line(row.location_id or '-')}")
     print(f"attempts: {row.attempts}")
     print(f"received: {_time(row.received_at)} (first), {_time(row.last_received_at)} (last)")
     print(f"sha256: {row.body_sha256}")
     print("headers:" + ("" if row.headers else " none"))
     for name, value in row.headers.items():
-        print(f"  {_line(name)}: {_line(str(value))}")
+        print(f"  {one_line(name)}: {one_line(str(value))}")
     print("errors:" + ("" if row.errors else " none"))
     for error in row.errors:
-        print(f"  {_line(json.dumps(error, ensure_ascii=False, sort_keys=True))}")
+        print(f"  {one_line(json.dumps(error, ensure_ascii=False, sort_keys=True))}")
     body = bytes(row.body)
     try:
         shown = body.decode("utf-8")
@@ -259,7 +259,7 @@ def escape_controls(shown: str, *, keep: str = "\n\t") -> str:
     return _NOT_PLAIN.sub(escape, shown)
 
 
-def _line(text: str) -> str:
+def one_line(text: str) -> str:
     """`text` escaped onto one line."""
     return escape_controls(text, keep="")
 
