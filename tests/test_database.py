@@ -383,6 +383,11 @@ def test_serve_starts_its_embedded_server_again_after_it_was_killed(
         assert set(answers) <= {503, 201}
         again = server.post(before)  # kept across the kill: a duplicate
         assert again.status_code == 200, (again.text, server.output)
+        # Logged once the library has seen the new server ready, which can be after the
+        # first webhook it stored (it checks once a second).
+        deadline = time.monotonic() + 10
+        while "had stopped: started again" not in server.output and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "had stopped: started again" in server.output, server.output
         revived = int((pgdata / "postmaster.pid").read_text().split()[0])
         assert revived != killed
