@@ -10,9 +10,11 @@ webhook sent when it is a `TYPE_*` name, else the name of its channel (`CHANNEL_
 its `type` is the webhook's `messageTypeId`, else the code of that name. A message of
 channel "Other" without a `TYPE_*` name has neither (null).
 
-Filters on types (`type`, `lastMessageType`) select our channels, so they accept the one
-name per channel (`TYPE_CHANNELS`): `TYPE_SMS` selects every SMS-channel message
-(campaign and workflow SMS included).
+Filters on types (`type`, `lastMessageType`) select our channels: `TYPE_SMS` selects every
+SMS-channel message (campaign and workflow SMS included). They accept every name HighLevel's
+filters take (`FILTER_TYPE_NAMES`), each selecting the channel a message of that type is
+folded into (`TYPE_CAMPAIGN_SMS` selects SMS too), so a client sending a value HighLevel
+documents is not refused.
 
 Fields. Every field of HighLevel's shape is present; a value the webhooks never gave is
 null (they carry no `altId` or `replyToMessageId`). A `body` sent empty stays `""`.
@@ -39,6 +41,7 @@ if TYPE_CHECKING:  # the read models import this module to render what they stor
 __all__ = [
     "CHANNEL_TYPES",
     "CONVERSATION_TYPE_CODES",
+    "FILTER_TYPE_NAMES",
     "MESSAGE_TYPE_CODES",
     "TYPE_CHANNELS",
     "channel_named",
@@ -117,7 +120,17 @@ CHANNEL_TYPES: dict[str, str] = {
 """Our channel -> the `TYPE_*` name it shows as (channel "Other" has none)."""
 
 TYPE_CHANNELS: dict[str, str] = {name: channel for channel, name in CHANNEL_TYPES.items()}
-"""The `TYPE_*` names a type filter accepts -> the channel each selects."""
+"""The `TYPE_*` name each channel shows as -> that channel."""
+
+FILTER_TYPE_NAMES: tuple[str, ...] = (
+    *TYPE_CHANNELS,
+    *(name for name in MESSAGE_TYPE_CODES if name not in TYPE_CHANNELS),
+    # The messages filter's name for internal comments in HighLevel's docs (plural there).
+    "TYPE_INTERNAL_COMMENTS",
+)
+"""Every `TYPE_*` name the type filters accept: HighLevel's search takes any message type
+for `lastMessageType`, and its messages' `type` the activity types and
+`TYPE_INTERNAL_COMMENTS`. Our channel names come first (they read best in an error)."""
 
 CONVERSATION_TYPE_CODES: dict[str, int] = {
     "TYPE_PHONE": 1,

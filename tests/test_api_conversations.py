@@ -407,6 +407,27 @@ def test_message_filters(reader: Reader, world: World) -> None:
     assert [names[i] for i in ids(sort="asc", limit=3)] == ["sms_in", "merged", "sms_out"]
 
 
+def test_type_filters_take_every_name_highlevel_documents(reader: Reader, world: World) -> None:
+    # HighLevel's messages `type` lists TYPE_INTERNAL_COMMENTS (plural) and activity types,
+    # and its search's `lastMessageType` any message type: clients send them, a 400 breaks them.
+    def ids(**params: Any) -> list[str]:
+        page = reader.json(f"/conversations/{world.chat}/messages", params)
+        return [m["id"] for m in page["messages"]["messages"]]
+
+    names = {v: k for k, v in world.ids.items()}
+    assert [names[i] for i in ids(type="TYPE_CAMPAIGN_VOICEMAIL,TYPE_IVR_CALL")] == [
+        "voicemail",
+        "call",
+    ]
+    assert ids(type="TYPE_INTERNAL_COMMENTS,TYPE_ACTIVITY_CONTACT,TYPE_WEBCHAT") == []
+    found = reader.json(
+        "/conversations/search",
+        {"lastMessageType": "TYPE_CAMPAIGN_SMS", "lastMessageDirection": "inbound"},
+    )
+    assert [c["id"] for c in found["conversations"]] == [world.starred, world.busy]
+    assert reader.json("/conversations/search", {"lastMessageType": "TYPE_REVIEW"})["total"] == 0
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

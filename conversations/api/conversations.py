@@ -41,6 +41,7 @@ from conversations.api.page_cache import kept
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.keys import Scope
+from conversations.messages import channel_of
 from conversations.payloads import MAX_ID_BYTES
 from conversations.pool import run
 from conversations.projections import location_conversations as catalogue
@@ -114,9 +115,16 @@ def _channels(params: Params, name: str) -> list[str] | None:
     return sorted(set(found))
 
 
+# Each name a type filter accepts -> the channel it selects: the channel a message of that
+# type is folded into, so `TYPE_CAMPAIGN_SMS` selects SMS and `TYPE_ACTIVITY_*` "Other".
+_TYPE_FILTERS: dict[str, str] = {
+    name: channel_of(None, name, None) for name in dialect.FILTER_TYPE_NAMES
+}
+
+
 def _type_channels(params: Params, name: str) -> list[str] | None:
-    names = params.choices(name, list(dialect.TYPE_CHANNELS))
-    return None if names is None else sorted({dialect.TYPE_CHANNELS[n] for n in names})
+    names = params.choices(name, list(_TYPE_FILTERS))
+    return None if names is None else sorted({_TYPE_FILTERS[n] for n in names})
 
 
 def _both(first: list[str] | None, second: list[str] | None) -> list[str] | None:
@@ -192,8 +200,8 @@ async def search_conversations(request: Request) -> Response:
     limit = params.integer("limit", 20, 1, 100)
     descending = params.choice("sort", ["asc", "desc"], "desc") == "desc"
     params.choice("sortBy", ["last_message_date"])
-    last_type = params.choice("lastMessageType", list(dialect.TYPE_CHANNELS))
-    channel = dialect.TYPE_CHANNELS[last_type] if last_type else None
+    last_type = params.choice("lastMessageType", list(_TYPE_FILTERS))
+    channel = _TYPE_FILTERS[last_type] if last_type else None
     direction = params.choice("lastMessageDirection", ["inbound", "outbound"])
     status = _STATUSES[params.choice("status", list(_STATUSES), "all") or "all"]
     since, until = _date_range(params)

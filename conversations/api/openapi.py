@@ -204,7 +204,7 @@ def _dates(subject: str) -> list[Schema]:
     ]
 
 
-_TYPE_NAMES = list(dialect.TYPE_CHANNELS)
+_TYPE_NAMES = list(dialect.FILTER_TYPE_NAMES)
 _CHANNEL_NAMES = list(CHANNELS)
 _CHANNEL_HELP = (
     "Comma-separated channels: "
@@ -618,7 +618,8 @@ def _conversation_paths() -> dict[str, Schema]:
                     query(
                         "type",
                         comma_list(_TYPE_NAMES),
-                        "Comma-separated `TYPE_*` names; each selects its whole channel.",
+                        "Comma-separated `TYPE_*` names; each selects its whole channel "
+                        "(`TYPE_CAMPAIGN_SMS`: SMS).",
                     ),
                     query("channel", comma_list(_CHANNEL_NAMES), _CHANNEL_HELP),
                     *_dates("messages added"),
