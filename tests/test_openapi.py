@@ -18,6 +18,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -153,7 +155,11 @@ CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
+    # A request the document calls invalid must be refused (4xx): the document says what
+    # the parameters really take (an empty value is absent; epoch ms may have a fraction).
+    negative_data_rejection,
 ]
 EXAMPLES = 25
 """Per operation and kind of generated request (fuzzed, aimed at real ids, invalid)."""
@@ -223,3 +229,40 @@ def test_generated_requests_get_documented_answers(
             case.call_and_validate(headers=auth, checks=CHECKS, timeout=30)
 
         call()
+
+
+def _query_parameters() -> list[tuple[str, str, dict[str, Any]]]:
+    """(operation id, path, parameter) of every query parameter, the stream's aside."""
+    return [
+        (operation["operationId"], path, parameter)
+        for path, item in DOCUMENT["paths"].items()
+        for operation in item.values()
+        for parameter in operation["parameters"]
+        if parameter["in"] == "query" and operation["operationId"] != "streamEvents"
+    ]
+
+
+@pytest.mark.e2e
+def test_the_document_admits_every_value_the_parameters_take(
+    server: Server, reader_key: dict[str, str]
+) -> None:
+    """What the service accepts (README: an empty value is absent; epoch milliseconds
+    may have a fraction, as HighLevel's SDKs send them) is what the document admits, so
+    a client that checks its requests against the document can send them."""
+    auth = {"Authorization": f"Bearer {reader_key['key']}"}
+    for operation_id, path, parameter in _query_parameters():
+        url = server.url + path.format(**_real_ids(path, reader_key))
+        name = parameter["name"]
+        values = [""]
+        if "anyOf" in parameter["schema"]:  # a time: ISO-8601 or epoch ms
+            values.append("1735787045678.5")
+        for value in values:
+            response = httpx.get(url, params={name: value}, headers=auth, timeout=10)
+            assert response.status_code == 200, (operation_id, name, value, response.text)
+            assert parameter.get("allowEmptyValue") is True or value, (operation_id, name)
+            if value:
+                assert any(
+                    branch.get("type") == "number"
+                    and branch["minimum"] <= float(value) <= branch["maximum"]
+                    for branch in parameter["schema"]["anyOf"]
+                ), (operation_id, name, value)

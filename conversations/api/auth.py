@@ -46,7 +46,8 @@ def bearer_token(request: Request, *, query_token: bool = False) -> str:
     if len(headers) > 1:  # which one would count is anybody's guess: refuse, do not pick
         raise HTTPException(400, "Give the API key once: one Authorization header.")
     header = headers[0] if headers else None
-    queried = request.query_params.getlist(ACCESS_TOKEN) if query_token else []
+    # An empty `access_token=` is absent, as an empty value is for every parameter.
+    queried = [v for v in request.query_params.getlist(ACCESS_TOKEN) if v] if query_token else []
     if queried:
         if header is not None or len(queried) > 1:
             raise HTTPException(

@@ -65,13 +65,18 @@ def comma_list(names: Sequence[str]) -> Schema:
 
 
 def query(name: str, schema: Schema, description: str, *, required: bool = False) -> Schema:
-    return {
+    parameter: Schema = {
         "name": name,
         "in": "query",
         "required": required,
         "description": description,
         "schema": schema,
     }
+    if not required:
+        # `Params` reads an empty value (`?startDate=`, as SDKs send an unset field) as
+        # absent: the document must admit it, or a client trusting it refuses to send it.
+        parameter["allowEmptyValue"] = True
+    return parameter
 
 
 def path(name: str, description: str) -> Schema:
@@ -149,7 +154,9 @@ _CURSOR: Schema = {"type": "string", "maxLength": MAX_CURSOR}
 _TIMESTAMP: Schema = {
     "anyOf": [
         {"type": "string", "format": "date-time"},
-        {"type": "integer", "minimum": 0, "maximum": _MAX_EPOCH_MS},
+        # A number, not an integer: the milliseconds may have a fraction (HighLevel's
+        # SDKs type them as floats: "1735787045678.0"), as `Params.timestamp` takes them.
+        {"type": "number", "minimum": 0, "maximum": _MAX_EPOCH_MS},
     ]
 }
 
