@@ -145,6 +145,8 @@ def test_ascending_order_dates_and_channels(reader: Reader, contact: Contact) ->
     assert ids(reader.json(path, {"sort": "asc", "channel": "SMS"})) == in_order[:2]
     assert ids(reader.json(path, {"sort": "asc", "channel": "Email,Call"})) == in_order[2:]
     assert ids(reader.json(path, {"channel": "WhatsApp"})) == []
+    # HighLevel's spellings, as the conversation and export endpoints take them.
+    assert ids(reader.json(path, {"sort": "asc", "channel": "sms,CALL, email"})) == in_order
     # startDate inclusive, endDate exclusive; epoch milliseconds work too.
     window = {"sort": "asc", "startDate": at(1, 11), "endDate": at(3, 8)}
     assert ids(reader.json(path, window)) == in_order[1:3]
@@ -338,6 +340,7 @@ def test_a_contact_without_visible_messages_is_404(reader: Reader, contact: Cont
         {"limit": "ten"},
         {"sort": "up"},
         {"channel": "SMS,Pigeon"},
+        {"channel": "SMS,"},
         {"startDate": "yesterday"},
         {"endDate": "2024-13-01"},
         {"startDate": at(3), "endDate": at(2)},

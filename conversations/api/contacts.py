@@ -42,7 +42,6 @@ from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.dialect import iso, message_json
 from conversations.keys import Scope
-from conversations.messages import CHANNELS
 from conversations.payloads import MAX_ID_BYTES
 from conversations.projections import contact_channels as channels_model
 from conversations.projections import timeline
@@ -177,7 +176,7 @@ def _contact_query(request: Request, params: Params) -> _Query:
         contact_id=request.path_params["contactId"],
         limit=params.integer("limit", 20, 1, 100),
         descending=params.choice("sort", ("asc", "desc"), "desc") == "desc",
-        channels=params.choices("channel", CHANNELS),
+        channels=params.channels("channel"),
         since=since,
         until=until,
     )

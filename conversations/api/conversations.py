@@ -102,19 +102,6 @@ def _list_location(params: Params, scope: Scope) -> tuple[str, bool]:
     return given, scope.allows(given)
 
 
-def _channels(params: Params, name: str) -> list[str] | None:
-    raw = params.text(name, max_length=1024)
-    if raw is None:
-        return None
-    found = []
-    for value in (v.strip() for v in raw.split(",")):
-        channel = dialect.channel_named(value) if value else None
-        if channel is None:
-            raise bad(name, f"{value!r} is not a channel")
-        found.append(channel)
-    return sorted(set(found))
-
-
 # Each name a type filter accepts -> the channel it selects: the channel a message of that
 # type is folded into, so `TYPE_CAMPAIGN_SMS` selects SMS and `TYPE_ACTIVITY_*` "Other".
 _TYPE_FILTERS: dict[str, str] = {
@@ -306,7 +293,7 @@ async def conversation_messages(request: Request) -> Response:
     )
     location_param = params.text("locationId")
     limit = params.integer("limit", 20, 1, 100)
-    channels = _both(_type_channels(params, "type"), _channels(params, "channel"))
+    channels = _both(_type_channels(params, "type"), params.channels("channel"))
     since, until = _date_range(params)
     descending = params.choice("sort", ["asc", "desc"], "desc") == "desc"
     token, last_id = _one_cursor(params, "lastMessageId")
@@ -420,7 +407,7 @@ def export_messages(request: Request) -> Response:
     location, visible = _list_location(params, scope)
     conversation = params.text("conversationId")
     contact = params.text("contactId")
-    channels = _channels(params, "channel")
+    channels = params.channels("channel")
     since, until = _date_range(params)
     if params.choice("sortBy", ["createdAt", "updatedAt"]) == "updatedAt":
         raise bad("sortBy", "updatedAt is not supported; follow changes with GET /events")

@@ -673,11 +673,7 @@ def _contact_paths() -> dict[str, Schema]:
                     ),
                     _sort(),
                     *_dates("messages added"),
-                    query(
-                        "channel",
-                        comma_list(_CHANNEL_NAMES),
-                        "Comma-separated channels: " + ", ".join(_CHANNEL_NAMES) + ".",
-                    ),
+                    query("channel", comma_list(_CHANNEL_NAMES), _CHANNEL_HELP),
                 ],
             )
         },

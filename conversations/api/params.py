@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from conversations import dialect
 from conversations.payloads import MAX_ID_BYTES
 
 _INTEGER_TEXT = re.compile(r"-?\d+(?:\.0*)?", re.ASCII)
@@ -68,6 +69,21 @@ class Params:
             if value not in choices:
                 raise bad(name, f"{value!r} is not one of {', '.join(choices)}")
         return values or None
+
+    def channels(self, name: str) -> list[str] | None:
+        """A comma-separated list of channels as HighLevel or we spell them (`SMS`,
+        `Live_Chat`, `FB`, any case): our channel names, sorted, each once. The same on
+        every endpoint that takes a `channel`."""
+        raw = self.text(name, max_length=1024)
+        if raw is None:
+            return None
+        found = []
+        for value in (v.strip() for v in raw.split(",")):
+            channel = dialect.channel_named(value) if value else None
+            if channel is None:
+                raise bad(name, f"{value!r} is not a channel")
+            found.append(channel)
+        return sorted(set(found))
 
     def timestamp(self, name: str) -> datetime | None:
         """ISO-8601 (a naive time is UTC) or epoch milliseconds, as HighLevel takes; the
