@@ -105,7 +105,7 @@ def create_key(
         ):
             raise ValueError(
                 f"location {location[:40]!r}: not a location id (longer than "
-                f"{MAX_ID_BYTES} bytes, or holding control characters)"
+                f"{MAX_ID_BYTES} bytes, or holding control characters or a comma)"
             )
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)

@@ -440,16 +440,18 @@ def _check_id_values(document: dict[str, Any]) -> None:
     location = document.get("locationId")
     if isinstance(location, str) and location.strip() and not nameable_location(location):
         message = (
-            "has whitespace at an end or a character that is not printable: no API key could"
-            " name this location"
+            "has whitespace at an end, a comma or a character that is not printable: no API"
+            " key could name this location"
         )
         raise _field_error("invalid_field", "locationId", message)
 
 
 def nameable_location(location: str) -> bool:
     """Whether an API key can name `location` (`keys create --location`): events stored
-    under any other location id would be readable by no location-scoped key."""
-    return location.isprintable() and location == location.strip()
+    under any other location id would be readable by no location-scoped key. A comma is
+    out too: `--location A,B` names two locations (HighLevel's ids hold none), so a stored
+    "A,B" would be read by a key for A and B instead of by its own."""
+    return location.isprintable() and location == location.strip() and "," not in location
 
 
 _PYDANTIC_MESSAGES: dict[str, str] = {

@@ -338,7 +338,7 @@ def test_a_payload_stored_too_deep_to_decode_does_not_hold_the_projections_back(
 
 
 @pytest.mark.parametrize(
-    "location", [" padded ", "tab\there", "lo\x01c", "nb\u00a0sp", "zw\u200bj"]
+    "location", [" padded ", "tab\there", "lo\x01c", "nb\u00a0sp", "zw\u200bj", "two,locations"]
 )
 def test_a_location_id_no_key_could_name_is_kept_aside(
     server: Server, engine: sqlalchemy.Engine, location: str
