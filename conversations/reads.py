@@ -28,7 +28,8 @@ from typing import Any
 from psycopg import AsyncConnection, AsyncRawCursor
 
 from conversations import dialect
-from conversations.projections.location_conversations import NO_TIME, Status
+from conversations.projections._sql import NO_TIME
+from conversations.projections.location_conversations import Status
 
 __all__ = [
     "ConversationPage",

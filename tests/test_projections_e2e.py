@@ -3,17 +3,22 @@ the operator's CLI while webhooks keep arriving."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import sqlalchemy
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
+from conversations import migrate
 from conversations.cli import main
+from conversations.database import create_engine, drop_database
+from tests.api_support import Reader, make_key, post_all, wait_folded
 from tests.conftest import start_server
 from tests.helpers import KeyPair, Server, message, new_id
 
@@ -170,3 +175,61 @@ def test_unknown_projection_is_refused(
 ) -> None:
     assert cli(database_url, monkeypatch, "replay", "--projection", "nope") == 2
     assert "unknown projection 'nope'" in capsys.readouterr().err
+
+
+@contextlib.contextmanager
+def linguistic_database(server_url: str) -> Iterator[str]:
+    """A migrated database whose default collation is ICU's en-US (as `en_US.UTF-8` is
+    the default of many PostgreSQL servers, and of an embedded one under such a locale):
+    there "ma" sorts before "Mb", while code points put "M" first."""
+    name = f"conversations_icu_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(server_url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                f'CREATE DATABASE "{name}" TEMPLATE template0'
+                " LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            )
+    except sqlalchemy.exc.DBAPIError as error:  # no ICU in this build, or before 15
+        pytest.skip(f"no ICU collation here: {error.orig}")
+    finally:
+        admin.dispose()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn)
+        yield url
+    finally:
+        engine.dispose()
+        drop_database(server_url, name)
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-fold", "fold-by-fold"])
+def test_every_read_agrees_on_the_last_message_in_a_linguistic_collation(
+    server_url: str, keys: KeyPair, monkeypatch: pytest.MonkeyPatch, together: bool
+) -> None:
+    # Messages on one date: the message key breaks the tie, and every read must break it
+    # the same way. The contact summary used to compare keys by code point while the
+    # conversation and its timeline used the database's collation.
+    with linguistic_database(server_url) as url:
+        engine = create_engine(url)
+        server = start_server(url, keys)
+        try:
+            common = {"locationId": new_id("loc"), "contactId": new_id("con")}
+            common |= {"conversationId": new_id("cnv"), "dateAdded": "2024-05-08T12:00:00Z"}
+            ids = [f"ma-{new_id()}", f"Mb-{new_id()}"]  # en-US: ma < Mb; code points: M < m
+            for batch in [ids] if together else [[i] for i in ids]:
+                post_all(server, [message(**common, messageId=i, body=i) for i in batch])
+                wait_folded(engine)
+            reader = Reader(server, make_key(engine, common["locationId"]))
+            conversation = reader.json(f"/conversations/{common['conversationId']}")
+            listed = reader.json(f"/conversations/{common['conversationId']}/messages")
+            channels = reader.json(f"/contacts/{common['contactId']}/channels")["channels"]
+            assert conversation["lastMessageBody"] == ids[1]
+            assert listed["messages"]["messages"][0]["id"] == ids[1]
+            assert channels[0]["lastMessageId"] == ids[1]
+            assert cli(url, monkeypatch, "verify") == 0
+        finally:
+            server.stop()
+            engine.dispose()

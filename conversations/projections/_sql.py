@@ -1,5 +1,6 @@
 """Set-based SQL helpers the projections share: a batch as one table (`unnest`), key
-filters, multi-row upserts (rows staged by COPY), and COPY for rebuilds.
+filters, multi-row upserts (rows staged by COPY), COPY for rebuilds, and the order that
+breaks ties between summaries' last messages.
 
 Every statement here takes a whole batch in a fixed number of parameters (arrays) or
 from a staging table, so its text is the same for every batch: SQLAlchemy compiles it
@@ -14,7 +15,10 @@ a fixed cost of every batch the worker folds.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -36,6 +40,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql
@@ -313,3 +318,48 @@ def _json_text(value: Any) -> str:
     if isinstance(value, list | tuple) and not value:  # the usual attachments, cc, bcc
         return "[]"
     return json_codec.dumps(value)
+
+
+# --- the last message of a summary ---------------------------------------------------------
+
+NO_TIME = datetime.min.replace(tzinfo=UTC)
+"""Where a message without a date sorts: before every dated one."""
+
+
+def date_order(date: datetime | None) -> tuple[bool, datetime]:
+    """A message's date as summaries order them, newest first: a missing date lowest
+    (the message key breaks ties: `rank_ties`)."""
+    return date is not None, date or NO_TIME
+
+
+_KEY_ORDER = text("SELECT key FROM unnest(CAST(:keys AS TEXT[])) AS key ORDER BY key").columns(
+    key=Text
+)
+
+
+def rank_ties(
+    conn: Connection,
+    rows: Mapping[Any, Mapping[str, Any]],
+    joining: Iterable[tuple[Any, str, datetime | None]],
+) -> dict[str, int]:
+    """Ranks of the message keys that may break a tie on a summary row's last message
+    date, in the database's default collation: the order the summaries' recomputes, the
+    timeline and the conversation lists sort keys in, so every read agrees on which
+    message is last whatever the collation (Python's code point order is that of "C"
+    only). `joining`: (row key, message key, date) of messages new to a stored row of
+    `rows` ("last_message_key", "last_message_at"); the keys ranked are those dated as
+    the row's last message or as another message joining it. One query for the batch,
+    only when there is a tie: recomputing instead would read every message of the row,
+    and all of them may share a date (or have none)."""
+    tied: dict[tuple[Any, tuple[bool, datetime]], set[str]] = defaultdict(set)
+    for row_key, message_key, date in joining:
+        if row_key in rows:
+            tied[(row_key, date_order(date))].add(message_key)
+    for (row_key, order), keys in tied.items():
+        row = rows[row_key]
+        if row["last_message_key"] is not None and date_order(row["last_message_at"]) == order:
+            keys.add(row["last_message_key"])
+    wanted = sorted({key for keys in tied.values() if len(keys) > 1 for key in keys})
+    if not wanted:
+        return {}
+    return dict(zip(conn.scalars(_KEY_ORDER, {"keys": wanted}), itertools.count()))

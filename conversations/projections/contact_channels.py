@@ -18,9 +18,9 @@ contact, the message joins that contact's summary then.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -48,9 +48,11 @@ from conversations.projections._sql import (
     arrays,
     bound_unnest,
     cached,
+    date_order,
     dicts,
     in_keys,
     load,
+    rank_ties,
     upsert,
 )
 from conversations.projections.base import EventBatch, Row, Tables, message_keys, messages
@@ -100,8 +102,6 @@ contact_channel_summaries = Table(
     # Where a contact has messages, for keys that read every location.
     Index(None, "contact_id"),
 )
-
-_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 MessageKey = tuple[str, str]
 """(location_id, message_key)"""
@@ -206,10 +206,12 @@ def _update_summaries(
         else:
             steps.append((new_group, key, None, after))
     rows = _load_summaries(conn, summary, {g for g, *_ in steps} - forced)
+    joining = [(g, k[1], after["date_added"]) for g, k, before, after in steps if before is None]
+    ranks = rank_ties(conn, rows, joining)
     changed: set[Group] = set()
     for group, key, before, after in steps:
         row = rows.get(group)
-        if group in forced or row is None or not _apply_delta(row, key, before, after):
+        if group in forced or row is None or not _apply_delta(row, key, before, after, ranks):
             forced.add(group)
         else:
             changed.add(group)
@@ -251,34 +253,36 @@ def _load_summaries_statement(summary: Table) -> Any:
     )
 
 
-def _date_order(date: datetime | None) -> tuple[bool, datetime]:
-    """Newest first by date, a missing date lowest (the key breaks ties)."""
-    return date is not None, date or _NO_TIME
-
-
 def _apply_delta(
-    row: dict[str, Any], key: MessageKey, before: dict[str, Any] | None, after: dict[str, Any]
+    row: dict[str, Any],
+    key: MessageKey,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    ranks: Mapping[str, int],
 ) -> bool:
     """Update a summary row for one message joining its group (`before` None) or changing
-    in place; False when the result cannot be told without the group's other messages."""
+    in place; False when the result cannot be told without the group's other messages.
+    `ranks`: the order of the keys that break ties on the last message's date
+    (`rank_ties`), so a tie (all the messages of a group may share a date, or have none)
+    is a delta too, not a recompute that reads the whole group."""
     if before is not None:  # in place: only the last message's own fields show
         if row["last_message_key"] == key[1]:
             row["last_status"] = after["status"]
             row["last_preview"] = after["preview"]
         return True
-    date = after["date_added"]
-    # Newest first by (date, key): the key compared as SQL's COLLATE "C" does, byte by
-    # byte in UTF-8, which is code point order, as Python compares strings. So a tie on
-    # the date (all the messages of a group may share one, or have none) is a delta too,
-    # not a recompute that reads the whole group.
-    current = (_date_order(row["last_message_at"]), row["last_message_key"])
-    new = (_date_order(date), key[1])
+    date, last_key = after["date_added"], row["last_message_key"]
+    if date_order(date) != date_order(row["last_message_at"]):
+        newest = date_order(date) > date_order(row["last_message_at"])
+    elif key[1] in ranks and last_key in ranks:
+        newest = ranks[key[1]] > ranks[last_key]
+    else:
+        return False  # a tie not ranked (cannot happen): recompute
     row["message_count"] += 1
     row["inbound_count"] += after["direction"] == "inbound"
     row["outbound_count"] += after["direction"] == "outbound"
     if date is not None and (row["first_message_at"] is None or date < row["first_message_at"]):
         row["first_message_at"] = date
-    if new > current:
+    if newest:
         row["last_message_at"] = date
         row["last_direction"] = after["direction"]
         row["last_status"] = after["status"]
@@ -312,7 +316,7 @@ def _recompute_statements(ledger: Table, summary: Table, every: bool) -> tuple[A
     group_columns = (ledger.c.location_id, ledger.c.contact_id, ledger.c.channel)
     newest_first = (
         ledger.c.date_added.desc().nulls_last(),
-        ledger.c.message_key.collate("C").desc(),
+        ledger.c.message_key.desc(),  # the database's collation, as everywhere (`rank_ties`)
     )
 
     def per_group(aggregate: FunctionElement[Any] | FunctionFilter[Any]) -> Over[Any]:

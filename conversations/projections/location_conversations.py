@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -75,11 +75,14 @@ from conversations.messages import (
     resolve_merges,
 )
 from conversations.projections._sql import (
+    NO_TIME,
     bound_unnest,
     cached,
+    date_order,
     in_keys,
     key_arrays,
     load,
+    rank_ties,
     upsert,
 )
 from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
@@ -104,7 +107,6 @@ __all__ = [
 
 UNREAD_UPDATE = "ConversationUnreadUpdate"
 
-NO_TIME = datetime.min.replace(tzinfo=UTC)
 """`sort_at` of a conversation without a dated message: before every real date."""
 
 conversation_messages = Table(
@@ -528,18 +530,6 @@ def _in_place(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
     return all(before[name] == after[name] for name in same)
 
 
-def _date_order(date: datetime | None) -> tuple[bool, datetime]:
-    """Newest first by date, a missing date lowest (the key breaks ties: `_Delta.order_ties`)."""
-    return date is not None, date or NO_TIME
-
-
-_KEY_ORDER = text("SELECT key FROM unnest(CAST(:keys AS TEXT[])) AS key ORDER BY key").columns(
-    key=Text
-)
-"""Message keys in the order of the database's default collation: the ledger's
-`message_key` has no collation of its own, so `_recompute` orders it the same way."""
-
-
 class _Delta:
     """Summary rows updated in memory from single ledger changes, where the result is
     exactly what `_recompute` would give; `apply` says False where it cannot tell (the
@@ -554,24 +544,14 @@ class _Delta:
     def order_ties(
         self, steps: Iterable[tuple[Key, Key, Mapping[str, Any] | None, Mapping[str, Any]]]
     ) -> None:
-        """Rank, in the collation `_recompute` orders keys by, the message keys that may
-        break a tie on the last message's date: those of the new messages dated as the
-        stored last message of their root or as another new message of it (while `apply`
-        goes through the steps, the last message is the stored one or one of these).
-        One query for the batch, only when there is a tie: a recompute instead would read
-        every message of the root, and all of them may share a date (or have none)."""
-        tied: dict[tuple[Key, tuple[bool, datetime]], set[str]] = defaultdict(set)
-        for root, message_key, before, after in steps:
-            if before is None and root in self._rows:
-                tied[(root, _date_order(after["date_added"]))].add(message_key[1])
-        for (root, date), keys in tied.items():
-            row = self._rows[root]
-            if row["last_message_key"] is not None and _date_order(row["last_message_at"]) == date:
-                keys.add(row["last_message_key"])
-        wanted = sorted({key for keys in tied.values() if len(keys) > 1 for key in keys})
-        if wanted:
-            ordered = self._conn.scalars(_KEY_ORDER, {"keys": wanted})
-            self._key_rank = {key: rank for rank, key in enumerate(ordered)}
+        """Rank the message keys that may break a tie on a root's last message date
+        (`rank_ties`): those of the new messages, while `apply` goes through the steps."""
+        joining = [
+            (root, key[1], after["date_added"])
+            for root, key, before, after in steps
+            if before is None
+        ]
+        self._key_rank = rank_ties(self._conn, self._rows, joining)
 
     def apply(
         self,
@@ -592,8 +572,8 @@ class _Delta:
                 self._changed.add(root)
             return True
         date = after["date_added"]
-        current = _date_order(row["last_message_at"])
-        new = _date_order(date)
+        current = date_order(row["last_message_at"])
+        new = date_order(date)
         last_key = row["last_message_key"]
         if last_key is not None and new == current:  # a tie: the key decides
             rank = self._key_rank
