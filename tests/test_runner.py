@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,6 +287,43 @@ def test_an_interrupted_rebuild_leaves_the_live_projection_untouched(
         assert (counts(conn, projection), checkpoint(conn, projection.name)) == before
         names = set(sqlalchemy.inspect(conn).get_table_names())
     assert not any(name.endswith("__rebuild") for name in names)
+
+
+def test_the_switch_does_not_deadlock_with_a_read_of_several_tables(
+    database_url: str, engine: sqlalchemy.Engine, projection: CountingProjection
+) -> None:
+    """A read holding one live table and then reading another (as a read of messages
+    joins the timeline and the conversations' tables) while the rebuild's switch drops
+    them one after the other: one of the two was killed by PostgreSQL's deadlock check
+    (a 503 for the read, or a replay failing after its whole rebuild)."""
+    append(database_url, [message() for _ in range(5)])
+    failures: list[BaseException] = []
+
+    def rebuild() -> None:
+        try:
+            runner.rebuild(engine, [projection])
+        except BaseException as error:
+            failures.append(error)
+
+    switching = threading.Thread(target=rebuild)
+    with engine.connect() as reader:
+        reader.execute(text(f"SELECT count(*) FROM {projection.applied.name}"))  # held
+        switching.start()
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"
+        )
+        for _ in range(500):  # the switch waits for the read's lock
+            if reader.scalar(text(waiting), {"t": projection.applied.name}):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the rebuild never waited for the read")
+        reader.execute(text(f"SELECT count(*) FROM {projection.counts.name}"))
+        reader.commit()
+    switching.join(30)
+    assert not failures
+    with engine.connect() as conn:
+        assert checkpoint(conn, projection.name) == head_position(conn)
 
 
 def test_verify_finds_a_corrupted_row(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, MetaData, Table, text
+from sqlalchemy.exc import OperationalError
 
 from conversations.projections import bulk, changes
 from conversations.projections.base import BulkProjection, EventBatch, Projection, Tables
@@ -371,6 +372,38 @@ def _swap(conn: Connection, live: str, side: str) -> None:
         conn.exec_driver_sql(f"ALTER INDEX {_quote(conn, old)} RENAME TO {_quote(conn, new)}")
 
 
+SWITCH_LOCK_TIMEOUT_MS = 100
+"""How long one try to take the live tables for a switch waits for the reads before
+it lets them through; under PostgreSQL's `deadlock_timeout` (1 s by default)."""
+
+
+def _lock_live(conn: Connection, tables: Sequence[str]) -> None:
+    """Every live table a switch replaces, ACCESS EXCLUSIVE, before the first is dropped.
+
+    A read holds its tables' locks until it ends and takes them in its own order (one
+    statement reads the timeline and the conversations' tables together). Dropping the
+    live tables one after the other while reads come and go could hold one the read
+    waits for while waiting for one it holds: PostgreSQL's deadlock check then killed
+    one of the two, a read (a 503) or the replay (after its whole rebuild). So the
+    tables are taken in one try that holds nothing unless it gets them all: a try not
+    done within SWITCH_LOCK_TIMEOUT_MS is rolled back (its locks released, the reads
+    waiting behind it served) and made again."""
+    names = ", ".join(_quote(conn, name) for name in tables)
+    while True:
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}")
+                conn.exec_driver_sql(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+                conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
+            return
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+
+
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
 @contextmanager
 def _exclusive(engine: Engine, purpose: str, projections: Sequence[Projection]) -> Iterator[None]:
     """Session-level advisory locks so two rebuilds of one projection never overlap."""
@@ -466,6 +499,7 @@ def rebuild(
                 # (chasing a steady stream of appends here could go on for ever).
                 head = head_position(conn)
                 position = _fold(conn, ordered, sides, position, head, batch_size)
+                _lock_live(conn, [live for p in ordered for live in sides[p.name]])
                 for projection in ordered:
                     for live, side in sides[projection.name].items():
                         _swap(conn, live, side.name)
