@@ -368,6 +368,8 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         return 2
     if settings.auto_migrate and not args.no_migrate:
         _migrate(argparse.Namespace(downgrade=None, revision="head"), handle)
+    else:
+        _warn_if_schema_behind(handle)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     if settings.webhook_verify == "off":
@@ -390,6 +392,33 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         print(f"conversations: cannot serve on http://{host}:{port}", file=sys.stderr)
         return 2
     return 0
+
+
+def _warn_if_schema_behind(handle: DatabaseHandle) -> None:
+    """With migrations left to `migrate`, say at start when the schema is not this
+    release's: until it is, reads of what changed answer 503 and the projection worker
+    retries in vain, and only /readyz said why. A database that cannot be reached is
+    not this check's to report (/readyz and the first requests do)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from conversations import migrate
+
+    engine = create_engine(handle.url, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            current = migrate.current_revision(conn)
+    except (SQLAlchemyError, OSError):
+        return
+    finally:
+        engine.dispose()
+    head = migrate.head_revision()
+    if current != head:
+        log.warning(
+            "the database schema is at %s, this release needs %s: run `conversations migrate`"
+            " (migrations are not applied on start)",
+            current or "no migration",
+            head,
+        )
 
 
 def _key_setting(message: str) -> str:

@@ -30,6 +30,11 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def current_revision(connection: Connection) -> str | None:
+    """The database's revision; None before the first migration."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
 def upgrade(connection: Connection, revision: str = "head") -> None:
     """Apply migrations up to `revision` in the caller's connection, then commit.
 
@@ -45,7 +50,7 @@ def upgrade(connection: Connection, revision: str = "head") -> None:
 def _refuse_going_down(connection: Connection, revision: str) -> None:
     """An upgrade to a revision below the database's does nothing in alembic: say so,
     rather than report success for a schema that did not move."""
-    current = MigrationContext.configure(connection).get_current_revision()
+    current = current_revision(connection)
     script = ScriptDirectory.from_config(alembic_config())
     if current is None or revision in ("head", "heads", current):
         return

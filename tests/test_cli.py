@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conversations.database import create_database, drop_database
+from conversations import migrate
+from conversations.database import create_database, create_engine, drop_database
 from tests.conftest import REPO, free_port
 
 COMMANDS = [
@@ -238,6 +239,52 @@ def test_serve_on_a_port_in_use_says_so_and_exits_2(database_url: str) -> None:
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert "signatures are not checked" in result.stderr
+
+
+@pytest.mark.parametrize("revision", ["0013", None], ids=["older", "none"])
+def test_serve_without_migrations_says_when_the_schema_is_behind(
+    revision: str | None, server_url: str
+) -> None:
+    """With migrations left to `migrate`, a database at an older revision (or none) is
+    named at start: reads of what changed answer 503 and the projection worker fails
+    until it is migrated, and only /readyz said why."""
+    name = f"conversations_behind_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    try:
+        if revision:
+            engine = create_engine(url)
+            with engine.connect() as conn:
+                migrate.upgrade(conn, revision)
+            engine.dispose()
+        with socket.socket() as taken:  # serve stops at once, after its start-up lines
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = conversations(
+                "serve", "--no-migrate", "--port", str(port), env={"DATABASE_URL": url}
+            )
+    finally:
+        drop_database(server_url, name)
+    assert result.returncode == 2, result.stderr
+    head = migrate.head_revision()
+    assert (
+        f"the database schema is at {revision or 'no migration'}, this release needs {head}:"
+        " run `conversations migrate`"
+    ) in result.stderr
+
+
+def test_serve_without_migrations_on_a_current_schema_says_nothing_of_it(
+    database_url: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = conversations(
+            "serve", "--no-migrate", "--port", str(port), env={"DATABASE_URL": database_url}
+        )
+    assert result.returncode == 2, result.stderr
+    assert "schema" not in result.stderr
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
