@@ -28,10 +28,14 @@ def _projections(args: argparse.Namespace) -> tuple[Projection, ...] | None:
         return None
 
 
-def _progress(engine: Engine, label: str) -> tuple[Progress, Callable[[int], None]]:
+def _progress(
+    engine: Engine, label: str, upto: Projection | None = None
+) -> tuple[Progress, Callable[[int], None]]:
+    """A bar up to the newest event, or (`upto`) to that projection's checkpoint: what
+    `verify` rebuilds and compares, behind the newest event while webhooks arrive."""
     with engine.connect() as conn:
-        head = head_position(conn)
-    bar = Progress(total=head, label=label, unit="events")
+        total = projection_status(conn, [upto])[0].position if upto else head_position(conn)
+    bar = Progress(total=total, label=label, unit="events")
     return bar, bar.update_to
 
 
@@ -64,7 +68,7 @@ def verify(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     differing = 0
     try:
         for projection in projections:
-            bar, report = _progress(engine, f"verify {projection.name}")
+            bar, report = _progress(engine, f"verify {projection.name}", projection)
             try:
                 differences = verify_projection(engine, projection, report)
             except ReplayBusy as error:

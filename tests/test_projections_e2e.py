@@ -18,9 +18,12 @@ from sqlalchemy import make_url, text
 from conversations import migrate
 from conversations.cli import main
 from conversations.database import create_engine, drop_database
+from conversations.projections.registry import PROJECTIONS
+from conversations.projections.runner import catch_up_all, ensure_checkpoints
 from tests.api_support import Reader, make_key, post_all, wait_folded
-from tests.conftest import start_server
+from tests.conftest import migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
+from tests.projection_support import append_documents
 
 pytestmark = pytest.mark.e2e
 
@@ -233,3 +236,24 @@ def test_every_read_agrees_on_the_last_message_in_a_linguistic_collation(
         finally:
             server.stop()
             engine.dispose()
+
+
+def test_verify_counts_up_to_the_position_it_compares_at(
+    server_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # While webhooks arrive the projection is behind the newest event: verify rebuilds and
+    # compares up to its checkpoint, so its progress ends there ("2 of 2"), not at the
+    # newest event ("2 of 3", shown as 67 %, or as 100 % at "355,377 of 355,391").
+    with migrated_database(server_url, "conversations_verify") as url:
+        engine = create_engine(url)
+        try:
+            append_documents(url, engine, [message(), message()])
+            with engine.begin() as conn:
+                ensure_checkpoints(conn, PROJECTIONS)
+            catch_up_all(engine, PROJECTIONS)
+            append_documents(url, engine, [message()])
+            assert cli(url, monkeypatch, "verify", "--projection", "timeline") == 0
+        finally:
+            engine.dispose()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "verify timeline" in line]
+    assert "100%" in lines[-1] and "2 of 2 events" in lines[-1], lines

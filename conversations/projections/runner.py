@@ -552,6 +552,8 @@ def verify(
             with engine.begin() as conn:
                 live_position = _checkpoint(conn, projection.name, wait=True) or 0
                 _fold(conn, [projection], sides, position, live_position, batch_size)
+                if progress:
+                    progress(live_position)  # compared there
                 for live, side in sides[projection.name].items():
                     differences += _compare(conn, live, side.name, limit)
         finally:
