@@ -271,6 +271,7 @@ def _import(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle
 
 def _quarantine(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
     from conversations import quarantine
+    from conversations.signatures import SignatureVerifier
 
     timeout = settings.db_timeout
     if args.action == "list":
@@ -278,7 +279,13 @@ def _quarantine(args: argparse.Namespace, settings: Settings, handle: DatabaseHa
     if args.action == "show":
         return quarantine.show(handle.url, timeout, args.id)
     qid = None if args.all else args.id
-    return quarantine.retry(handle.url, timeout, qid, limit=settings.max_body_bytes)
+    try:
+        verifier = SignatureVerifier(settings.ed25519_public_key, settings.rsa_public_key)
+    except ValueError as error:  # a signing key that cannot be used
+        print(f"conversations: {_key_setting(str(error))}", file=sys.stderr)
+        return 2
+    endpoint = quarantine.Endpoint(verifier, settings.max_body_bytes)
+    return quarantine.retry(handle.url, timeout, qid, endpoint=endpoint)
 
 
 def _migrate(args: argparse.Namespace, handle: DatabaseHandle) -> int:

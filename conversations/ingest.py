@@ -192,9 +192,7 @@ class Ingestor:
         return outcome
 
     async def _receive(self, raw: bytes, headers: Mapping[str, str], source: Source) -> Outcome:
-        verification = self._verifier.verify(
-            raw, _first(headers.get(ED25519_HEADER)), _first(headers.get(RSA_HEADER))
-        )
+        verification = check_signature(self._verifier, raw, headers)
         if self._enforce and not verification.valid:
             log.warning(
                 "webhook refused: %s",
@@ -348,6 +346,15 @@ def _kept(headers: Mapping[str, str], encoded: bool = False) -> dict[str, str]:
     if encoded and "content-encoding" in headers:
         kept["content-encoding"] = headers["content-encoding"]
     return kept
+
+
+def check_signature(
+    verifier: SignatureVerifier, body: bytes, headers: Mapping[str, str]
+) -> Verification:
+    """The verification of `body` by the signature headers it came with (lower-case
+    names), as the endpoint records it in an event's metadata."""
+    ed25519, rsa = _first(headers.get(ED25519_HEADER)), _first(headers.get(RSA_HEADER))
+    return verifier.verify(body, ed25519, rsa)
 
 
 def _first(signature: str | None) -> str | None:

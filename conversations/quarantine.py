@@ -3,11 +3,12 @@ the bodies kept aside, and their second chance once a fix has shipped.
 
 A retry runs the body through the webhook endpoint's steps again, with the headers kept
 with it: its Content-Encoding undone (`ingest.decoded`: a body kept as received, still
-encoded, kept that header), then `ingest.prepare` (signatures are not checked again: they
-were at receipt, or verification was off). A body that now parses is appended, and its
-row marked `ingested` with the event's position in the same transaction; a body that
-still fails stays `pending` with the current reason (still `bad_encoding` for one that
-still does not decode). Every function returns the exit
+encoded, kept that header), its signature headers checked against the configured keys
+and the result recorded in the event's metadata as the endpoint does (never refused:
+the body was accepted at receipt, or verification was off), then `ingest.prepare`. A body
+that now parses is appended, and its row marked `ingested` with the event's position in
+the same transaction; a body that still fails stays `pending` with the current reason
+(still `bad_encoding` for one that still does not decode). Every function returns the exit
 status: 0 done, 1 no such body or still failing, 2 the database failed.
 """
 
@@ -29,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conversations.database import create_async_engine, describe_error
 from conversations.events import NewEvent
-from conversations.ingest import Rejection, Source, decoded, prepare
+from conversations.ingest import Rejection, Source, check_signature, decoded, prepare
 from conversations.progress import size
+from conversations.signatures import SignatureVerifier
 from conversations.store import append_events, is_unavailable
 
 _LIST = text(
@@ -278,21 +280,29 @@ def hex_dump(data: bytes) -> list[str]:
 # --- retry -----------------------------------------------------------------------------------
 
 
-def retry(url: str, db_timeout: float, qid: int | None, *, limit: int) -> int:
-    """Retry one pending body (`qid`) or all of them (None), decoded to at most `limit`
-    bytes (`CONVERSATIONS_MAX_BODY_BYTES`, as the endpoint); 0 when every retried body is
-    now in the store, 1 otherwise."""
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """What the webhook endpoint checks a body with: the signature keys, the size limit
+    (`CONVERSATIONS_MAX_BODY_BYTES`) a body is decoded to at most."""
+
+    verifier: SignatureVerifier
+    limit: int
+
+
+def retry(url: str, db_timeout: float, qid: int | None, *, endpoint: Endpoint) -> int:
+    """Retry one pending body (`qid`) or all of them (None) as `endpoint` takes them; 0
+    when every retried body is now in the store, 1 otherwise."""
 
     async def work(engine: AsyncEngine) -> int:
         if qid is None:
-            return await _retry_all(engine, limit)
-        return await _retry_id(engine, qid, limit)
+            return await _retry_all(engine, endpoint)
+        return await _retry_id(engine, qid, endpoint)
 
     return _run(url, db_timeout, work)
 
 
-async def _retry_id(engine: AsyncEngine, qid: int, limit: int) -> int:
-    outcome, message = await _retry_one(engine, qid, limit)
+async def _retry_id(engine: AsyncEngine, qid: int, endpoint: Endpoint) -> int:
+    outcome, message = await _retry_one(engine, qid, endpoint)
     if outcome == "missing":
         print(f"conversations: {message}", file=sys.stderr)
         return 1
@@ -300,7 +310,7 @@ async def _retry_id(engine: AsyncEngine, qid: int, limit: int) -> int:
     return 1 if outcome == "failing" else 0
 
 
-async def _retry_all(engine: AsyncEngine, limit: int) -> int:
+async def _retry_all(engine: AsyncEngine, endpoint: Endpoint) -> int:
     counts = {"stored": 0, "duplicate": 0, "failing": 0}
     after = 0
     while True:
@@ -309,7 +319,7 @@ async def _retry_all(engine: AsyncEngine, limit: int) -> int:
         if not ids:
             break
         for qid in ids:
-            outcome, message = await _retry_one(engine, qid, limit)
+            outcome, message = await _retry_one(engine, qid, endpoint)
             if outcome in counts:  # not one that went away or was ingested meanwhile
                 counts[outcome] += 1
                 print(message)
@@ -325,7 +335,7 @@ async def _retry_all(engine: AsyncEngine, limit: int) -> int:
     return 1 if counts["failing"] else 0
 
 
-async def _retry_one(engine: AsyncEngine, qid: int, limit: int) -> tuple[str, str]:
+async def _retry_one(engine: AsyncEngine, qid: int, endpoint: Endpoint) -> tuple[str, str]:
     """(outcome, message): outcome is stored, duplicate, failing, done (nothing to do) or
     missing. The row is locked, so two retries of one body cannot both append it."""
     async with engine.begin() as conn:
@@ -335,7 +345,7 @@ async def _retry_one(engine: AsyncEngine, qid: int, limit: int) -> tuple[str, st
         if row.status != "pending":
             position = row.resolved_position
             return "done", f"quarantine {qid}: already {row.status} (position {position})"
-        prepared = _prepare(bytes(row.body), row.headers, row.source, limit)
+        prepared = _prepare(bytes(row.body), row.headers, row.source, endpoint)
         if isinstance(prepared, Rejection):
             return await _still_failing(conn, qid, prepared)
         event = dataclasses.replace(prepared, metadata={**prepared.metadata, "quarantineId": qid})
@@ -357,15 +367,17 @@ async def _retry_one(engine: AsyncEngine, qid: int, limit: int) -> tuple[str, st
 
 
 def _prepare(
-    body: bytes, headers: Mapping[str, str], source: str, limit: int
+    body: bytes, headers: Mapping[str, str], source: str, endpoint: Endpoint
 ) -> NewEvent | Rejection:
     """What the endpoint would make of `body` received with `headers`."""
     kind: Source = "import" if source == "import" else "webhook"
     try:
-        plain = decoded(body, headers, limit)
+        plain = decoded(body, headers, endpoint.limit)
         if isinstance(plain, Rejection):
             return plain
-        return prepare(plain, kind, None)
+        if kind == "import":  # no headers, no signature
+            return prepare(plain, kind, None)
+        return prepare(plain, kind, check_signature(endpoint.verifier, plain, headers))
     except Exception as error:  # still a bug: keep the body, say what failed
         return Rejection("internal_error", f"{type(error).__name__}: {error}")
 

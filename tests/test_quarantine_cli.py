@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from conversations.cli import main
 from conversations.database import create_engine
 from tests.conftest import migrated_database
-from tests.helpers import Server, events_refusing, message, new_id
+from tests.helpers import KeyPair, Scheme, Server, events_refusing, message, new_id
 
 
 @dataclass
@@ -256,6 +256,30 @@ def test_retry_stores_a_body_whose_failure_went_away(cli: Run, engine: sqlalchem
     assert again.out == f"quarantine {qid}: already ingested (position {position})\n"
     assert event_count(engine, document["locationId"]) == 1
     assert row(engine, qid)["resolved_at"] == kept["resolved_at"]
+
+
+@pytest.mark.parametrize("scheme", ["ed25519", "rsa"])
+def test_retry_records_the_signature_a_webhook_came_with(
+    cli: Run,
+    engine: sqlalchemy.Engine,
+    keys: KeyPair,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: Scheme,
+) -> None:
+    # The metadata says which header verified an event, whichever way it got stored: the
+    # endpoint verified the body when it kept it aside, the retry checks it again.
+    monkeypatch.setenv("CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY", keys.ed25519_public_pem)
+    monkeypatch.setenv("CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY", keys.rsa_public_pem)
+    _, raw = body()
+    headers = {name.lower(): value for name, value in keys.headers(raw, scheme).items()}
+    _, forged_raw = body()
+    forged_headers = {name: "A" + value[1:] for name, value in headers.items()}
+    for kept, sent, valid in ((raw, headers, True), (forged_raw, forged_headers, False)):
+        qid = keep(engine, kept, headers=sent)
+        assert cli("quarantine", "retry", str(qid)).status == 0
+        metadata = event_at(engine, row(engine, qid)["resolved_position"])["metadata"]
+        header = {"ed25519": "X-GHL-Signature", "rsa": "X-WH-Signature"}[scheme]
+        assert (metadata["signature"], metadata["signatureValid"]) == (header, valid)
 
 
 def test_retry_of_a_body_stored_meanwhile_is_a_duplicate(
