@@ -8,11 +8,15 @@ from collections.abc import Iterator, Sequence
 
 
 class Counter:
-    def __init__(self, name: str, help: str, label: str) -> None:
+    def __init__(self, name: str, help: str, label: str, known: Sequence[str] = ()) -> None:
+        """`known`: the label values rendered (as 0) before their first increment. A
+        series that first appears at 1 hides that increment from `rate()` and
+        `increase()`, so an alert on, say, the first `unavailable` after a restart
+        would never fire (Prometheus' "avoid missing metrics")."""
         self.name = name
         self.help = help
         self.label = label
-        self.values: defaultdict[str, int] = defaultdict(int)
+        self.values: defaultdict[str, int] = defaultdict(int, dict.fromkeys(known, 0))
 
     def inc(self, label_value: str, amount: int = 1) -> None:
         self.values[label_value] += amount
@@ -75,17 +79,37 @@ class Gauge:
             yield f"{self.name}{label} {_number(number)}"
 
 
+WEBHOOK_OUTCOMES = (
+    "stored",
+    "duplicate",
+    "quarantined",
+    "not_json",
+    "bad_encoding",
+    "unauthenticated",
+    "too_large",
+    "unsupported_encoding",
+    "body_timeout",
+    "unavailable",
+    "client_disconnected",
+)
+"""Every `outcome` of `conversations_webhooks_total` (README's metrics table)."""
+
+
 class Metrics:
     """The service's metrics; one instance per process, held by the app's state."""
 
     def __init__(self) -> None:
         self.webhooks = Counter(
-            "conversations_webhooks_total", "Webhook deliveries by outcome.", "outcome"
+            "conversations_webhooks_total",
+            "Webhook deliveries by outcome.",
+            "outcome",
+            known=WEBHOOK_OUTCOMES,
         )
         self.read_cache = Counter(
             "conversations_read_cache_total",
             "Reads of cacheable pages by result: hit (answered from memory) or miss.",
             "result",
+            known=("hit", "miss"),
         )
         self.request_seconds = Histogram(
             "conversations_request_duration_seconds", "HTTP request latency by route.", "route"

@@ -21,16 +21,18 @@ from sqlalchemy import text
 
 from conversations import migrate
 from conversations.database import create_database, create_engine, drop_database
+from conversations.metrics import WEBHOOK_OUTCOMES
 from conversations.projections.registry import PROJECTIONS
 from conversations.projections.runner import catch_up_all
 from tests.api_support import PROBLEM_JSON, assert_problem, eventually, make_key
-from tests.conftest import migrated_database, start_server
+from tests.conftest import REPO, migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
 
 pytestmark = pytest.mark.e2e
 
 MAX_LAG = 1.0
 NAMES = sorted(p.name for p in PROJECTIONS)
+README = REPO / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +202,22 @@ def test_metrics_keep_webhook_outcomes_and_latency_histograms(ops_server: Server
     inf = sample(exposition, "conversations_request_duration_seconds_bucket", route + ',le="+Inf"')
     assert count is not None and count >= 2
     assert inf == count
+
+
+def test_metrics_render_every_outcome_before_its_first_webhook(ops_server: Server) -> None:
+    """Each outcome README lists is a series from the start, at 0 until it happens: one
+    that first appears at 1 hides that webhook from `increase()`, so an alert on the
+    first `unavailable` or `unauthenticated` after a restart would never fire."""
+    table = README.read_text().split("`conversations_webhooks_total{outcome}`", 1)[1]
+    listed = re.findall(r"`(\w+)`", table.split("\n", 1)[0].split("by outcome:", 1)[1])
+    assert listed == list(WEBHOOK_OUTCOMES)
+    exposition = scrape(ops_server)
+    for outcome in WEBHOOK_OUTCOMES:
+        labels = f'outcome="{outcome}"'
+        assert sample(exposition, "conversations_webhooks_total", labels) is not None, outcome
+    for result in ("hit", "miss"):
+        labels = f'result="{result}"'
+        assert sample(exposition, "conversations_read_cache_total", labels) is not None, result
 
 
 def test_metrics_answer_without_gauges_when_the_database_is_away(
