@@ -273,7 +273,9 @@ class Ingestor:
             raise StoreUnavailable("the database did not confirm the quarantine in time") from None
         except Exception as error:
             raise StoreUnavailable(f"quarantine failed: {type(error).__name__}") from error
-        log.info("webhook quarantined", extra={"reason": reason, "quarantine_id": qid})
+        # A warning, as README promises: a body kept aside waits for someone to look at it
+        # (`conversations quarantine retry` after a fix), at any log level but `error`.
+        log.warning("webhook quarantined", extra={"reason": reason, "quarantine_id": qid})
         return qid
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and is logged.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn passes each of its messages a second time with ANSI colour codes, for a
+# terminal: in a JSON line it was a key only uvicorn's lines had, full of escape codes.
+_SKIPPED = _STANDARD | {"color_message"}
 
 access = logging.getLogger("conversations.access")
 
@@ -27,7 +30,7 @@ class JSONFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD:
+            if key not in _SKIPPED:
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -303,6 +303,34 @@ def test_each_request_is_one_json_line_without_bodies(
     assert "Bearer" not in ops_server.output and key not in ops_server.output
 
 
+def test_json_logs_have_the_same_keys_on_every_line_and_warn_of_quarantined_bodies(
+    ops_database: str, keys: KeyPair
+) -> None:
+    """Every line a JSON object with `time`, `level`, `logger` and `message`, the server's
+    own lines included (uvicorn's carried a `color_message` full of ANSI escape codes);
+    a quarantined body is a warning, as README says, so it shows at level `warning`."""
+    server = start_server(
+        ops_database,
+        keys,
+        CONVERSATIONS_PROJECTION_WORKER="false",
+        CONVERSATIONS_LOG_LEVEL="info",
+        CONVERSATIONS_LOG_FORMAT="json",
+    )
+    try:
+        assert server.post(message(type="LCEmailStats")).status_code == 202
+    finally:
+        server.stop()
+    lines = server.output.splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert any(entry["logger"] == "uvicorn.error" for entry in entries)
+    for line, entry in zip(lines, entries, strict=True):
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+        assert "color_message" not in entry and "\\u001b" not in line, line
+    quarantined = [entry for entry in entries if entry["message"] == "webhook quarantined"]
+    assert [entry["level"] for entry in quarantined] == ["warning"]
+    assert quarantined[0]["reason"] == "unknown_type"
+
+
 def test_a_database_without_the_schema_is_a_503_that_says_to_migrate(
     server_url: str, keys: KeyPair
 ) -> None:
