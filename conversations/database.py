@@ -56,12 +56,26 @@ def sqlalchemy_url(url: str) -> str:
             f"Database URL scheme {scheme!r} is not supported; use postgresql:// "
             "(postgres://, postgresql+psycopg:// and postgresql+psycopg2:// are accepted too)."
         )
-    return f"postgresql+psycopg://{rest}"
+    converted = f"postgresql+psycopg://{rest}"
+    try:
+        # Parsed here, not first by the engine: a password holding an unencoded ':' or '/'
+        # made the port "invalid literal for int() with base 10: 'w'", which says nothing.
+        make_url(converted)
+    except ValueError as error:
+        raise DatabaseConfigError(
+            f"Database URL {redact(url)!r} cannot be parsed ({error}); a user name or "
+            "password holding @ : / ? # or % must be percent-encoded (@ as %40)."
+        ) from None
+    return converted
 
 
 def libpq_url(url: str) -> str:
     """`url` (or its SQLAlchemy form) as a libpq connection URL, for psycopg itself."""
     return "postgresql://" + sqlalchemy_url(url).partition("://")[2]
+
+
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+"""libpq parameters whose value is a secret: the password, and the client key's passphrase."""
 
 
 def redact(url: str) -> str:
@@ -77,11 +91,14 @@ def redact(url: str) -> str:
     if at and password:
         head = f"{user}:***@{location}"
     if question:
-        query = "&".join(
-            "password=***" if part.partition("=")[0].lower() == "password" else part
-            for part in query.split("&")
-        )
+        query = "&".join(_redact_parameter(part) for part in query.split("&"))
     return f"{scheme}://{head}{question}{query}"
+
+
+def _redact_parameter(part: str) -> str:
+    """One `name=value` of a URL's query, its value hidden if it is a secret."""
+    name = part.partition("=")[0].lower()
+    return f"{name}=***" if name in _SECRET_PARAMETERS else part
 
 
 @dataclass(frozen=True)

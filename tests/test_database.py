@@ -82,6 +82,19 @@ def test_sqlalchemy_url_rejects_non_urls_without_leaking_them() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@x:y/z@db:5432/app",  # @, : and / in the password, unencoded
+        "postgresql://app:s3cret@db:port/app",
+    ],
+)
+def test_sqlalchemy_url_says_what_to_encode_in_a_url_it_cannot_parse(url: str) -> None:
+    with pytest.raises(DatabaseConfigError, match="percent-encoded") as raised:
+        sqlalchemy_url(url)
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
     ("url", "redacted"),
     [
         ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
@@ -89,6 +102,7 @@ def test_sqlalchemy_url_rejects_non_urls_without_leaking_them() -> None:
         ("postgresql://app@db:5432/app", "postgresql://app@db:5432/app"),
         ("postgresql://postgres:@/app?host=/tmp/pg", "postgresql://postgres:@/app?host=/tmp/pg"),
         ("postgresql:///app?user=app&Password=s3cret&host=/s", "postgresql:///app?user=app&password=***&host=/s"),
+        ("postgresql://app@db/app?sslkey=/k&sslpassword=s3cret", "postgresql://app@db/app?sslkey=/k&sslpassword=***"),
         ("postgresql://h:5432/app", "postgresql://h:5432/app"),
         ("not a url", "not a url"),
     ],
