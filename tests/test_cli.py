@@ -5,6 +5,7 @@ traceback), and SIGTERM stopping `serve` cleanly, embedded PostgreSQL included."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,8 @@ import pytest
 
 from conversations import migrate
 from conversations.database import create_database, create_engine, drop_database
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, start_server
+from tests.helpers import KeyPair
 
 COMMANDS = [
     ("status",),
@@ -316,3 +318,33 @@ def test_logs_are_plain_lines_at_a_terminal_and_json_elsewhere(
         assert " INFO conversations.database Using PostgreSQL at " in first, first
     else:
         assert first.startswith('{"time": '), first
+
+
+def test_a_request_unfinished_when_serve_stops_gets_a_503_to_retry(
+    database_url: str, keys: KeyPair
+) -> None:
+    """A webhook whose body is still arriving when SIGTERM comes is waited for (10 s),
+    then answered 503 with Retry-After, as any request the service could not finish;
+    not uvicorn's text/plain 500, with an error and a traceback in the log."""
+    server = start_server(database_url, keys, CONVERSATIONS_PROJECTION_WORKER="false")
+    try:
+        with socket.create_connection(("127.0.0.1", int(server.url.rpartition(":")[2]))) as sock:
+            sock.sendall(
+                b"POST /webhooks/highlevel HTTP/1.1\r\nHost: conversations\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"type":'
+            )
+            time.sleep(0.5)  # the request is in the app, reading its body
+            server.process.send_signal(signal.SIGTERM)
+            sock.settimeout(30)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer
+    assert b"\r\nretry-after: " in head.lower() and b"application/problem+json" in head
+    assert json.loads(body)["type"] == "urn:conversations:problem:shutting_down"
+    assert "Exception in ASGI application" not in server.output
+    assert "Traceback" not in server.output

@@ -3,6 +3,7 @@ database engine and the group-commit writer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -134,7 +135,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             Exception: server_error,
         },
         middleware=[
-            Middleware(RequestLog, metrics=metrics),
+            Middleware(RequestLog, metrics=metrics, retry_after=settings.retry_after),
             *cors(settings),
             Middleware(ReadDeadline, seconds=settings.db_timeout, retry_after=settings.retry_after),
         ],
@@ -242,9 +243,10 @@ class RequestLog:
     server, which would print a second, unstructured traceback.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, retry_after: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.retry_after = retry_after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -263,6 +265,21 @@ class RequestLog:
 
         try:
             await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs 10 s into a graceful shutdown (a body still
+            # arriving, a database that hangs). Left to it, the client got a text/plain 500
+            # and the log an error with a traceback; it gets the 503 a retry needs instead.
+            if responded:
+                raise
+            response = problem_response(
+                503,
+                "shutting_down",
+                "Shutting down",
+                "The service stopped before this request was done; retry later (a webhook "
+                "that was stored after all is then answered as a duplicate).",
+                headers={"Retry-After": str(self.retry_after)},
+            )
+            await response(scope, receive, send_status)
         except Exception as error:
             if responded:  # too late for an error document; the server drops the connection
                 raise
