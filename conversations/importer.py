@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import errno
 import io
 import json
 import os
@@ -678,6 +679,10 @@ def _check(names: Sequence[str]) -> Iterator[tuple[str, OSError]]:
     """Every named file that cannot be opened, before anything is imported."""
     for name in names:
         if name == "-":
+            # Python leaves sys.stdin None when it started with descriptor 0 closed
+            # (`conversations import - <&-`, a service manager's default): not a traceback.
+            if sys.stdin is None:
+                yield "<stdin>", OSError(errno.EBADF, "standard input is closed")
             continue
         try:
             with open(name, "rb"):

@@ -473,6 +473,19 @@ def test_several_files_are_counted_apart_and_together(
     assert "total: 3 stored, 1 duplicate, 0 quarantined" in result.out
 
 
+def test_a_closed_standard_input_is_one_line_and_exit_2(
+    cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`conversations import - <&-` (or a service manager starting it without a standard
+    input): Python leaves `sys.stdin` None; that was an AttributeError traceback."""
+    monkeypatch.setattr(sys, "stdin", None)
+
+    result = cli("import", "-")
+
+    assert result.status == 2
+    assert result.err.strip() == "conversations: cannot read <stdin>: standard input is closed"
+
+
 def test_a_missing_file_stops_before_anything_is_imported(
     cli: Run, engine: sqlalchemy.Engine, tmp_path: Path
 ) -> None:
