@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO, Literal
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -603,10 +604,22 @@ def _engine(url: str, db_timeout: float) -> AsyncEngine:
     return create_async_engine(url, pool_size=1, timeout=db_timeout)
 
 
+async def _reachable(engine: AsyncEngine) -> None:
+    """Reach the event table before reading anything: a broken DATABASE_URL (or a schema
+    not migrated) fails the import even when there is nothing to import, as a nightly job
+    importing an empty export must, not only once a batch is ready."""
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1 FROM events LIMIT 0"))
+    except _DATABASE_ERRORS as error:
+        raise DatabaseFailed(_first_line(error)) from error
+
+
 async def _import_all(names: Sequence[str], url: str, limit: int, db_timeout: float) -> Report:
     engine = _engine(url, db_timeout)
     report = Report()
     try:
+        await _reachable(engine)
         for name in names:
             try:
                 await _import_file(engine, name, limit, report)
