@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from conversations.logs import configure
 
     configure(settings.log_level, settings.log_format)
-    previous = _interrupt_on_sigterm()
+    previous = _interrupt_on_stop_signals()
     try:
         try:
             handle = open_database(settings)
@@ -160,22 +160,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"conversations: {message}", file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
-def _interrupt_on_sigterm() -> _Handler | None:
-    """Make SIGTERM (systemd, docker, `kill`) stop a command as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Besides Ctrl-C: SIGTERM (systemd, docker, `kill`), SIGHUP (the terminal or the ssh
+session that ran the command went away)."""
+
+
+def _interrupt_on_stop_signals() -> dict[int, _Handler]:
+    """Make the `STOP_SIGNALS` stop a command as Ctrl-C does.
 
     Python's default is to die at once, skipping exit handlers, and one of those stops the
     embedded PostgreSQL: `serve` stopped by SIGTERM left it running. uvicorn re-raises the
     signal once its graceful shutdown is done, and swallows the KeyboardInterrupt.
-    Returns the previous handler, to restore (tests call `main` in-process).
+    Returns the previous handlers, to restore (tests call `main` in-process).
     """
     if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return signal.SIG_DFL if previous is None else previous
+        return {}
+    previous: dict[int, _Handler] = {}
+    for number in STOP_SIGNALS:
+        handler = signal.signal(number, signal.default_int_handler)
+        previous[number] = signal.SIG_DFL if handler is None else handler
+    return previous
 
 
 def _database_problem(error: Exception) -> str | None:
@@ -314,7 +322,6 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
     import os
-    import signal
 
     from conversations.gc_tuning import freeze_startup_heap
     from conversations.projections.registry import PROJECTIONS
@@ -334,8 +341,8 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     )
     # A stop signal interrupts even a fold in progress: its batch and checkpoint commit
     # together, so the rolled back transaction is simply folded again by the next worker.
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    for number in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(number, _raise_stop)
     try:
         freeze_startup_heap()
         log.info(
@@ -346,7 +353,8 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     except _Stop:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         engine.dispose()
     log.info("projection worker stopped")
@@ -389,6 +397,8 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10, **HTTP_SERVER
     )
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM only: a SIGHUP does the same.
+    signal.signal(signal.SIGHUP, lambda _, frame: server.handle_exit(signal.SIGTERM, frame))
     with embedded_kept_running(handle), contextlib.suppress(KeyboardInterrupt):
         try:
             server.run()  # re-raises the SIGINT or SIGTERM it stopped on: swallowed

@@ -109,11 +109,28 @@ def _running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def _children(pid: int) -> list[int]:
+    """The projection workers (`conversations work`) `pid` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            if ppid == pid and b"work" in (entry / "cmdline").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
+
+
 @pytest.mark.smoke
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_sigterm_stops_serve_and_its_embedded_postgresql(tmp_path: Path) -> None:
-    """systemd, docker and `kill` stop a service with SIGTERM: the embedded server must stop
-    with it, as it does on Ctrl-C, not be left running."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_stops_serve_and_its_embedded_postgresql(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """systemd, docker and `kill` stop a service with SIGTERM, a closed terminal or ssh
+    session with SIGHUP: the embedded server must stop with it, as it does on Ctrl-C, not
+    be left running; so must the projection worker."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     port = free_port()
     env.update(CONVERSATIONS_DATA_DIR=str(tmp_path / "data"), CONVERSATIONS_LOG_LEVEL="warning")
@@ -137,7 +154,8 @@ def test_sigterm_stops_serve_and_its_embedded_postgresql(tmp_path: Path) -> None
         postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
         assert _running(postmaster)
 
-        process.send_signal(signal.SIGTERM)
+        worker = _children(process.pid)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=30)
         assert process.returncode == 0, stderr
         assert "Traceback" not in stderr
@@ -145,6 +163,7 @@ def test_sigterm_stops_serve_and_its_embedded_postgresql(tmp_path: Path) -> None
         while _running(postmaster) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _running(postmaster), "the embedded PostgreSQL outlived `serve`"
+        assert worker and not any(_running(pid) for pid in worker), "the worker outlived it"
         assert not (pgdata / "postmaster.pid").exists()
     finally:
         if process.poll() is None:
