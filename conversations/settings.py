@@ -145,6 +145,8 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
 def _int(env: Mapping[str, str], name: str, minimum: int = 1, maximum: int | None = None) -> int:
     raw = _get(env, name)
     try:
+        if not (raw or "").isascii():  # int() takes any script's digits (Arabic-Indic 10)
+            raise ValueError(raw)
         value = int(raw or "")
     except ValueError:
         raise SettingsError(f"Setting {name}={raw!r} is not an integer.") from None
@@ -158,6 +160,8 @@ def _int(env: Mapping[str, str], name: str, minimum: int = 1, maximum: int | Non
 def _float(env: Mapping[str, str], name: str) -> float:
     raw = _get(env, name)
     try:
+        if not (raw or "").isascii():
+            raise ValueError(raw)
         value = float(raw or "")
     except ValueError:
         raise SettingsError(f"Setting {name}={raw!r} is not a number.") from None

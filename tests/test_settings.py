@@ -25,6 +25,8 @@ def test_defaults() -> None:
     ("name", "value", "message"),
     [
         ("CONVERSATIONS_PORT", "eighty", "not an integer"),
+        ("CONVERSATIONS_PORT", "\u0668\u0660\u0668\u0660", "not an integer"),  # Arabic 8080
+        ("CONVERSATIONS_BODY_TIMEOUT", "\uff12", "not a number"),  # a fullwidth 2
         ("CONVERSATIONS_MAX_BODY_BYTES", "0", "at least 1"),
         ("CONVERSATIONS_WEBHOOK_VERIFY", "maybe", "not one of enforce, off"),
         ("CONVERSATIONS_AUTO_MIGRATE", "perhaps", "not a boolean"),
