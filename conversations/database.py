@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import locale
 import logging
 import os
 import tempfile
@@ -275,6 +276,37 @@ def _with_database(url: str, name: str) -> str:
     return f"{scheme}://{userinfo}{at}{host}/{quote(name, safe='')}{question}{query}"
 
 
+def _available_locale(*names: str) -> str:
+    """The first of `names` the C library has (tried on LC_COLLATE, then put back)."""
+    current = locale.setlocale(locale.LC_COLLATE)
+    try:
+        for name in names:
+            with contextlib.suppress(locale.Error):
+                locale.setlocale(locale.LC_COLLATE, name)
+                return name
+        return "C"
+    finally:
+        locale.setlocale(locale.LC_COLLATE, current)
+
+
+@contextlib.contextmanager
+def _cluster_locale() -> Iterator[None]:
+    """`initdb` takes a new cluster's collation and character classes from the locale
+    of its environment, and fails on one the machine lacks (LANG=en_US.UTF-8 in a slim
+    container, macOS's LC_CTYPE=UTF-8 forwarded over ssh). So the embedded server is
+    initialised in C.UTF-8 whatever the environment says (C where the C library has no
+    C.UTF-8): text sorts by code point, as on the PostgreSQL CI runs on, on every machine."""
+    saved = os.environ.get("LC_ALL")
+    os.environ["LC_ALL"] = _available_locale("C.UTF-8", "C.utf8")
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["LC_ALL"]
+        else:
+            os.environ["LC_ALL"] = saved
+
+
 def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
     data_dir = data_dir.expanduser().resolve()
     pgdata = data_dir / "postgres"
@@ -292,12 +324,13 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
 
         _forget_dead_handles(PostgresServer, pgdata)
         served = _unspaced(pgdata)
-        if served == pgdata:
-            server = get_server(pgdata, cleanup_mode="stop")
-        else:  # get_server would resolve the link back to the spaced path
-            server = PostgresServer._instances.get(served) or PostgresServer(
-                served, cleanup_mode="stop"
-            )
+        with _cluster_locale():
+            if served == pgdata:
+                server = get_server(pgdata, cleanup_mode="stop")
+            else:  # get_server would resolve the link back to the spaced path
+                server = PostgresServer._instances.get(served) or PostgresServer(
+                    served, cleanup_mode="stop"
+                )
         _embedded_servers[pgdata] = server
     info = server.get_postmaster_info()
 

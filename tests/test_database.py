@@ -426,3 +426,34 @@ def test_embedded_server_runs_in_a_directory_whose_path_has_spaces(tmp_path: Pat
         if postmaster.exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)
+
+
+@pytest.mark.smoke
+def test_the_embedded_server_starts_whatever_locale_the_environment_names(
+    tmp_path: Path,
+) -> None:
+    """initdb refused a locale the machine lacks (LANG=en_US.UTF-8 in a slim container),
+    so `migrate` failed on a fresh machine; the cluster is C.UTF-8 (or C) whatever the
+    environment says, so text sorts the same on every machine."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        CONVERSATIONS_DATA_DIR=str(tmp_path / "data"),
+        LANG="xx_XX.UTF-8",
+        LC_ALL="xx_XX.UTF-8",
+        LC_CTYPE="UTF-8",
+    )
+    script = (
+        "from conversations.database import open_database, create_engine\n"
+        "from conversations.settings import Settings\n"
+        "handle = open_database(Settings.from_env())\n"
+        "engine = create_engine(handle.url)\n"
+        "with engine.connect() as conn:\n"
+        "    print(conn.exec_driver_sql('SELECT datcollate FROM pg_database"
+        " WHERE datname = current_database()').scalar())\n"
+        "engine.dispose()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("C.UTF-8", "C.utf8", "C"), result.stdout
