@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -236,6 +237,96 @@ def test_every_read_agrees_on_the_last_message_in_a_linguistic_collation(
         finally:
             server.stop()
             engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def linguistic_server(server_url: str, keys: KeyPair) -> Iterator[tuple[sqlalchemy.Engine, Server]]:
+    """`serve` on a `linguistic_database`, shared by the tests below."""
+    with linguistic_database(server_url) as url:
+        engine = create_engine(url)
+        server = start_server(url, keys)
+        try:
+            yield engine, server
+        finally:
+            server.stop()
+            engine.dispose()
+
+
+def test_the_channel_summary_breaks_ties_in_a_linguistic_collation(
+    linguistic_server: tuple[sqlalchemy.Engine, Server],
+) -> None:
+    # Channels whose last messages share a date: the first one listed is the channel of
+    # the contact's last message (the greater key in the database's collation, as the
+    # conversation names it), and across locations the later last message of a channel
+    # is picked the same way. Both used to compare keys by code point.
+    engine, server = linguistic_server
+    first, second, contact, conversation = new_id("loc"), new_id("loc"), new_id("con"), new_id()
+    common = {"contactId": contact, "dateAdded": "2024-05-08T12:00:00Z"}
+    # en-US: ma < Mb < Mc; code points: Mb < Mc < ma.
+    sms, whatsapp, elsewhere = f"ma-{new_id()}", f"Mb-{new_id()}", f"Mc-{new_id()}"
+    post_all(
+        server,
+        [
+            message(**common, locationId=first, conversationId=conversation, messageId=sms),
+            message(
+                **common,
+                locationId=first,
+                conversationId=conversation,
+                messageId=whatsapp,
+                messageType="WhatsApp",
+            ),
+            message(**common, locationId=second, messageId=elsewhere),
+        ],
+    )
+    wait_folded(engine)
+    one = Reader(server, make_key(engine, first))
+    assert one.json(f"/conversations/{conversation}")["lastMessageType"] == "TYPE_WHATSAPP"
+    channels = one.json(f"/contacts/{contact}/channels")["channels"]
+    assert [(c["channel"], c["lastMessageId"]) for c in channels] == [
+        ("WhatsApp", whatsapp),
+        ("SMS", sms),
+    ]
+    both = Reader(server, make_key(engine, all_locations=True))
+    channels = both.json(f"/contacts/{contact}/channels")["channels"]
+    assert [(c["channel"], c["lastMessageId"]) for c in channels] == [
+        ("SMS", elsewhere),
+        ("WhatsApp", whatsapp),
+    ]
+
+
+def test_a_contacts_messages_across_locations_in_a_linguistic_collation(
+    linguistic_server: tuple[sqlalchemy.Engine, Server],
+) -> None:
+    # Messages of one date in two locations: the merged list orders them by key in the
+    # database's collation, as each location's own list does (the merge used to compare
+    # keys by code point, interleaving the locations in neither order).
+    engine, server = linguistic_server
+    first, second, contact = new_id("loc"), new_id("loc"), new_id("con")
+    common = {"contactId": contact, "dateAdded": "2024-05-08T12:00:00Z"}
+    # en-US: a1 < A3 < B2; code points: A3 < B2 < a1.
+    ids = {name: f"{name}-{new_id()}" for name in ("a1", "A3", "B2")}
+    post_all(
+        server,
+        [
+            message(**common, locationId=first, messageId=ids["a1"]),
+            message(**common, locationId=first, messageId=ids["B2"]),
+            message(**common, locationId=second, messageId=ids["A3"]),
+        ],
+    )
+    wait_folded(engine)
+    reader = Reader(server, make_key(engine, first, second))
+    expected = [ids["a1"], ids["A3"], ids["B2"]]
+    for sort, order in (("asc", expected), ("desc", expected[::-1])):
+        for limit in (1, 2, 3):
+            got: list[str] = []
+            params: dict[str, Any] = {"sort": sort, "limit": limit}
+            while True:
+                page = reader.json(f"/contacts/{contact}/messages", params)
+                got += [m["id"] for m in page["messages"]]
+                if page["nextCursor"] is None:
+                    break
+                params["cursor"] = page["nextCursor"]
+            assert got == order, (sort, limit)
 
 
 def test_verify_counts_up_to_the_position_it_compares_at(

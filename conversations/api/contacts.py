@@ -25,6 +25,7 @@ of the contact.
 from __future__ import annotations
 
 import heapq
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,6 +46,7 @@ from conversations.keys import Scope
 from conversations.payloads import MAX_ID_BYTES
 from conversations.projections import contact_channels as channels_model
 from conversations.projections import timeline
+from conversations.projections._sql import NO_TIME, date_order, key_ranks
 from conversations.projections.contact_channels import ChannelSummary, ContactSummary
 from conversations.projections.timeline import TimelineMessage
 
@@ -142,7 +144,15 @@ def _read_page(
                 until=query.until,
             )
         )
-    merged = heapq.merge(*runs, key=_comparable, reverse=query.descending)
+    ranks = _tie_ranks(conn, runs)
+
+    def comparable(message: TimelineMessage) -> tuple[bool, datetime, int, str]:
+        """The timeline order (undated last, then the key as the database orders it),
+        then the location."""
+        date = message.date_added
+        return date is None, date or NO_TIME, ranks.get(message.message_key, 0), message.location_id
+
+    merged = heapq.merge(*runs, key=comparable, reverse=query.descending)
     page = [message for _, message in zip(range(query.limit), merged, strict=False)]
     if not page or sum(map(len, runs)) <= len(page):
         return page, None
@@ -154,18 +164,17 @@ def _read_page(
     return page, _Position(known, page[-1].cursor)
 
 
-def _comparable(message: TimelineMessage) -> tuple[bool, float, str, str]:
-    """The timeline order (undated last), then the location. Should the database's
-    collation order keys otherwise than Python does, only the interleaving of locations
-    on equal dates changes: each location's messages still come in their own order and
-    its cursor still says exactly where it stands."""
-    date = message.date_added
-    return (
-        date is None,
-        date.timestamp() if date else 0.0,
-        message.message_key,
-        message.location_id,
-    )
+def _tie_ranks(conn: Connection, runs: Sequence[Sequence[TimelineMessage]]) -> dict[str, int]:
+    """`key_ranks` of the messages dated as a message of another location's run: there
+    the key decides which comes first, in the database's collation as each location's
+    run is ordered (Python compares code points: on an en_US or ICU database it would
+    interleave the locations in neither order). No query when no date is shared."""
+    runs_by_date: dict[datetime | None, set[int]] = defaultdict(set)
+    for index, run in enumerate(runs):
+        for message in run:
+            runs_by_date[message.date_added].add(index)
+    shared = {date for date, seen in runs_by_date.items() if len(seen) > 1}
+    return key_ranks(conn, (m.message_key for run in runs for m in run if m.date_added in shared))
 
 
 def _contact_query(request: Request, params: Params) -> _Query:
@@ -247,19 +256,35 @@ def _roots(conn: Connection, page: Sequence[TimelineMessage]) -> dict[tuple[str,
 # --- GET /contacts/{contactId}/channels -----------------------------------------------------
 
 
-def _latest(a: ChannelSummary, b: ChannelSummary) -> ChannelSummary:
-    """The one with the later last message (undated lowest, then by key)."""
-
-    def rank(c: ChannelSummary) -> tuple[bool, float, str]:
-        at = c.last_message_at
-        return (at is not None, at.timestamp() if at else 0.0, c.last_message_key)
-
-    return a if rank(a) >= rank(b) else b
+Ranks = dict[str, int]
+"""Last message keys that break ties on dates, by rank in the database's collation."""
 
 
-def _combine(summaries: Sequence[ContactSummary]) -> list[ChannelSummary]:
+def _channel_ranks(conn: Connection, summaries: Sequence[ContactSummary]) -> Ranks:
+    """`key_ranks` of the channels' last message keys that share their date with another
+    channel's (in any location): the key breaks that tie, in the database's collation as
+    the summaries and the conversations break it, so the first channel listed is that of
+    the contact's last message. No query when no date is shared."""
+    by_date: dict[tuple[bool, datetime], set[str]] = defaultdict(set)
+    for summary in summaries:
+        for channel in summary.channels:
+            by_date[date_order(channel.last_message_at)].add(channel.last_message_key)
+    return key_ranks(conn, {key for keys in by_date.values() if len(keys) > 1 for key in keys})
+
+
+def _recency(channel: ChannelSummary, ranks: Ranks) -> tuple[tuple[bool, datetime], int]:
+    """How recent a channel's last message is (undated lowest, then by key)."""
+    return date_order(channel.last_message_at), ranks.get(channel.last_message_key, 0)
+
+
+def _latest(a: ChannelSummary, b: ChannelSummary, ranks: Ranks) -> ChannelSummary:
+    """The one with the later last message."""
+    return a if _recency(a, ranks) >= _recency(b, ranks) else b
+
+
+def _combine(summaries: Sequence[ContactSummary], ranks: Ranks) -> list[ChannelSummary]:
     """Per channel across locations (a contact id is in one location in HighLevel, but
-    an all-locations key could see the same id in several)."""
+    an all-locations key could see the same id in several), most recent first."""
     by_channel: dict[str, ChannelSummary] = {}
     for summary in summaries:
         for channel in summary.channels:
@@ -267,7 +292,7 @@ def _combine(summaries: Sequence[ContactSummary]) -> list[ChannelSummary]:
             if seen is None:
                 by_channel[channel.channel] = channel
                 continue
-            latest = _latest(seen, channel)
+            latest = _latest(seen, channel, ranks)
             firsts = [c.first_message_at for c in (seen, channel) if c.first_message_at]
             by_channel[channel.channel] = ChannelSummary(
                 channel=channel.channel,
@@ -282,14 +307,7 @@ def _combine(summaries: Sequence[ContactSummary]) -> list[ChannelSummary]:
                 last_message_key=latest.last_message_key,
             )
     ordered = sorted(by_channel.values(), key=lambda c: c.channel)
-    ordered.sort(
-        key=lambda c: (
-            c.last_message_at is not None,
-            c.last_message_at.timestamp() if c.last_message_at else 0.0,
-            c.last_message_key,
-        ),
-        reverse=True,
-    )
+    ordered.sort(key=lambda c: _recency(c, ranks), reverse=True)
     return ordered
 
 
@@ -318,10 +336,11 @@ def contact_channel_summary(request: Request) -> Response:
     with app_state(request).read_engine.connect() as conn:
         locations = channels_model.contact_locations(conn, contact_id, allowed)
         found = [channels_model.contact_channels(conn, loc, contact_id) for loc in locations]
-    summaries = [summary for summary in found if summary is not None]
+        summaries = [summary for summary in found if summary is not None]
+        ranks = _channel_ranks(conn, summaries)
     if not summaries:
         raise HTTPException(404, "No messages of this contact.")
-    channels = _combine(summaries)
+    channels = _combine(summaries, ranks)
     firsts = [c.first_message_at for c in channels if c.first_message_at]
     lasts = [c.last_message_at for c in channels if c.last_message_at]
     return JSONResponse(

@@ -359,7 +359,14 @@ def rank_ties(
         row = rows[row_key]
         if row["last_message_key"] is not None and date_order(row["last_message_at"]) == order:
             keys.add(row["last_message_key"])
-    wanted = sorted({key for keys in tied.values() if len(keys) > 1 for key in keys})
+    return key_ranks(conn, {key for keys in tied.values() if len(keys) > 1 for key in keys})
+
+
+def key_ranks(conn: Connection, keys: Iterable[str]) -> dict[str, int]:
+    """Each key's rank in the database's default collation (0 the lowest), the order the
+    read models' SQL sorts keys in: where Python must order keys the way a query does
+    (Python compares code points, the order of "C" only). One query; none for no keys."""
+    wanted = sorted(set(keys))
     if not wanted:
         return {}
     return dict(zip(conn.scalars(_KEY_ORDER, {"keys": wanted}), itertools.count()))

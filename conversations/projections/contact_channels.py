@@ -408,7 +408,7 @@ def contact_channels(conn: Connection, location_id: str, contact_id: str) -> Con
         .where(summary.c.location_id == location_id, summary.c.contact_id == contact_id)
         .order_by(
             summary.c.last_message_at.desc().nulls_last(),
-            summary.c.last_message_key.collate("C").desc(),
+            summary.c.last_message_key.desc(),  # the database's collation (`rank_ties`)
             summary.c.channel,
         )
     )
