@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -179,6 +180,17 @@ def _request_head_size(case: Any) -> int:
     return size
 
 
+def _invalid_only_in_its_headers(case: Any) -> bool:
+    """Whether `case` was made invalid in its headers alone: a missing or malformed
+    Authorization, which the reader's key sent with every case replaces; such a request
+    is valid once sent, and rightly answered 200 (negative_data_rejection would fail it)."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_negative:
+        return False
+    elsewhere = (ParameterLocation.QUERY, ParameterLocation.PATH, ParameterLocation.BODY)
+    return not any(meta.is_negative_at(location) for location in elsewhere)
+
+
 def _takes_input(operation_id: str) -> bool:
     for item in DOCUMENT["paths"].values():
         for operation in item.values():
@@ -226,6 +238,7 @@ def test_generated_requests_get_documented_answers(
         )
         def call(case: Any) -> None:
             assume(_request_head_size(case) < MAX_HEAD)
+            assume(not _invalid_only_in_its_headers(case))
             case.call_and_validate(headers=auth, checks=CHECKS, timeout=30)
 
         call()
