@@ -12,6 +12,7 @@ import json
 import locale
 import logging
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -373,22 +374,39 @@ def embedded_kept_running(handle: DatabaseHandle, interval: float = 1.0) -> Iter
 
 
 def _keep_running(pgdata: Path, stop: threading.Event, interval: float) -> None:
-    failing = False
+    said: str | None = None  # why the server does not start, as last logged
     while not stop.wait(interval):
         try:
             if _revive(pgdata):
                 logger.warning("The embedded PostgreSQL in %s had stopped: started again", pgdata)
-            failing = False
+            said = None
         except Exception as error:
-            if not failing:  # one warning per outage, not one per second
+            why = _why_not_started(pgdata) or str(error)
+            if why != said:  # once per cause, not once a second
                 logger.warning(
                     "The embedded PostgreSQL in %s has stopped and does not start yet (%s);"
                     " trying again every %g s",
                     pgdata,
-                    error,
+                    why,
                     interval,
                 )
-            failing = True
+            said = why
+
+
+_LOG_MESSAGE = re.compile(r"\b(?:LOG|FATAL|ERROR|DETAIL|HINT):\s+(.*)")
+
+
+def _why_not_started(pgdata: Path) -> str:
+    """What the server log says of the last failed start (pg_ctl says only that it
+    failed): its FATAL line and the line before it, which often names the cause, without
+    their times and process ids; "" if it says nothing."""
+    with contextlib.suppress(OSError):
+        lines = (pgdata / "log").read_text(errors="replace").splitlines()[-50:]
+        fatal = [index for index, line in enumerate(lines) if "FATAL:" in line]
+        if fatal:
+            last = lines[max(0, fatal[-1] - 1) : fatal[-1] + 1]
+            return " / ".join(m.group(0) for line in last if (m := _LOG_MESSAGE.search(line)))
+    return ""
 
 
 def _revive(pgdata: Path) -> bool:

