@@ -504,3 +504,39 @@ def test_a_stream_outlives_a_database_outage(
     assert "Exception in ASGI application" not in own.output, own.output
     feed_lines = [line for line in own.lines if '"conversations.api.feed"' in line]
     assert feed_lines and not [line for line in feed_lines if "Traceback" in line]
+
+
+def test_a_stream_keeps_its_heartbeats_while_the_database_hangs(
+    database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
+) -> None:
+    """A database that keeps its connections open and stops answering held the stream's
+    read, and with it every heartbeat, for as long as it hung (a proxy in front closes a
+    silent stream); a stream opened meanwhile got no answer at all."""
+    with Proxy.to(database_url).running() as proxy:
+        own = start_server(proxy.url_for(database_url), keys, CONVERSATIONS_DB_TIMEOUT="2")
+        try:
+            loc = new_id("loc")
+            reader = Reader(own, make_key(engine, loc))
+            with stream(reader, {"heartbeat": 1}) as live:
+                time.sleep(0.5)
+                proxy.stall()
+                try:
+                    started = time.monotonic()
+                    beats = 0
+                    while time.monotonic() - started < 4:
+                        frame = live.frame()
+                        assert not frame.data
+                        beats += frame.comments == ["heartbeat"]
+                    assert beats >= 3
+                    # The key lookup hangs too (the key cache keeps keys for 2 s).
+                    started = time.monotonic()
+                    assert_problem(reader.get("/events/stream", {"heartbeat": 1}), 503)
+                    assert time.monotonic() - started < 4
+                finally:
+                    proxy.flow()
+                (position,) = post_all(own, [message(locationId=loc)])
+                while int(live.event().id or 0) < position:
+                    pass
+        finally:
+            own.stop()
+    assert "Exception in ASGI application" not in own.output, own.output

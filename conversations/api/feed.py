@@ -37,8 +37,11 @@ Both take the key as `?access_token=<key>` instead of the Authorization header (
 - A client that goes away ends its stream: its reads stop, its subscription to the
   shared listener is dropped, nothing is left running (the listener's connection closes
   with the last stream).
-- While the database is unreachable a stream stays open and keeps sending heartbeats; it
-  reads again at each heartbeat and catches up once the database is back.
+- While the database is unreachable, or hangs (a read not answered), a stream stays open
+  and keeps sending heartbeats; it reads again at each heartbeat (or waits on the read
+  that hangs) and catches up once the database is back. A stream asked for while the
+  database does not answer its key lookup within `CONVERSATIONS_DB_TIMEOUT` is a 503
+  with `Retry-After`, as any read.
 - When the server is told to stop (SIGTERM or SIGINT), every stream ends at once, so the
   server does not wait out its graceful timeout on clients that never leave; they
   reconnect (to another instance) with Last-Event-ID and miss nothing.
@@ -53,10 +56,11 @@ import logging
 import signal
 import threading
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import psycopg
@@ -69,6 +73,7 @@ from starlette.types import Receive, Scope, Send
 
 from conversations.api.auth import ACCESS_TOKEN, bearer_token, require_scope
 from conversations.api.params import Params
+from conversations.api.problems import unavailable_response
 from conversations.api.state import AppState, app_state
 from conversations.dialect import iso
 from conversations.keys import Scope as KeyScope
@@ -81,6 +86,7 @@ APPLICATION_NAME = "conversations event feed"
 """The listener connection's name in pg_stat_activity."""
 
 _Handler = Callable[[int, FrameType | None], Any]
+_T = TypeVar("_T")
 
 MAX_POSITION = 2**63 - 1
 STREAM_BATCH = 100
@@ -159,6 +165,7 @@ class EventNotifier:
         """Whether LISTEN is active now (for diagnostics)."""
         self.closing = False
         """The server is shutting down: every stream ends."""
+        self._closed = asyncio.Event()
 
     @property
     def subscribers(self) -> int:
@@ -214,7 +221,12 @@ class EventNotifier:
     def close(self) -> None:
         """End every stream (they see `closing` when woken)."""
         self.closing = True
+        self._closed.set()
         self._wake_all()
+
+    async def until_closed(self) -> None:
+        """Returns once `close` was called (a stream waiting on a read watches this)."""
+        await self._closed.wait()
 
     def _wake_all(self) -> None:
         for waiter in self._waiters:
@@ -300,36 +312,79 @@ async def _frames(
     after: int,
     heartbeat: float,
 ) -> AsyncIterator[str]:
-    read = partial(_read_batch, state, locations)
     shared = notifier(request.app, state)
+    pending: asyncio.Task[list[FeedEvent] | None] | None = None
+    closed = asyncio.ensure_future(shared.until_closed())
     with shared.subscribe() as wake:
-        yield "retry: 1000\n\n"
-        position = after
-        idle_since = time.monotonic()
-        while not shared.closing:
-            wake.clear()
-            try:
-                if await anyio.to_thread.run_sync(state.keys.scope, token) is None:
+        try:
+            yield "retry: 1000\n\n"
+            position = after
+            idle_since = time.monotonic()
+            while not shared.closing:
+                wake.clear()
+                # A hung database holds a read for as long as its socket lives: heartbeats go
+                # on meanwhile (a proxy would close a silent stream), and the same read is
+                # awaited again rather than another started beside it.
+                pending = _in_thread(partial(_read_as, state, token, locations, position))
+                while not pending.done() and not shared.closing:
+                    remaining = heartbeat - (time.monotonic() - idle_since)
+                    await asyncio.wait(
+                        [pending, closed], timeout=max(remaining, 0.0), return_when=FIRST_COMPLETED
+                    )
+                    if not pending.done():
+                        yield ": heartbeat\n\n"
+                        idle_since = time.monotonic()
+                if shared.closing:
+                    return
+                try:
+                    events = pending.result()
+                except Exception as error:
+                    # The database is away: keep the stream (heartbeats go on) and read again
+                    # at the next wake-up or heartbeat.
+                    log.warning("event stream read failed, retrying: %s", error)
+                    events = []
+                if events is None:
                     return  # revoked: the client's reconnection is answered 401
-                events = await anyio.to_thread.run_sync(read, position)
-            except Exception as error:
-                # The database is away: keep the stream (heartbeats go on) and read again
-                # at the next wake-up or heartbeat.
-                log.warning("event stream read failed, retrying: %s", error)
-                events = []
-            for event in events:
-                yield _frame(event)
-                position = event.position
-            if events:
-                idle_since = time.monotonic()
-                if len(events) == STREAM_BATCH:
-                    continue
-            remaining = heartbeat - (time.monotonic() - idle_since)
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=max(remaining, 0.0))
-            except TimeoutError:
-                yield ": heartbeat\n\n"
-                idle_since = time.monotonic()
+                for event in events:
+                    yield _frame(event)
+                    position = event.position
+                if events:
+                    idle_since = time.monotonic()
+                    if len(events) == STREAM_BATCH:
+                        continue
+                remaining = heartbeat - (time.monotonic() - idle_since)
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=max(remaining, 0.0))
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    idle_since = time.monotonic()
+        finally:
+            closed.cancel()
+            if pending is not None:
+                pending.cancel()  # a read still hanging is abandoned, not waited for
+
+
+def _in_thread(call: Callable[[], _T]) -> asyncio.Task[_T]:
+    """`call()` in a worker thread, as a task that can be abandoned: cancelling it frees
+    its waiter (and its worker-thread slot) at once, leaving a call that hangs on the
+    database to finish or fail on its own; its late result or error is dropped."""
+    task = asyncio.ensure_future(anyio.to_thread.run_sync(call, abandon_on_cancel=True))
+    task.add_done_callback(_drop_result)
+    return task
+
+
+def _drop_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a read left behind is not logged as unhandled
+
+
+def _read_as(
+    state: AppState, token: str, locations: Sequence[str] | None, after: int
+) -> list[FeedEvent] | None:
+    """The next batch, or None once the key is revoked."""
+    if state.keys.scope(token) is None:
+        return None
+    return _read_batch(state, locations, after)
 
 
 def _read_batch(state: AppState, locations: Sequence[str] | None, after: int) -> list[FeedEvent]:
@@ -349,8 +404,16 @@ def _stream_setup(request: Request) -> tuple[str, list[str] | None, int, float]:
 
 
 async def stream_events(request: Request) -> Response:
-    token, locations, after, heartbeat = await anyio.to_thread.run_sync(_stream_setup, request)
     state = app_state(request)
+    # Bounded as every other read is (api/deadlines.py leaves the stream alone, as it never
+    # ends): a key lookup that hangs on the database is a 503, not a request unanswered.
+    seconds = state.settings.db_timeout
+    try:
+        setup = await asyncio.wait_for(_in_thread(partial(_stream_setup, request)), seconds)
+    except TimeoutError:
+        detail = f"The database did not answer within {seconds:g} s; retry later."
+        return unavailable_response(detail, state.settings.retry_after)
+    token, locations, after, heartbeat = setup
     # A location outside the key (locations == []) streams heartbeats only, exactly as a
     # location without events does.
     return EventStreamResponse(
