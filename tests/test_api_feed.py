@@ -483,7 +483,10 @@ def test_a_stream_outlives_a_database_outage(
         try:
             loc = new_id("loc")
             reader = Reader(own, make_key(engine, loc))
-            with stream(reader, {"heartbeat": 1}) as live:
+            with (
+                stream(reader, {"heartbeat": 1}) as live,
+                stream(reader, {"heartbeat": 1}) as other,
+            ):
                 proxy.cut()
                 try:
                     started = time.monotonic()
@@ -496,14 +499,20 @@ def test_a_stream_outlives_a_database_outage(
                 finally:
                     proxy.restore()
                 (position,) = post_all(own, [message(locationId=loc)])
-                while int(live.event().id or 0) < position:
-                    pass
+                for opened in (live, other):
+                    while int(opened.event().id or 0) < position:
+                        pass
         finally:
             own.stop()
     # (The projection worker logs its own reconnections with their tracebacks.)
     assert "Exception in ASGI application" not in own.output, own.output
     feed_lines = [line for line in own.lines if '"conversations.api.feed"' in line]
     assert feed_lines and not [line for line in feed_lines if "Traceback" in line]
+    # One line when reads start failing and one when they work again, for all streams:
+    # not one per stream and heartbeat.
+    failing = [line for line in feed_lines if "reads failing" in line]
+    assert len(failing) == 1, feed_lines
+    assert len([line for line in feed_lines if "reads work again" in line]) == 1, feed_lines
 
 
 def test_a_stream_keeps_its_heartbeats_while_the_database_hangs(

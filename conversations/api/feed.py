@@ -166,6 +166,8 @@ class EventNotifier:
         self.closing = False
         """The server is shutting down: every stream ends."""
         self._closed = asyncio.Event()
+        self._reads_failing = False
+        self._listen_failing = False
 
     @property
     def subscribers(self) -> int:
@@ -224,6 +226,20 @@ class EventNotifier:
         self._closed.set()
         self._wake_all()
 
+    def read_failed(self, error: Exception) -> None:
+        """A stream's read failed: one warning per outage for all streams (each retries at
+        every heartbeat: hundreds of streams would log hundreds of lines a minute)."""
+        if self._reads_failing:
+            log.debug("event stream read failed, retrying: %s", error)
+            return
+        self._reads_failing = True
+        log.warning("event stream reads failing, streams retry at each heartbeat: %s", error)
+
+    def read_worked(self) -> None:
+        if self._reads_failing:
+            self._reads_failing = False
+            log.warning("event stream reads work again")
+
     async def until_closed(self) -> None:
         """Returns once `close` was called (a stream waiting on a read watches this)."""
         await self._closed.wait()
@@ -244,12 +260,18 @@ class EventNotifier:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.connected = True
+                    if self._listen_failing:
+                        self._listen_failing = False
+                        log.warning("event listener reconnected")
                     backoff = 0.5
                     self._wake_all()  # an append may have committed before LISTEN
                     async for _ in conn.notifies():
                         self._wake_all()
             except Exception as error:
-                log.warning("event listener failed, reconnecting: %s", error)
+                # One warning per outage; its retries (backing off to 30 s) at debug level.
+                level = logging.DEBUG if self._listen_failing else logging.WARNING
+                self._listen_failing = True
+                log.log(level, "event listener failed, reconnecting: %s", error)
             finally:
                 self.connected = False
             await asyncio.sleep(backoff)
@@ -338,10 +360,11 @@ async def _frames(
                     return
                 try:
                     events = pending.result()
+                    shared.read_worked()
                 except Exception as error:
                     # The database is away: keep the stream (heartbeats go on) and read again
                     # at the next wake-up or heartbeat.
-                    log.warning("event stream read failed, retrying: %s", error)
+                    shared.read_failed(error)
                     events = []
                 if events is None:
                     return  # revoked: the client's reconnection is answered 401
