@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from conversations.progress import Progress
 
 AMOUNTS = re.compile(r"([\d,]+) of ([\d,]+) events")
@@ -18,21 +20,22 @@ def amounts(text: str) -> list[tuple[int, int]]:
     ]
 
 
-def test_the_total_grows_with_what_is_done_beyond_it() -> None:
-    """A replay counts the events in the store when it starts, but folds those that
-    arrive meanwhile too: never `3,234 of 2,772 events`."""
+@pytest.mark.parametrize(
+    ("label", "total", "done", "shown", "percent"),
+    [
+        # A replay counts the events in the store when it starts, but folds those that
+        # arrive meanwhile too: never `3,234 of 2,772 events`.
+        ("replay", 2772, 3234, (3234, 3234), "100%"),
+        ("verify", 1000, 250, (250, 1000), " 25%"),  # a total not reached is kept
+    ],
+    ids=["the total grows with what is done beyond it", "a total not reached is kept"],
+)
+def test_the_last_line_shows_what_was_done_of_the_total(
+    label: str, total: int, done: int, shown: tuple[int, int], percent: str
+) -> None:
     stream = io.StringIO()
-    bar = Progress("replay", 2772, unit="events", stream=stream)
-    bar.update_to(3234)
+    bar = Progress(label, total, unit="events", stream=stream)
+    bar.update_to(done)
     bar.close()
-    assert amounts(stream.getvalue()) == [(3234, 3234)]
-    assert "100%" in stream.getvalue()
-
-
-def test_a_total_not_reached_is_kept() -> None:
-    stream = io.StringIO()
-    bar = Progress("verify", 1000, unit="events", stream=stream)
-    bar.update_to(250)
-    bar.close()
-    assert amounts(stream.getvalue()) == [(250, 1000)]
-    assert " 25%" in stream.getvalue()
+    assert amounts(stream.getvalue()) == [shown]
+    assert percent in stream.getvalue()
