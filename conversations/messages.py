@@ -10,10 +10,12 @@ Channels
     Names match case-insensitively, ignoring spaces, `_` and `-`, with the REST prefixes
     `TYPE_`, `CAMPAIGN_`, `MANUAL_` and `INFO_` dropped (so `TYPE_CAMPAIGN_SMS` is SMS).
     `messageTypeString` wins when recognised, then `messageType`, then `messageTypeId`
-    (1 Call, 2 SMS, 10 Voicemail, 22 Custom), except that the id refines a coarse
-    `messageType`: `CALL` with id 10 is a Voicemail, `SMS` with id 22 is Custom. Custom
-    providers (`Custom`, `TYPE_CUSTOM_*`) are Custom; `TYPE_ACTIVITY_*` and anything
-    unknown are Other.
+    (1 Call, 2 SMS, 10 Voicemail, 21 and 23 Email, 22 Custom, 34 Call), except that the id
+    refines a coarse `messageType`: `CALL` with id 10 is a Voicemail, `SMS` with id 22 is
+    Custom, `Custom` with id 23 an Email. Custom providers (`Custom`, `TYPE_CUSTOM_*`) are
+    Custom, but for their emails (`TYPE_CUSTOM_EMAIL`, `TYPE_CUSTOM_PROVIDER_EMAIL`: Email)
+    and calls (`TYPE_CUSTOM_CALL`: Call), which have an email's headers or a call's
+    outcome; `TYPE_ACTIVITY_*` and anything unknown are Other.
 
 Status precedence (`status_rank`; a higher rank wins whatever the arrival order)
     Messages: unknown/none 0 < pending 1 < scheduled = queued 2 < sent 3
@@ -112,8 +114,13 @@ _EXACT_CHANNELS: dict[str, str] = {
     "wa": "WhatsApp",
 }
 
-# Checked in order against the start of the normalised name.
+# Checked in order against the start of the normalised name. A custom provider's email or
+# call is an email or a call (headers, thread, call scale); "Custom" is its SMS, as
+# `TYPE_CUSTOM_PROVIDER_SMS` is the name that channel reads as.
 _PREFIX_CHANNELS: tuple[tuple[str, str], ...] = (
+    ("customprovideremail", "Email"),
+    ("customemail", "Email"),
+    ("customcall", "Call"),
     ("custom", "Custom"),
     ("activity", "Other"),
     ("internalcomment", "InternalComment"),
@@ -133,10 +140,22 @@ _PREFIX_CHANNELS: tuple[tuple[str, str], ...] = (
     ("webchat", "LiveChat"),
 )
 
-_CHANNEL_IDS: dict[int, str] = {1: "Call", 2: "SMS", 10: "Voicemail", 22: "Custom"}
+# HighLevel's numeric types (`dialect.MESSAGE_TYPE_CODES`): 21 TYPE_CUSTOM_EMAIL,
+# 23 TYPE_CUSTOM_PROVIDER_EMAIL, 34 TYPE_CUSTOM_CALL.
+_CHANNEL_IDS: dict[int, str] = {
+    1: "Call",
+    2: "SMS",
+    10: "Voicemail",
+    21: "Email",
+    22: "Custom",
+    23: "Email",
+    34: "Call",
+}
 
 # A coarse messageType the id makes precise: (messageType channel, id channel).
-_ID_REFINES: frozenset[tuple[str, str]] = frozenset({("Call", "Voicemail"), ("SMS", "Custom")})
+_ID_REFINES: frozenset[tuple[str, str]] = frozenset(
+    {("Call", "Voicemail"), ("SMS", "Custom"), ("Custom", "Email"), ("Custom", "Call")}
+)
 
 
 def _normalise(value: str) -> str:

@@ -595,6 +595,86 @@ def test_widget_provider_and_empty_bodies_read_as_sent(
     assert (found["provider"], found["body"]) == ("Leadconnector Gmail", None)
 
 
+def test_a_custom_providers_email_and_call_read_as_an_email_and_a_call(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """An email sent through a custom email provider (HighLevel's "Email Provider (extra)":
+    `messageType` Custom, `TYPE_CUSTOM_PROVIDER_EMAIL`, id 23) is an email: its headers in
+    `meta.email`, found by its email message id, the conversation an email one; a custom
+    provider's call is a call. Before, both were channel Custom, which reads as
+    `TYPE_CUSTOM_PROVIDER_SMS`: headers dropped, the email 404, the conversation a phone
+    one whose last message was an SMS."""
+    location, mails, calls = new_id("loc"), new_id("cnv"), new_id("cnv")
+    reader = Reader(server, make_key(engine, location))
+    provider = "681630446243877ebda60373"
+    email = message(
+        locationId=location,
+        conversationId=mails,
+        type="OutboundMessage",
+        direction="outbound",
+        messageType="Custom",
+        messageTypeId=23,
+        messageTypeString="TYPE_CUSTOM_PROVIDER_EMAIL",
+        emailMessageId=new_id("eml"),
+        threadId="thread9",
+        subject="Your quote",
+        body="<p>Quote attached</p>",
+        contentType="text/html",
+        **{"from": "Shop <shop@example.com>"},
+        to=["client@example.com"],
+        cc=["boss@example.com"],
+        conversationProviderId=provider,
+        dateAdded=at(0),
+    )
+    bare = {**email, "messageId": new_id("msg"), "emailMessageId": new_id("eml")}
+    bare["webhookId"] = str(uuid.uuid4())
+    bare.pop("messageTypeString")  # the type by messageType and id alone
+    bare["dateAdded"] = at(1)
+    call = message(
+        locationId=location,
+        conversationId=calls,
+        type="OutboundMessage",
+        direction="outbound",
+        messageType="Custom",
+        messageTypeString="TYPE_CUSTOM_CALL",
+        status="completed",
+        callStatus="voicemail",
+        callDuration=23,
+        conversationProviderId=provider,
+        dateAdded=at(2),
+    )
+    # Ranked on the call scale: "completed" without an outcome does not hide the voicemail.
+    ended = {**call, "webhookId": str(uuid.uuid4())}
+    del ended["callStatus"]
+    post_all(server, [email, bare, call, ended])
+    wait_folded(engine)
+
+    listed = reader.json(f"/conversations/{mails}/messages", {"sort": "asc"})["messages"]
+    for shown in listed["messages"]:
+        assert shown["meta"]["email"]["subject"] == "Your quote"
+        assert shown["meta"]["email"]["cc"] == ["boss@example.com"]
+    assert [m["messageType"] for m in listed["messages"]] == [
+        "TYPE_CUSTOM_PROVIDER_EMAIL",
+        "TYPE_EMAIL",
+    ]
+    found = reader.json(f"/conversations/messages/email/{email['emailMessageId']}")
+    assert (found["subject"], found["to"], found["conversationProviderId"]) == (
+        "Your quote",
+        ["client@example.com"],
+        provider,
+    )
+    conversation = reader.json(f"/conversations/{mails}")
+    assert (conversation["type"], conversation["lastMessageType"]) == (2, "TYPE_EMAIL")
+    exported = reader.json(
+        "/conversations/messages/export", {"locationId": location, "channel": "Email"}
+    )
+    assert exported["total"] == 2
+    (shown_call,) = reader.json(f"/conversations/{calls}/messages")["messages"]["messages"]
+    assert shown_call["messageType"] == "TYPE_CUSTOM_CALL"
+    assert shown_call["meta"] == {"callDuration": 23, "callStatus": "voicemail", "email": None}
+    assert reader.json(f"/conversations/{calls}")["lastMessageType"] == "TYPE_CALL"
+
+
 def test_a_message_without_ids_is_found_by_the_id_it_is_shown_with(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:

@@ -142,10 +142,11 @@ def all_orders(*payloads: dict[str, Any]) -> list[MessageEntry]:
         ("TYPE_LIVE_CHAT", "LiveChat"),
         ("TYPE_INTERNAL_COMMENT", "InternalComment"),
         ("TYPE_CUSTOM_PROVIDER_SMS", "Custom"),
-        ("TYPE_CUSTOM_PROVIDER_EMAIL", "Custom"),
+        ("TYPE_CUSTOM_PROVIDER_EMAIL", "Email"),
         ("TYPE_CUSTOM_SMS", "Custom"),
-        ("TYPE_CUSTOM_EMAIL", "Custom"),
-        ("TYPE_CUSTOM_CALL", "Custom"),
+        ("TYPE_CUSTOM_EMAIL", "Email"),
+        ("TYPE_CUSTOM_CALL", "Call"),
+        ("Custom", "Custom"),
         ("TYPE_ACTIVITY_CONTACT", "Other"),
         ("TYPE_ACTIVITY_APPOINTMENT", "Other"),
         ("TYPE_CAMPAIGN_SMS", "SMS"),
@@ -171,7 +172,16 @@ def test_channel_of_names(value: str, channel: str) -> None:
 
 @pytest.mark.parametrize(
     ("type_id", "channel"),
-    [(1, "Call"), (2, "SMS"), (10, "Voicemail"), (22, "Custom"), (7, "Other")],
+    [
+        (1, "Call"),
+        (2, "SMS"),
+        (10, "Voicemail"),
+        (21, "Email"),
+        (22, "Custom"),
+        (23, "Email"),
+        (34, "Call"),
+        (7, "Other"),
+    ],
 )
 def test_channel_of_ids(type_id: int, channel: str) -> None:
     assert channel_of(None, None, type_id) == channel
@@ -186,6 +196,9 @@ def test_channel_of_precedence() -> None:
     # The id refines a coarse messageType.
     assert channel_of("CALL", None, 10) == "Voicemail"
     assert channel_of("SMS", None, 22) == "Custom"
+    assert channel_of("Custom", None, 22) == "Custom"
+    assert channel_of("Custom", None, 23) == "Email"
+    assert channel_of("Custom", None, 34) == "Call"
     assert channel_of("CALL", None, 1) == "Call"
     # An activity says what it is: no fallback to the other fields.
     assert channel_of("SMS", "TYPE_ACTIVITY_CONTACT", 2) == "Other"
