@@ -206,11 +206,19 @@ class KeyCache:
         self._ttl = ttl
         self._entries: dict[str, tuple[float, Scope | None]] = {}
 
+    def cached(self, token: str) -> tuple[bool, Scope | None]:
+        """`(True, scope)` while a lookup of `token` is fresh (no query), else
+        `(False, None)`: for the event loop, which must not wait on the database."""
+        cached = self._entries.get(token)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl:
+            return True, cached[1]
+        return False, None
+
     def scope(self, token: str) -> Scope | None:
         now = time.monotonic()
-        cached = self._entries.get(token)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
+        fresh, scope = self.cached(token)
+        if fresh:
+            return scope
         with self._engine.connect() as conn:
             scope = lookup(conn, token)
         self._remember(token, now, scope)
@@ -219,9 +227,9 @@ class KeyCache:
     async def scope_async(self, token: str, pool: AsyncConnectionPool[Any]) -> Scope | None:
         """`scope` for async endpoints: a miss is looked up on the async pool."""
         now = time.monotonic()
-        cached = self._entries.get(token)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
+        fresh, scope = self.cached(token)
+        if fresh:
+            return scope
         from conversations.pool import run  # the CLI imports this module, not the pool
 
         scope = await run(pool, lambda conn: lookup_async(conn, token))

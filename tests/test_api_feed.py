@@ -372,6 +372,24 @@ def test_a_revoked_key_ends_its_stream(server: Server, engine: sqlalchemy.Engine
     assert_problem(reader.get("/events/stream"), 401)
 
 
+def test_a_revoked_key_ends_its_idle_stream_within_seconds(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A stream with nothing to send was only checked at its heartbeat: a revoked key's
+    stream stayed open for up to `heartbeat` seconds (300 at most), not the 2 s a
+    revocation takes everywhere else."""
+    reader = Reader(server, make_key(engine, new_id("loc")))
+    with stream(reader, {"heartbeat": 60}) as live:
+        with engine.begin() as conn:
+            assert conversations.keys.revoke_key(conn, reader.key or "")
+        started = time.monotonic()
+        with pytest.raises(EOFError):
+            while True:
+                live.frame()  # the stream's read timeout is 10 s: well before a heartbeat
+        assert time.monotonic() - started < 5
+    assert_problem(reader.get("/events/stream"), 401)
+
+
 @pytest.mark.parametrize(
     ("params", "headers"),
     [

@@ -33,7 +33,8 @@ Both take the key as `?access_token=<key>` instead of the Authorization header (
   wake-up and after every heartbeat, so a notification lost while that connection was
   down costs at most one heartbeat of delay, never an event.
 - The stream is bounded by the key: only its locations, and it ends (the client
-  reconnects and gets 401) once the key is revoked.
+  reconnects and gets 401) within 3 s of the key's revocation, idle or not (the key is
+  checked at every read, and every `KEY_CHECK_EVERY` seconds between them).
 - A client that goes away ends its stream: its reads stop, its subscription to the
   shared listener is dropped, nothing is left running (the listener's connection closes
   with the last stream).
@@ -76,6 +77,7 @@ from conversations.api.params import Params
 from conversations.api.problems import unavailable_response
 from conversations.api.state import AppState, app_state
 from conversations.dialect import iso
+from conversations.keys import KeyCache
 from conversations.keys import Scope as KeyScope
 from conversations.projections.worker import CHANNEL, libpq_url
 from conversations.store import FeedEvent, read_feed
@@ -91,6 +93,9 @@ _T = TypeVar("_T")
 MAX_POSITION = 2**63 - 1
 STREAM_BATCH = 100
 """Events a stream reads per query while catching up."""
+KEY_CHECK_EVERY = 1.0
+"""Seconds between checks of an idle stream's key: a revoked key's stream ends within
+this and the key cache's 2 s."""
 
 
 # --- the feed, as JSON text -----------------------------------------------------------------
@@ -376,15 +381,56 @@ async def _frames(
                     if len(events) == STREAM_BATCH:
                         continue
                 remaining = heartbeat - (time.monotonic() - idle_since)
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=max(remaining, 0.0))
-                except TimeoutError:
+                woken = await _idle(wake, max(remaining, 0.0), state.keys, token)
+                if woken is None:
+                    return  # revoked while idle
+                if not woken:
                     yield ": heartbeat\n\n"
                     idle_since = time.monotonic()
         finally:
             closed.cancel()
             if pending is not None:
                 pending.cancel()  # a read still hanging is abandoned, not waited for
+
+
+async def _idle(wake: asyncio.Event, seconds: float, keys: KeyCache, token: str) -> bool | None:
+    """Wait up to `seconds` for `wake`: True when woken, False when the time ran out, None
+    once the key is found revoked.
+
+    Reads check the key, but an idle stream reads only at its heartbeat (up to 300 s):
+    so the key is checked every `KEY_CHECK_EVERY` seconds meanwhile, from the key cache
+    when it is fresh, else in a worker thread (a lookup may query the database; one that
+    hangs is waited for beside `wake`, never repeated, and never holds up the heartbeat).
+    """
+    until = time.monotonic() + seconds
+    next_check = time.monotonic() + KEY_CHECK_EVERY
+    woken = asyncio.ensure_future(wake.wait())
+    lookup: asyncio.Task[KeyScope | None] | None = None
+    try:
+        while not woken.done():
+            now = time.monotonic()
+            if now >= until:
+                return False
+            if lookup is None and now >= next_check:
+                fresh, scope = keys.cached(token)
+                if fresh and scope is None:
+                    return None
+                if not fresh:
+                    lookup = _in_thread(partial(keys.scope, token))
+                next_check = now + KEY_CHECK_EVERY
+            waits: list[asyncio.Future[Any]] = [woken] if lookup is None else [woken, lookup]
+            end = until if lookup is not None else min(until, next_check)
+            await asyncio.wait(waits, timeout=end - now, return_when=FIRST_COMPLETED)
+            if lookup is not None and lookup.done():
+                # A lookup that failed (the database away) decides nothing: reads retry.
+                if lookup.exception() is None and lookup.result() is None:
+                    return None
+                lookup = None
+        return True
+    finally:
+        woken.cancel()
+        if lookup is not None:
+            lookup.cancel()
 
 
 def _in_thread(call: Callable[[], _T]) -> asyncio.Task[_T]:
