@@ -80,8 +80,15 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+MAX_KEY_CHARS = 128
+"""More than any key `create_key` makes (about 60 characters): a longer token is no key."""
+
+
 def _split(token: str) -> tuple[str, str] | None:
-    prefix, _, rest = token.strip().partition("_")
+    token = token.strip()
+    if len(token) > MAX_KEY_CHARS:
+        return None
+    prefix, _, rest = token.partition("_")
     key_id, _, secret = rest.partition("_")
     if prefix != PREFIX or not key_id or not secret or not key_id.isalnum():
         return None
@@ -199,7 +206,9 @@ async def lookup_async(conn: AsyncConnection[Any], token: str) -> Scope | None:
 
 class KeyCache:
     """Remembers looked-up keys for a few seconds so a read costs no extra query; a
-    revocation takes effect within `ttl` seconds in every process."""
+    revocation takes effect within `ttl` seconds in every process. Only tokens shaped
+    as keys are remembered: anything a client sends as one would otherwise be kept
+    (10,000 headers of a megabyte each: gigabytes held for requests without a key)."""
 
     def __init__(self, engine: Engine, ttl: float = 2.0) -> None:
         self._engine = engine
@@ -215,6 +224,8 @@ class KeyCache:
         return False, None
 
     def scope(self, token: str) -> Scope | None:
+        if _split(token) is None:
+            return None  # no query made: nothing to remember (and a token may be huge)
         now = time.monotonic()
         fresh, scope = self.cached(token)
         if fresh:
@@ -226,6 +237,8 @@ class KeyCache:
 
     async def scope_async(self, token: str, pool: AsyncConnectionPool[Any]) -> Scope | None:
         """`scope` for async endpoints: a miss is looked up on the async pool."""
+        if _split(token) is None:
+            return None
         now = time.monotonic()
         fresh, scope = self.cached(token)
         if fresh:
@@ -235,6 +248,10 @@ class KeyCache:
         scope = await run(pool, lambda conn: lookup_async(conn, token))
         self._remember(token, now, scope)
         return scope
+
+    def __len__(self) -> int:
+        """Tokens remembered (each at most `MAX_KEY_CHARS` long)."""
+        return len(self._entries)
 
     def _remember(self, token: str, now: float, scope: Scope | None) -> None:
         if len(self._entries) > 10_000:

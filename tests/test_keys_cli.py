@@ -16,6 +16,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 from conversations.cli import main
+from conversations.keys import KeyCache, create_key
 from tests.api_support import assert_problem, post_all, wait_folded
 from tests.helpers import Server, message, new_id
 
@@ -271,3 +272,32 @@ def test_comma_separated_locations_are_several_locations(
     for location in (first, second):
         assert len(positions(events(server, key, location))) == 1
     assert positions(events(server, key, other)) == []
+
+
+def test_a_token_shaped_as_no_key_is_never_remembered(engine: sqlalchemy.Engine) -> None:
+    """The key cache kept every token a request presented, whatever its size, up to
+    10,000 of them: requests without a key (a header may carry a megabyte) made a server
+    hold gigabytes. What is not shaped as a key is refused without being kept."""
+    cache = KeyCache(engine)
+    with engine.begin() as conn:
+        key = create_key(conn, [new_id("loc")])
+    key_id = key.split("_")[1]
+    for token in (
+        "x" * 1_000_000,
+        "cvk_0123456789ab_" + "s" * 1_000_000,
+        f"{key}{'s' * 1_000_000}",
+        f"cvk_{'a' * 1_000}_secret",
+    ):
+        assert cache.scope(token) is None
+    assert len(cache) == 0
+    assert cache.scope(f"cvk_{key_id}_wrong") is None  # shaped as a key: remembered
+    assert cache.scope(key) is not None
+    assert len(cache) == 2
+
+
+def test_a_huge_bearer_token_is_401(server: Server) -> None:
+    response = httpx.get(
+        f"{server.url}/conversations/search",
+        headers={"Authorization": "Bearer cvk_0123456789ab_" + "s" * 100_000},
+    )
+    assert_problem(response, 401)
