@@ -18,6 +18,8 @@ from tests.helpers import Server
 PROBLEM_JSON = "application/problem+json"
 
 T = TypeVar("T")
+Query = dict[str, Any] | list[tuple[str, Any]]
+"""Query parameters: a dict, or pairs (a name repeated, or in an order)."""
 
 
 def make_key(engine: sqlalchemy.Engine, *locations: str, all_locations: bool = False) -> str:
@@ -36,7 +38,7 @@ class Reader:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
-    def get(self, path: str, params: dict[str, Any] | None = None, **extra: Any) -> httpx.Response:
+    def get(self, path: str, params: Query | None = None, **extra: Any) -> httpx.Response:
         return httpx.get(
             f"{self.server.url}{path}",
             params=params,
@@ -45,7 +47,7 @@ class Reader:
             **extra,
         )
 
-    def json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+    def json(self, path: str, params: Query | None = None) -> Any:
         response = self.get(path, params)
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("application/json")

@@ -836,6 +836,47 @@ def test_search_pages_by_start_after_date_and_by_cursor(
     assert_problem(both, 400)
 
 
+def test_start_after_date_takes_the_sort_array_as_axios_and_httpx_send_it(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """HighLevel's docs say `startAfterDate` takes the `sort` value of the last
+    conversation, an array. HighLevel's JavaScript SDK passes it to axios, which writes
+    `startAfterDate[]=V`; httpx and requests write a list as the name repeated."""
+    location = new_id("loc")
+    conversations_ = [new_id("cnv") for _ in range(5)]
+    post_all(
+        server,
+        [
+            message(locationId=location, conversationId=c, dateAdded=at(i))
+            for i, c in enumerate(conversations_)
+        ],
+    )
+    reader = Reader(server, make_key(engine, location))
+    eventually(lambda: _equal(reader.json("/conversations/search")["total"], 5))
+    for name in ("startAfterDate[]", "startAfterDate"):
+        seen: list[str] = []
+        after: list[Any] | None = None
+        while True:
+            params: list[tuple[str, Any]] = [("limit", 2)]
+            params += [(name, value) for value in after or []]
+            found = reader.json("/conversations/search", params)
+            seen += [c["id"] for c in found["conversations"]]
+            if len(found["conversations"]) < 2:
+                break
+            after = found["conversations"][-1]["sort"]
+        assert seen == conversations_[::-1], name
+    two = [("startAfterDate[]", ms(3)), ("startAfterDate[]", ms(2))]
+    refused = assert_problem(reader.get("/conversations/search", two), 400)
+    assert "'startAfterDate'" in refused["detail"]
+    token = reader.json("/conversations/search", {"limit": 2})["nextCursor"]
+    both = [("cursor", token), ("startAfterDate[]", ms(3))]
+    assert_problem(reader.get("/conversations/search", both), 400)
+
+
+def _equal(actual: object, expected: object) -> None:
+    assert actual == expected
+
+
 def test_search_of_a_location_outside_the_key_is_empty(reader: Reader, world: World) -> None:
     for location in (world.other_location, new_id("nowhere")):
         found = reader.json("/conversations/search", {"locationId": location})

@@ -171,6 +171,7 @@ async def search_conversations(request: Request) -> Response:
             "contactId",
             "limit",
             "startAfterDate",
+            "startAfterDate[]",  # HighLevel's JavaScript SDK (axios) sends the array so
             "cursor",
             "sort",
             "sortBy",
@@ -192,8 +193,10 @@ async def search_conversations(request: Request) -> Response:
     direction = params.choice("lastMessageDirection", ["inbound", "outbound"])
     status = _STATUSES[params.choice("status", list(_STATUSES), "all") or "all"]
     since, until = _date_range(params)
-    start_after = params.timestamp("startAfterDate")
-    token, _ = _one_cursor(params, "startAfterDate")
+    start_after = params.sort_value("startAfterDate")
+    token = params.text("cursor", max_length=MAX_CURSOR)
+    if token is not None and start_after is not None:
+        raise bad("cursor", "give either cursor or startAfterDate, not both")
     context = _context(
         "search", scope.key_id, location, contact, channel, direction, status, since, until,
         descending,

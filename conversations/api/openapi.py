@@ -518,8 +518,9 @@ def _conversation_paths() -> dict[str, Schema]:
                     query(
                         "startAfterDate",
                         _TIMESTAMP,
-                        "Continue after this last message time (epoch ms, or ISO-8601); "
-                        "not with `cursor`.",
+                        "Continue after this last message time (epoch ms, or ISO-8601): "
+                        "the `sort` of the last conversation read, also taken as "
+                        "`startAfterDate[]` (as axios writes that array); not with `cursor`.",
                     ),
                     query("cursor", _CURSOR, "`nextCursor` of the previous page."),
                     _sort(),

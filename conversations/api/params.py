@@ -89,17 +89,38 @@ class Params:
         """ISO-8601 (a naive time is UTC) or epoch milliseconds, as HighLevel takes; the
         milliseconds may have a fraction ("1735787045678.0": the SDKs type them as floats)."""
         raw = self.text(name, max_length=40)
-        if raw is None:
+        return None if raw is None else _timestamp(name, raw)
+
+    def sort_value(self, name: str) -> datetime | None:
+        """A timestamp sent as HighLevel's `sort` array of one element (what
+        `startAfterDate` takes: "the sort value of the last document"): as `name=V`, as
+        `name[]=V` (axios, so HighLevel's JavaScript SDK, writes an array that way), or
+        repeated. Ours holds one value, the last message date; more is refused."""
+        values = [
+            value
+            for key in (name, f"{name}[]")
+            for value in self._query.getlist(key)
+            if value != ""
+        ]
+        if not values:
             return None
-        try:
-            if _MILLISECONDS.fullmatch(raw):
-                # timedelta, not fromtimestamp(ms / 1000): no float rounding of whole ms.
-                value = _EPOCH + timedelta(milliseconds=float(raw) if "." in raw else int(raw))
-            else:
-                value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-        except (ValueError, OverflowError, OSError):
-            raise bad(name, f"{raw!r} is not an ISO-8601 time or epoch milliseconds") from None
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if len(values) > 1:
+            raise bad(name, "takes one value (the `sort` of the last conversation read)")
+        if len(values[0]) > 40 or "\x00" in values[0]:
+            raise bad(name, "longer than 40 characters or not text")
+        return _timestamp(name, values[0])
+
+
+def _timestamp(name: str, raw: str) -> datetime:
+    try:
+        if _MILLISECONDS.fullmatch(raw):
+            # timedelta, not fromtimestamp(ms / 1000): no float rounding of whole ms.
+            value = _EPOCH + timedelta(milliseconds=float(raw) if "." in raw else int(raw))
+        else:
+            value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise bad(name, f"{raw!r} is not an ISO-8601 time or epoch milliseconds") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 _MILLISECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
