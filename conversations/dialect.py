@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the read models import this module to render what they stor
 
 __all__ = [
     "CHANNEL_TYPES",
+    "CONTACT_FIELDS",
     "CONVERSATION_TYPE_CODES",
     "FILTER_TYPE_NAMES",
     "MESSAGE_TYPE_CODES",
@@ -316,19 +317,28 @@ def _conversation_common(summary: ConversationSummary) -> dict[str, Any]:
     }
 
 
+CONTACT_FIELDS = ("fullName", "contactName", "email", "phone")
+"""The contact's details HighLevel's `ConversationSchema` requires (its SDK's model too):
+always present, null, as no webhook names a contact (its number or address in `from` /
+`to` is the message's, not the contact record's)."""
+
+
 def conversation_json(summary: ConversationSummary) -> dict[str, Any]:
     """A `ConversationSchema` of the search results; `sort` is the value HighLevel's
     `startAfterDate` continues after (the last message date in epoch ms)."""
     return {
         **_conversation_common(summary),
         "type": conversation_type(summary.channels),
+        **dict.fromkeys(CONTACT_FIELDS),
         "sort": [epoch_ms(summary.last_message_at)],
     }
 
 
 def conversation_by_id_json(summary: ConversationSummary) -> dict[str, Any]:
-    """`GetConversationByIdResponse`: as in search, but `type` is numeric."""
+    """`GetConversationByIdResponse`: as in search, but `type` is numeric, and its
+    `assignedTo` null (no webhook carries an assignment)."""
     return {
         **_conversation_common(summary),
         "type": CONVERSATION_TYPE_CODES[conversation_type(summary.channels)],
+        "assignedTo": None,
     }

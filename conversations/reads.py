@@ -186,6 +186,7 @@ def conversation_json_sql(s: str, alias: str = "j") -> str:
             "dateAdded": _epoch_ms(f"{s}.first_message_at"),
             "dateUpdated": last,
             "type": kind,
+            **dict.fromkeys(dialect.CONTACT_FIELDS, "NULL::text"),
             "sort": f"json_build_array({last})",
         },
     )

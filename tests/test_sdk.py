@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import sqlalchemy
 from highlevel import HighLevel
+from highlevel.services.conversations.models import conversations as models
+from pydantic import BaseModel
 
 from tests.api_support import eventually, make_key, post_all
 from tests.helpers import Server, message, new_id
@@ -156,3 +158,64 @@ def test_the_sdks_float_typed_dates_are_epoch_milliseconds(
 
 def _equal(actual: int, expected: int) -> None:
     assert actual == expected
+
+
+def _fields(model: type[BaseModel]) -> set[str]:
+    """The JSON names of a model of the SDK (its `from_` is the JSON's `from`)."""
+    return {name.rstrip("_") for name in model.model_fields}
+
+
+def test_every_field_the_sdks_response_models_declare_is_in_our_answers(
+    base_url: str, server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """The SDK's models are HighLevel's response DTOs: a client reading one of their
+    fields (`conversation["fullName"]`) finds it, null when the webhooks never gave it."""
+    location, conversation, email_id = new_id("loc"), new_id("cnv"), new_id("eml")
+    common = {"locationId": location, "conversationId": conversation}
+    sms = message(**common, dateAdded="2025-01-02T03:04:05.678Z")
+    email = message(**common, messageType="Email", emailMessageId=email_id, messageId=...)
+    post_all(server, [sms, email])
+    key = make_key(engine, location)
+
+    async def read() -> dict[str, Any]:
+        client = HighLevel(private_integration_token=key)
+        try:
+            c = client.conversations
+            return {
+                "search": await c.search_conversation(location_id=location),
+                "conversation": await c.get_conversation(conversation_id=conversation),
+                "messages": await c.get_messages(conversation_id=conversation),
+                "message": await c.get_message(
+                    options={"url": f"/conversations/messages/{sms['messageId']}"}
+                ),
+                "email": await c.get_email_by_id(
+                    options={"url": f"/conversations/messages/email/{email_id}"}
+                ),
+                "export": await c.export_messages_by_location(location_id=location),
+            }
+        finally:
+            await client.http_client.aclose()
+
+    def folded() -> dict[str, Any]:
+        answers = asyncio.run(read())
+        assert len(answers["messages"]["messages"]["messages"]) == 2, answers
+        return answers
+
+    answers = eventually(folded)
+    (found,) = answers["search"]["conversations"]
+    expected: list[tuple[type[BaseModel], dict[str, Any]]] = [
+        (models.SendConversationResponseDto, answers["search"]),
+        (models.ConversationSchema, found),
+        (models.GetConversationByIdResponse, answers["conversation"]),
+        (models.GetMessagesByConversationResponseDto, answers["messages"]["messages"]),
+        (models.GetMessageResponseDto, answers["message"]),
+        (models.MessageMeta, answers["message"]["meta"]),
+        (models.GetEmailMessageResponseDto, answers["email"]),
+        (models.ExportMessagesResponseDto, answers["export"]),
+    ]
+    for model, answer in expected:
+        assert _fields(model) <= set(answer), (model.__name__, _fields(model) - set(answer))
+    assert {name: found[name] for name in ("fullName", "contactName", "email", "phone")} == (
+        dict.fromkeys(("fullName", "contactName", "email", "phone"))
+    )
+    assert answers["conversation"]["assignedTo"] is None

@@ -335,6 +335,10 @@ def _schemas() -> dict[str, Schema]:
             {
                 **conversation_common,
                 "type": {"type": "string", "enum": list(dialect.CONVERSATION_TYPE_CODES)},
+                **{
+                    name: {"type": "null", "description": "No webhook names the contact."}
+                    for name in dialect.CONTACT_FIELDS
+                },
                 "sort": {
                     "type": "array",
                     "items": _EPOCH_MS,
@@ -352,6 +356,7 @@ def _schemas() -> dict[str, Schema]:
                     "type": "integer",
                     "enum": sorted(dialect.CONVERSATION_TYPE_CODES.values()),
                 },
+                "assignedTo": {"type": "null", "description": "No webhook carries it."},
             },
             description="HighLevel's GetConversationByIdResponse.",
         ),
