@@ -88,6 +88,9 @@ def problem(status: int, kind: str, title: str, detail: str, **extra: Any) -> Ou
         "title": title,
         "status": status,
         "detail": detail,
+        # HighLevel's error members, as every problem of the HTTP API has them.
+        "statusCode": status,
+        "message": detail,
         "outcome": kind,
         **extra,
     }

@@ -110,5 +110,7 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
     document: dict[str, Any] = response.json()
     assert document["status"] == status
+    # HighLevel's error members (BadRequestDTO, UnauthorizedDTO), for its clients.
+    assert (document["statusCode"], document["message"]) == (status, document["detail"])
     assert "Traceback" not in response.text
     return document

@@ -256,10 +256,13 @@ def _schemas() -> dict[str, Schema]:
                 "title": _STRING,
                 "status": {"type": "integer", "minimum": 400, "maximum": 599},
                 "detail": _STRING,
+                "statusCode": {"type": "integer", "minimum": 400, "maximum": 599},
+                "message": _STRING,
             },
             closed=False,
-            description="RFC 9457 problem details; a webhook problem adds `outcome` "
-            "(and `quarantineId` when the body was kept aside).",
+            description="RFC 9457 problem details, with HighLevel's error members "
+            "`statusCode` (the status) and `message` (the detail); a webhook problem adds "
+            "`outcome` (and `quarantineId` when the body was kept aside).",
         ),
         # -- HighLevel's shapes
         "EmailMeta": obj(

@@ -33,9 +33,17 @@ def problem_response(
         "title": title,
         "status": status,
         "detail": detail,
+        **highlevel_error(status, detail),
         **extra,
     }
     return ProblemResponse(document, status_code=status, headers=headers)
+
+
+def highlevel_error(status: int, detail: str) -> dict[str, Any]:
+    """The members of HighLevel's own error body (`BadRequestDTO`, `UnauthorizedDTO`:
+    `{"statusCode", "message"}`), so a client written against HighLevel that reads
+    `error.message` or `error.statusCode` finds them in our problem documents too."""
+    return {"statusCode": status, "message": detail}
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:

@@ -20,7 +20,7 @@ import json
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from conversations.api.problems import PROBLEM_JSON
+from conversations.api.problems import PROBLEM_JSON, highlevel_error
 
 
 class Http11Protocol(HttpToolsProtocol):
@@ -57,12 +57,14 @@ class Http11Protocol(HttpToolsProtocol):
         chunked, a bad chunk size, HTTP/2 spoken without an upgrade) is answered with a
         problem document like every other error, then the connection is closed: nothing
         after it on the connection can be framed."""
+        detail = f"The request is not valid HTTP/1.1: {msg}"
         body = json.dumps(
             {
                 "type": "urn:conversations:problem:bad_request",
                 "title": "Bad Request",
                 "status": 400,
-                "detail": f"The request is not valid HTTP/1.1: {msg}",
+                "detail": detail,
+                **highlevel_error(400, detail),
             }
         ).encode()
         head = [b"HTTP/1.1 400 Bad Request\r\n"]
