@@ -53,6 +53,12 @@ SETTINGS: tuple[Setting, ...] = (
         "and nothing is stored.",
     ),
     Setting(
+        "CONVERSATIONS_STREAM_STALL_TIMEOUT",
+        "60",
+        "Seconds an event stream (`/events/stream`) may wait on a client that does not read "
+        "what it was sent (its buffers full) before the stream is closed.",
+    ),
+    Setting(
         "CONVERSATIONS_WEBHOOK_VERIFY",
         "enforce",
         "`enforce`: a webhook needs a valid `X-GHL-Signature` (Ed25519) or `X-WH-Signature` "
@@ -241,6 +247,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     read_cache_mb: int = 64
     body_timeout: float = 30.0
+    stream_stall_timeout: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -269,4 +276,5 @@ class Settings:
             cors_origins=_origins(env, "CONVERSATIONS_CORS_ORIGINS"),
             read_cache_mb=_int(env, "CONVERSATIONS_READ_CACHE_MB", minimum=0),
             body_timeout=_float(env, "CONVERSATIONS_BODY_TIMEOUT"),
+            stream_stall_timeout=_float(env, "CONVERSATIONS_STREAM_STALL_TIMEOUT"),
         )

@@ -5,7 +5,9 @@ live within a second, resumable with Last-Event-ID, heartbeats, no leftovers).""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -436,6 +438,38 @@ def test_streams_share_one_listener_and_leave_nothing_behind(
 
 def _assert_equal(actual: int, expected: int) -> None:
     assert actual == expected, (actual, expected)
+
+
+def test_a_client_that_does_not_read_is_dropped_with_little_held_for_it(
+    database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
+) -> None:
+    """A stream whose client never reads blocks once a small buffer is full, and is reset
+    after CONVERSATIONS_STREAM_STALL_TIMEOUT: it holds neither the kernel's default send
+    buffer (up to 4 MiB a socket) nor the connection forever."""
+    loc = new_id("loc")
+    key = make_key(engine, loc)
+    server = start_server(database_url, keys, CONVERSATIONS_STREAM_STALL_TIMEOUT="1")
+    try:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # never read below
+        client.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+        request = (
+            f"GET /events/stream?heartbeat=300 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}"
+        )
+        client.sendall(f"{request}\r\n\r\n".encode())
+        post_all(server, [message(locationId=loc, body="x" * 8000) for _ in range(64)])
+        time.sleep(2)  # the stream blocked on its full buffers, and then waited out 1 s
+        received = 0
+        client.settimeout(5)  # heartbeats come every 300 s: a stream still open is silent
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                received += len(chunk)
+        client.close()
+        # 512 KB were posted; what reached the client is what the buffers held for it.
+        assert received < 300_000
+        assert server.post(message(locationId=loc)).status_code == 201
+    finally:
+        server.stop()
 
 
 def test_streams_end_at_once_when_the_server_stops(

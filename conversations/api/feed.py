@@ -43,6 +43,9 @@ Both take the key as `?access_token=<key>` instead of the Authorization header (
   that hangs) and catches up once the database is back. A stream asked for while the
   database does not answer its key lookup within `CONVERSATIONS_DB_TIMEOUT` is a 503
   with `Retry-After`, as any read.
+- A client that does not read holds little: a stream buffers about 200 KiB for it, then
+  waits (reading and sending nothing), and after `CONVERSATIONS_STREAM_STALL_TIMEOUT`
+  seconds of waiting its connection is reset (see EventStreamResponse).
 - When the server is told to stop (SIGTERM or SIGINT), every stream ends at once, so the
   server does not wait out its graceful timeout on clients that never leave; they
   reconnect (to another instance) with Last-Event-ID and miss nothing.
@@ -55,6 +58,8 @@ import contextlib
 import json
 import logging
 import signal
+import socket
+import struct
 import threading
 import time
 from asyncio import FIRST_COMPLETED
@@ -70,11 +75,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from conversations.api.auth import ACCESS_TOKEN, bearer_token, require_scope
 from conversations.api.params import Params
 from conversations.api.problems import unavailable_response
+from conversations.api.protocol import TRANSPORT
 from conversations.api.state import AppState, app_state
 from conversations.dialect import iso
 from conversations.keys import KeyCache
@@ -315,20 +321,84 @@ def _start(request: Request, params: Params) -> int:
     return int(header)
 
 
+STREAM_SEND_BUFFER = 64 * 1024
+"""Bytes a stream's connection buffers for its client, in the kernel (SO_SNDBUF, which
+Linux doubles) and in the transport: what a client that stops reading can hold."""
+
+
+class _Stalled(Exception):
+    """The client did not take what was sent within the stall timeout."""
+
+
 class EventStreamResponse(StreamingResponse):
     """A StreamingResponse that always closes its iterator, however the response ends
     (a client gone mid-send leaves a plain async generator suspended until the garbage
-    collector finds it; its subscription must end now)."""
+    collector finds it; its subscription must end now).
+
+    A client that does not read: its connection's buffers are kept small, so it blocks
+    the stream (which then reads and sends nothing) after a few hundred KiB rather than
+    after the kernel's default of up to 4 MiB per socket, each event until then read and
+    sent as for a client that reads; once a send has waited `stall_timeout` seconds for
+    room, the connection is aborted (closing it would wait for the buffer to drain)."""
 
     media_type = "text/event-stream"
 
+    def __init__(
+        self, content: AsyncIterator[str], stall_timeout: float, headers: dict[str, str]
+    ) -> None:
+        super().__init__(content, headers=headers)
+        self.stall_timeout = stall_timeout
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = _transport(scope)
+        if transport is not None:
+            _bound_buffers(transport)
+            send = partial(self._send_or_abort, send, transport)
         try:
             await super().__call__(scope, receive, send)
+        except _Stalled:
+            log.info("event stream closed: the client read nothing for %g s", self.stall_timeout)
         finally:
             close = getattr(self.body_iterator, "aclose", None)
             if close is not None:
                 await close()
+
+    async def _send_or_abort(
+        self, send: Send, transport: asyncio.Transport, message: Message
+    ) -> None:
+        if not transport.get_write_buffer_size():  # the client keeps up: no timer
+            await send(message)
+            return
+        try:
+            await asyncio.wait_for(send(message), self.stall_timeout)
+        except TimeoutError:
+            _reset(transport)
+            raise _Stalled from None
+
+
+def _transport(scope: Scope) -> asyncio.Transport | None:
+    """The connection's transport, where the server offers it (api/protocol.py)."""
+    extension = scope.get("extensions", {}).get(TRANSPORT)
+    return None if extension is None else extension.get("transport")
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Drop the connection and what it still buffers: a reset (SO_LINGER 0), since even an
+    aborted socket is otherwise kept by the kernel with its unsent bytes while it probes
+    a client that does not read, for minutes."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _bound_buffers(transport: asyncio.Transport) -> None:
+    transport.set_write_buffer_limits(high=STREAM_SEND_BUFFER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
 
 
 async def _frames(
@@ -487,6 +557,7 @@ async def stream_events(request: Request) -> Response:
     # location without events does.
     return EventStreamResponse(
         _frames(request, state, token, locations, after, heartbeat),
+        stall_timeout=state.settings.stream_stall_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

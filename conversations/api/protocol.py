@@ -22,10 +22,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from conversations.api.problems import PROBLEM_JSON, highlevel_error
 
+TRANSPORT = "conversations.transport"
+"""The scope extension holding the connection's transport (`{"transport": ...}`): the
+event stream bounds what a client that does not read may hold, and closes it at once
+(api/feed.py); ASGI offers neither."""
+
 
 class Http11Protocol(HttpToolsProtocol):
     _offered_upgrade = False
     """The request being parsed offers an upgrade: it is replayed without the offer."""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {TRANSPORT: {"transport": self.transport}}
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
