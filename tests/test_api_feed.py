@@ -472,6 +472,39 @@ def test_a_client_that_does_not_read_is_dropped_with_little_held_for_it(
         server.stop()
 
 
+def feed_scans(engine: sqlalchemy.Engine) -> int:
+    """Index and sequential scans of `events` in this database so far (as flushed)."""
+    with engine.connect() as conn:
+        found = conn.scalar(
+            text(
+                "SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0)"
+                " FROM pg_stat_user_tables WHERE relname = 'events'"
+            )
+        )
+    return int(found or 0)
+
+
+def test_streams_that_caught_up_share_one_read_per_append(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """Each stream read the feed itself after every append: 30 streams made 30 reads of
+    every webhook (200 slowed intake several times over, whether they read or not)."""
+    loc = new_id("loc")
+    reader = Reader(server, make_key(engine, loc))
+    with contextlib.ExitStack() as streams:
+        opened = [streams.enter_context(stream(reader, {"after": head(engine)})) for _ in range(30)]
+        time.sleep(11)  # PostgreSQL flushes an idle session's statistics within 10 s
+        before = feed_scans(engine)
+        for _ in range(10):
+            (position,) = post_all(server, [message(locationId=loc)])
+            for live in opened:
+                assert int(live.event().id or 0) == position
+        time.sleep(11)
+        scans = feed_scans(engine) - before
+    # One read of the tail per append (and the projection worker's own), not 30.
+    assert scans < 150, scans
+
+
 def test_streams_end_at_once_when_the_server_stops(
     database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
 ) -> None:

@@ -29,12 +29,14 @@ Both take the key as `?access_token=<key>` instead of the Authorization header (
   keeps proxies from closing an idle connection and tells a client the stream is alive.
 - It wakes on PostgreSQL `NOTIFY conversations_events`, which every append sends when it
   commits. One LISTEN connection per process is shared by all open streams (it opens with
-  the first stream and closes with the last); each stream re-reads the feed after every
-  wake-up and after every heartbeat, so a notification lost while that connection was
-  down costs at most one heartbeat of delay, never an event.
+  the first stream and closes with the last). After a wake-up the newest events are read
+  once for all the streams that have caught up (FeedTail); a stream further behind reads
+  on its own. While that connection is down, streams read again at every heartbeat, so
+  a notification lost meanwhile costs at most one heartbeat of delay, never an event.
 - The stream is bounded by the key: only its locations, and it ends (the client
   reconnects and gets 401) within 3 s of the key's revocation, idle or not (the key is
-  checked at every read, and every `KEY_CHECK_EVERY` seconds between them).
+  checked before a read at most every `KEY_RECHECK` seconds, and every `KEY_CHECK_EVERY`
+  seconds while the stream waits).
 - A client that goes away ends its stream: its reads stop, its subscription to the
   shared listener is dropped, nothing is left running (the listener's connection closes
   with the last stream).
@@ -54,6 +56,7 @@ Both take the key as `?access_token=<key>` instead of the Authorization header (
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -64,6 +67,7 @@ import threading
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from types import FrameType
 from typing import Any, TypeVar
@@ -86,7 +90,7 @@ from conversations.dialect import iso
 from conversations.keys import KeyCache
 from conversations.keys import Scope as KeyScope
 from conversations.projections.worker import CHANNEL, libpq_url
-from conversations.store import FeedEvent, read_feed
+from conversations.store import FEED_PAGE_BYTES, FeedEvent, head_position, read_feed
 
 log = logging.getLogger("conversations.api.feed")
 
@@ -161,6 +165,98 @@ def list_events(request: Request) -> Response:
 # --- the shared listener --------------------------------------------------------------------
 
 
+TAIL_EVENTS = 1000
+"""Newest events the shared tail keeps (and reads at most at once)."""
+TAIL_BYTES = 8 * 1024 * 1024
+"""Framed bytes the shared tail keeps at most."""
+KEY_RECHECK = 2.0
+"""Seconds between a stream's checks that its key still stands (KeyCache's ttl)."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    position: int
+    location_id: str
+    frame: bytes
+
+
+class FeedTail:
+    """The newest events of every location, read once after each wake-up for every stream
+    that has caught up, and framed once.
+
+    Each stream used to read the feed itself after every append: with hundreds of streams
+    open (read or not), an append cost hundreds of queries and frames, and webhook intake
+    slowed down with them. The tail holds every event in (base, top] (complete, since
+    committed positions form a prefix: docs/ordering.md), at most TAIL_EVENTS and
+    TAIL_BYTES of them; a stream at a position below `base` reads on its own until it has
+    caught up. Streams asking while a read is in flight share it; a wake-up after it
+    began (or a listener that is down, which may lose notifications) starts the next.
+    """
+
+    def __init__(self) -> None:
+        self._positions: list[int] = []
+        self._entries: list[_Entry] = []
+        self._bytes = 0
+        self._base: int | None = None
+        self._read: asyncio.Future[None] | None = None
+        self._stale = True
+
+    def mark_stale(self) -> None:
+        self._stale = True
+
+    async def refresh(self, state: AppState, force: bool) -> None:
+        """Once this returns, the tail holds what was committed when it was called (or
+        the read failed: its error is raised)."""
+        if self._stale or force or self._read is None:
+            self._stale = False
+            self._read = asyncio.ensure_future(self._read_after(self._read, state))
+            self._read.add_done_callback(_drop_result)
+        await asyncio.shield(self._read)
+
+    async def _read_after(self, previous: asyncio.Future[None] | None, state: AppState) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # reads add to the tail one after the other
+        try:
+            if self._base is None:
+                self._base = await _in_thread(partial(_read_head, state))
+            while True:
+                top = self._positions[-1] if self._positions else self._base
+                entries = await _in_thread(partial(_read_tail, state, top))
+                self._add(entries)
+                size = sum(len(entry.frame) for entry in entries)
+                if len(entries) < TAIL_EVENTS and size < FEED_PAGE_BYTES // 2:
+                    return
+        except BaseException:
+            self._stale = True  # the next stream asking reads again
+            raise
+
+    def _add(self, entries: list[_Entry]) -> None:
+        self._entries += entries
+        self._positions += [entry.position for entry in entries]
+        self._bytes += sum(len(entry.frame) for entry in entries)
+        dropped = 0
+        while len(self._entries) - dropped > TAIL_EVENTS or (
+            self._bytes > TAIL_BYTES and dropped < len(self._entries) - 1
+        ):
+            self._bytes -= len(self._entries[dropped].frame)
+            dropped += 1
+        if dropped:
+            self._base = self._positions[dropped - 1]
+            del self._entries[:dropped], self._positions[:dropped]
+
+    def after(self, position: int, locations: frozenset[str] | None) -> list[_Entry] | None:
+        """The events above `position` of `locations` (every one when None), or None when
+        the tail does not reach back that far."""
+        if self._base is None or position < self._base:
+            return None
+        start = bisect.bisect_right(self._positions, position)
+        return [
+            entry
+            for entry in self._entries[start:]
+            if locations is None or entry.location_id in locations
+        ]
+
+
 class EventNotifier:
     """One `LISTEN conversations_events` connection per process, fanned out to every open
     stream through an asyncio.Event each. It connects when the first stream subscribes
@@ -179,6 +275,7 @@ class EventNotifier:
         self._closed = asyncio.Event()
         self._reads_failing = False
         self._listen_failing = False
+        self.tail = FeedTail()
 
     @property
     def subscribers(self) -> int:
@@ -256,6 +353,7 @@ class EventNotifier:
         await self._closed.wait()
 
     def _wake_all(self) -> None:
+        self.tail.mark_stale()
         for waiter in self._waiters:
             waiter.set()
 
@@ -344,7 +442,7 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(
-        self, content: AsyncIterator[str], stall_timeout: float, headers: dict[str, str]
+        self, content: AsyncIterator[str | bytes], stall_timeout: float, headers: dict[str, str]
     ) -> None:
         super().__init__(content, headers=headers)
         self.stall_timeout = stall_timeout
@@ -408,10 +506,12 @@ async def _frames(
     locations: Sequence[str] | None,
     after: int,
     heartbeat: float,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[str | bytes]:
     shared = notifier(request.app, state)
-    pending: asyncio.Task[list[FeedEvent] | None] | None = None
+    allowed = None if locations is None else frozenset(locations)
+    pending: asyncio.Task[_Batch | None] | None = None
     closed = asyncio.ensure_future(shared.until_closed())
+    key_checked = time.monotonic()  # by _stream_setup, just now
     with shared.subscribe() as wake:
         try:
             yield "retry: 1000\n\n"
@@ -419,10 +519,15 @@ async def _frames(
             idle_since = time.monotonic()
             while not shared.closing:
                 wake.clear()
+                recheck = time.monotonic() - key_checked >= KEY_RECHECK
+                if recheck:
+                    key_checked = time.monotonic()
                 # A hung database holds a read for as long as its socket lives: heartbeats go
                 # on meanwhile (a proxy would close a silent stream), and the same read is
                 # awaited again rather than another started beside it.
-                pending = _in_thread(partial(_read_as, state, token, locations, position))
+                pending = asyncio.ensure_future(
+                    _next_batch(state, shared, token, locations, allowed, position, recheck)
+                )
                 while not pending.done() and not shared.closing:
                     remaining = heartbeat - (time.monotonic() - idle_since)
                     await asyncio.wait(
@@ -434,21 +539,21 @@ async def _frames(
                 if shared.closing:
                     return
                 try:
-                    events = pending.result()
+                    batch = pending.result()
                     shared.read_worked()
                 except Exception as error:
                     # The database is away: keep the stream (heartbeats go on) and read again
                     # at the next wake-up or heartbeat.
                     shared.read_failed(error)
-                    events = []
-                if events is None:
+                    batch = _Batch([], more=False)
+                if batch is None:
                     return  # revoked: the client's reconnection is answered 401
-                for event in events:
-                    yield _frame(event)
-                    position = event.position
-                if events:
+                for at, frame in batch.frames:
+                    yield frame
+                    position = at
+                if batch.frames:
                     idle_since = time.monotonic()
-                    if len(events) == STREAM_BATCH:
+                    if batch.more:
                         continue
                 remaining = heartbeat - (time.monotonic() - idle_since)
                 woken = await _idle(wake, max(remaining, 0.0), state.keys, token)
@@ -503,6 +608,38 @@ async def _idle(wake: asyncio.Event, seconds: float, keys: KeyCache, token: str)
             lookup.cancel()
 
 
+@dataclass(frozen=True)
+class _Batch:
+    frames: list[tuple[int, str | bytes]]
+    """(position, SSE message) in position order."""
+    more: bool
+    """Read on at once: the batch was cut short."""
+
+
+async def _next_batch(
+    state: AppState,
+    shared: EventNotifier,
+    token: str,
+    locations: Sequence[str] | None,
+    allowed: frozenset[str] | None,
+    after: int,
+    check_key: bool,
+) -> _Batch | None:
+    """The stream's next events, from the shared tail once it has caught up, else read
+    on its own; None once the key is revoked. The listener being down may lose
+    notifications, so the tail is read again then rather than only after a wake-up."""
+    if check_key and await _in_thread(partial(state.keys.scope, token)) is None:
+        return None
+    await shared.tail.refresh(state, force=not shared.connected)
+    entries = shared.tail.after(after, allowed)
+    if entries is not None:
+        return _Batch([(entry.position, entry.frame) for entry in entries], more=False)
+    events = await _in_thread(partial(_read_batch, state, locations, after))
+    return _Batch(
+        [(event.position, _frame(event)) for event in events], len(events) == STREAM_BATCH
+    )
+
+
 def _in_thread(call: Callable[[], _T]) -> asyncio.Task[_T]:
     """`call()` in a worker thread, as a task that can be abandoned: cancelling it frees
     its waiter (and its worker-thread slot) at once, leaving a call that hangs on the
@@ -517,13 +654,16 @@ def _drop_result(task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: a read left behind is not logged as unhandled
 
 
-def _read_as(
-    state: AppState, token: str, locations: Sequence[str] | None, after: int
-) -> list[FeedEvent] | None:
-    """The next batch, or None once the key is revoked."""
-    if state.keys.scope(token) is None:
-        return None
-    return _read_batch(state, locations, after)
+def _read_head(state: AppState) -> int:
+    with state.read_engine.connect() as conn:
+        return head_position(conn)
+
+
+def _read_tail(state: AppState, after: int) -> list[_Entry]:
+    """Every location's events after `after`, framed (here, in the worker thread)."""
+    with state.read_engine.connect() as conn:
+        events = read_feed(conn, after, TAIL_EVENTS, None)
+    return [_Entry(e.position, e.location_id, _frame(e).encode()) for e in events]
 
 
 def _read_batch(state: AppState, locations: Sequence[str] | None, after: int) -> list[FeedEvent]:
