@@ -15,6 +15,10 @@ from sqlalchemy import Connection
 import migrations
 
 SCRIPT_LOCATION = Path(migrations.__file__).parent
+# The transaction-scoped advisory lock every migration takes (`migrate`, `serve` on
+# start, `alembic upgrade`: migrations/env.py), so that concurrent ones run one after
+# the other, each reading the revision the one before it left.
+LOCK_KEY = 727741000
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -35,13 +39,18 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def lock(connection: Connection) -> None:
+    """Wait for any other migration to finish (the lock ends with the transaction)."""
+    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
+
+
 def upgrade(connection: Connection, revision: str = "head") -> None:
     """Apply migrations up to `revision` in the caller's connection, then commit.
 
     A transaction-scoped advisory lock makes concurrent starts (several `serve`
     processes) migrate one after the other instead of racing.
     """
-    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727741000)")
+    lock(connection)
     _refuse_going_down(connection, revision)
     command.upgrade(alembic_config(connection), revision)
     connection.commit()
@@ -64,6 +73,6 @@ def _refuse_going_down(connection: Connection, revision: str) -> None:
 
 
 def downgrade(connection: Connection, revision: str) -> None:
-    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727741000)")
+    lock(connection)
     command.downgrade(alembic_config(connection), revision)
     connection.commit()

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, pool
 
 import conversations.keys
 import conversations.projections.registry  # noqa: F401  (their tables join the metadata)
+from conversations import migrate
 from conversations.database import create_engine, open_database
 from conversations.schema import metadata
 from conversations.settings import Settings
@@ -19,6 +20,9 @@ config = context.config
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
+        # Before the revision is read: a concurrent `migrate`, `serve` or `alembic
+        # upgrade` finishes first, and this one finds its work done.
+        migrate.lock(connection)
         context.run_migrations()
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +20,7 @@ import conversations.projections.registry  # noqa: F401  (their tables join the 
 from conversations import migrate
 from conversations.database import create_database, create_engine, drop_database
 from conversations.schema import metadata
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -98,3 +103,45 @@ def test_an_upgrade_to_a_revision_below_the_database_is_refused(
     with empty_engine.connect() as conn:
         migrate.upgrade(conn, migrate.head_revision() or "head")  # at it: nothing to do
         migrate.upgrade(conn)
+
+
+def _waiting_for_the_migration_lock(conn: sqlalchemy.Connection) -> bool:
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            f" AND objid = {migrate.LOCK_KEY}"
+        ).scalar()
+    )
+
+
+def test_alembic_upgrade_waits_for_a_migration_in_progress(
+    empty_engine: sqlalchemy.Engine,
+) -> None:
+    """`alembic upgrade head` (which README offers beside `conversations migrate`) takes
+    the lock `migrate` and `serve` take: run while another migrates, it must wait, not
+    apply the same migrations again and fail on "column already exists"."""
+    url = empty_engine.url.render_as_string(hide_password=False)
+    with empty_engine.connect() as holder, empty_engine.connect() as watcher:
+        holder.exec_driver_sql(f"SELECT pg_advisory_xact_lock({migrate.LOCK_KEY})")
+        alembic = subprocess.Popen(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            env={**os.environ, "DATABASE_URL": url},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not _waiting_for_the_migration_lock(watcher):
+                assert alembic.poll() is None, "alembic migrated without the migration lock"
+                assert time.monotonic() < deadline, "alembic neither waited nor finished"
+                time.sleep(0.1)
+            holder.rollback()  # the other migration is done: alembic goes on
+            output, _ = alembic.communicate(timeout=60)
+        finally:
+            if alembic.poll() is None:
+                alembic.kill()
+                alembic.wait()
+    assert alembic.returncode == 0, output
+    assert tables(empty_engine) == set(metadata.tables)
