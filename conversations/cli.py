@@ -303,13 +303,38 @@ def _migrate(args: argparse.Namespace, handle: DatabaseHandle) -> int:
     try:
         with engine.connect() as conn:
             if args.downgrade:
-                migrate.downgrade(conn, args.downgrade)
+                before, after = migrate.downgrade(conn, args.downgrade)
             else:
-                migrate.upgrade(conn, args.revision)
+                before, after = migrate.upgrade(conn, args.revision)
     finally:
         engine.dispose()
-    log.info("migrations applied", extra={"database": handle.describe()})
+    _log_migration(before, after, downgrade=bool(args.downgrade), database=handle.describe())
     return 0
+
+
+def _log_migration(
+    before: str | None, after: str | None, *, downgrade: bool, database: str
+) -> None:
+    """Say what changed: from which revision to which, or that nothing did (a second
+    `serve` starting beside the first finds the migrations done), and what an upgrade
+    leaves to `conversations replay`."""
+    from conversations import migrate
+
+    extra = {"database": database, "from_revision": before, "to_revision": after}
+    if before == after:
+        log.info("schema already at %s: no migration to apply", after or "base", extra=extra)
+        return
+    moved = "downgraded" if downgrade else "upgraded"
+    log.info("schema %s from %s to %s", moved, before or "base", after or "base", extra=extra)
+    replay = migrate.replay_needed(before, after)
+    if replay:
+        log.warning(
+            "run `conversations replay` once (serve keeps serving meanwhile): projection rows"
+            " written before migration %s read as before, and `verify` reports them as"
+            " differing from a fresh rebuild, until then",
+            ", ".join(replay),
+            extra=extra,
+        )
 
 
 class _Stop(BaseException):

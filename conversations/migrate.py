@@ -19,6 +19,9 @@ SCRIPT_LOCATION = Path(migrations.__file__).parent
 # start, `alembic upgrade`: migrations/env.py), so that concurrent ones run one after
 # the other, each reading the revision the one before it left.
 LOCK_KEY = 727741000
+# Migrations after which the projection rows written before them differ from a rebuild
+# (read as before, and reported by `verify`) until `conversations replay` (README, `migrate`).
+REPLAY_AFTER = frozenset({"0009", "0011", "0014"})
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -44,16 +47,36 @@ def lock(connection: Connection) -> None:
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
 
 
-def upgrade(connection: Connection, revision: str = "head") -> None:
-    """Apply migrations up to `revision` in the caller's connection, then commit.
+def upgrade(connection: Connection, revision: str = "head") -> tuple[str | None, str | None]:
+    """Apply migrations up to `revision` in the caller's connection, then commit; the
+    revisions before and after, for the log to say what was done.
 
     A transaction-scoped advisory lock makes concurrent starts (several `serve`
     processes) migrate one after the other instead of racing.
     """
     lock(connection)
+    before = current_revision(connection)
     _refuse_going_down(connection, revision)
     command.upgrade(alembic_config(connection), revision)
+    after = current_revision(connection)
     connection.commit()
+    return before, after
+
+
+def replay_needed(before: str | None, after: str | None) -> list[str]:
+    """The migrations of an upgrade from `before` to `after` that leave older projection
+    rows to `conversations replay`; none for a new database (it has no rows yet)."""
+    if before is None:
+        return []
+    applied = _at_or_below(after) - _at_or_below(before)
+    return sorted(applied & REPLAY_AFTER)
+
+
+def _at_or_below(revision: str | None) -> set[str]:
+    if revision is None:
+        return set()
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.iterate_revisions(revision, "base")}
 
 
 def _refuse_going_down(connection: Connection, revision: str) -> None:
@@ -72,7 +95,11 @@ def _refuse_going_down(connection: Connection, revision: str) -> None:
         )
 
 
-def downgrade(connection: Connection, revision: str) -> None:
+def downgrade(connection: Connection, revision: str) -> tuple[str | None, str | None]:
+    """Go down to `revision`; the revisions before and after, as `upgrade`."""
     lock(connection)
+    before = current_revision(connection)
     command.downgrade(alembic_config(connection), revision)
+    after = current_revision(connection)
     connection.commit()
+    return before, after

@@ -145,3 +145,44 @@ def test_alembic_upgrade_waits_for_a_migration_in_progress(
                 alembic.wait()
     assert alembic.returncode == 0, output
     assert tables(empty_engine) == set(metadata.tables)
+
+
+def _migrate_cli(url: str, *argv: str) -> str:
+    """`conversations migrate ARGV`'s log, as a user reads it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "conversations", "migrate", *argv],
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            "CONVERSATIONS_LOG_LEVEL": "info",
+            "CONVERSATIONS_LOG_FORMAT": "text",
+        },
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_migrate_says_from_which_revision_to_which_and_what_to_replay(
+    empty_engine: sqlalchemy.Engine,
+) -> None:
+    """The log said "migrations applied" alike for an old store upgraded, nothing to do
+    (the second of two `serve` starting together) and a downgrade, and nothing of the
+    `conversations replay` an upgrade across 0011 or 0014 calls for."""
+    url = empty_engine.url.render_as_string(hide_password=False)
+    head = migrate.head_revision()
+    fresh = _migrate_cli(url)
+    assert f"schema upgraded from base to {head}" in fresh
+    assert "replay" not in fresh  # a new database has no rows to render again
+    again = _migrate_cli(url)
+    assert f"schema already at {head}: no migration to apply" in again
+    down = _migrate_cli(url, "--downgrade", "0010")
+    assert f"schema downgraded from {head} to 0010" in down
+    assert "replay" not in down
+    up = _migrate_cli(url)
+    assert f"schema upgraded from 0010 to {head}" in up
+    assert "run `conversations replay` once" in up
+    assert "before migration 0011, 0014 " in up
