@@ -454,7 +454,10 @@ def _warn_if_schema_behind(handle: DatabaseHandle) -> None:
     finally:
         engine.dispose()
     head = migrate.head_revision()
-    if current != head:
+    newer = migrate.newer_than_this_release(current)
+    if newer is not None:
+        log.warning("%s", newer)
+    elif current != head:
         log.warning(
             "the database schema is at %s, this release needs %s: run `conversations migrate`"
             " (migrations are not applied on start)",

@@ -42,6 +42,25 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def newer_than_this_release(current: str | None) -> str | None:
+    """What to do about a database a newer release migrated (after going back to an
+    older release), or None when this release knows the database's revision. alembic
+    only says "Can't locate revision", and `conversations migrate` cannot help."""
+    if current is None or current in _at_or_below(head_revision()):
+        return None
+    return (
+        f"the database schema is at {current}, which this release does not know (its newest"
+        f" is {head_revision()}): a newer release migrated it. Run that release, or go back"
+        f" down with it first (`conversations migrate --downgrade {head_revision()}`)"
+    )
+
+
+def _refuse_unknown(connection: Connection) -> None:
+    problem = newer_than_this_release(current_revision(connection))
+    if problem is not None:
+        raise CommandError(problem)
+
+
 def lock(connection: Connection) -> None:
     """Wait for any other migration to finish (the lock ends with the transaction)."""
     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
@@ -55,6 +74,7 @@ def upgrade(connection: Connection, revision: str = "head") -> tuple[str | None,
     processes) migrate one after the other instead of racing.
     """
     lock(connection)
+    _refuse_unknown(connection)
     before = current_revision(connection)
     _refuse_going_down(connection, revision)
     command.upgrade(alembic_config(connection), revision)
@@ -98,6 +118,7 @@ def _refuse_going_down(connection: Connection, revision: str) -> None:
 def downgrade(connection: Connection, revision: str) -> tuple[str | None, str | None]:
     """Go down to `revision`; the revisions before and after, as `upgrade`."""
     lock(connection)
+    _refuse_unknown(connection)
     before = current_revision(connection)
     command.downgrade(alembic_config(connection), revision)
     after = current_revision(connection)

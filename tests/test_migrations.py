@@ -147,7 +147,7 @@ def test_alembic_upgrade_waits_for_a_migration_in_progress(
     assert tables(empty_engine) == set(metadata.tables)
 
 
-def _migrate_cli(url: str, *argv: str) -> str:
+def _migrate_cli(url: str, *argv: str, status: int = 0) -> str:
     """`conversations migrate ARGV`'s log, as a user reads it."""
     result = subprocess.run(
         [sys.executable, "-m", "conversations", "migrate", *argv],
@@ -162,7 +162,7 @@ def _migrate_cli(url: str, *argv: str) -> str:
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == status, result.stderr
     return result.stderr
 
 
@@ -186,3 +186,22 @@ def test_migrate_says_from_which_revision_to_which_and_what_to_replay(
     assert f"schema upgraded from 0010 to {head}" in up
     assert "run `conversations replay` once" in up
     assert "before migration 0011, 0014 " in up
+
+
+@pytest.mark.parametrize("argv", [(), ("--downgrade", "0013")], ids=["upgrade", "downgrade"])
+def test_a_database_a_newer_release_migrated_is_named_so(
+    empty_engine: sqlalchemy.Engine, argv: tuple[str, ...]
+) -> None:
+    """Back on an older release after a newer one migrated the database, alembic said
+    only "Can't locate revision identified by '0099'", and `serve` (which migrates on
+    start) exited with that."""
+    with empty_engine.connect() as conn:
+        migrate.upgrade(conn)
+    with empty_engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    url = empty_engine.url.render_as_string(hide_password=False)
+    message = _migrate_cli(url, *argv, status=2).strip().splitlines()[-1]
+    assert "Traceback" not in message
+    assert "schema is at 0099, which this release does not know" in message
+    assert "a newer release migrated it" in message
+    assert f"`conversations migrate --downgrade {migrate.head_revision()}`" in message
