@@ -189,12 +189,15 @@ def _interrupt_on_stop_signals() -> dict[int, _Handler]:
 def _database_problem(error: Exception) -> str | None:
     """A one-line message for an error about the database (unreachable, no schema, an
     unknown revision), or None for anything else (a bug, which keeps its traceback)."""
+    import psycopg
     from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
     if isinstance(error, CommandError):
         return f"migration failed: {error}"
-    if isinstance(error, DBAPIError):
+    # psycopg's own errors too: a rebuild copies rows on the driver's connection, and
+    # fails there first on a schema `migrate` has not brought up to date.
+    if isinstance(error, DBAPIError | psycopg.Error):
         return describe_error(error)
     return None
 

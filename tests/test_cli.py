@@ -101,6 +101,48 @@ def test_migrate_to_an_unknown_revision_names_it(option: str, database_url: str)
     assert_one_line_error(result, "nosuchrevision")
 
 
+@pytest.fixture
+def old_schema_database(server_url: str) -> Iterator[str]:
+    """A store a release before 0014 wrote, with one message, before `conversations migrate`."""
+    name = f"conversations_old_{uuid.uuid4().hex[:10]}"
+    url = create_database(server_url, name)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn, "0013")
+    finally:
+        engine.dispose()
+    sms = (
+        '{"type":"InboundMessage","locationId":"loc","conversationId":"conv","messageId":"m1",'
+        '"messageType":"SMS","direction":"inbound","body":"hi","dateAdded":"2026-11-20T10:00:00Z"}'
+    )
+    imported = conversations("import", "-", env={"DATABASE_URL": url}, stdin=sms + "\n")
+    assert imported.returncode == 0, imported.stderr
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:  # as the old release's worker left them: caught up
+            conn.exec_driver_sql(
+                "INSERT INTO projection_checkpoints (name, position) VALUES"
+                " ('timeline', 1), ('contact_channels', 1), ('location_conversations', 1)"
+                " ON CONFLICT (name) DO UPDATE SET position = 1"
+            )
+    finally:
+        engine.dispose()
+    yield url
+    drop_database(server_url, name)
+
+
+@pytest.mark.parametrize("argv", [("verify",), ("replay",)], ids=" ".join)
+def test_a_rebuild_on_a_schema_not_migrated_yet_says_to_migrate(
+    argv: tuple[str, ...], old_schema_database: str
+) -> None:
+    """New code before `conversations migrate`: the rebuild's COPY into the side tables
+    failed with psycopg's own error, which was not taken for a database problem, and
+    `verify` and `replay` ended in a traceback (exit 1)."""
+    result = conversations(*argv, env={"DATABASE_URL": old_schema_database})
+    assert_one_line_error(result, "an old one", "run `conversations migrate`")
+
+
 def _running(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
