@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine, text
 
+from conversations import migrate
 from conversations.database import DatabaseHandle, create_engine
 from conversations.progress import Progress
 from conversations.projections.base import Projection
@@ -93,6 +94,7 @@ def status(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     engine = create_engine(handle.url)
     try:
         with engine.connect() as conn:
+            schema = _schema_line(migrate.current_revision(conn))
             events = conn.scalar(text("SELECT count(*) FROM events"))
             head = head_position(conn)
             pending, total = conn.execute(
@@ -102,6 +104,7 @@ def status(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     finally:
         engine.dispose()
     print(f"database:    {handle.describe()}")
+    print(f"schema:      {schema}")
     print(f"events:      {events} (last position {head})")
     print(f"quarantine:  {pending} pending ({total} kept in all)")
     print(f"{'projection':<24} {'position':>10} {'behind':>8} {'lag':>9}  updated")
@@ -116,3 +119,18 @@ def status(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
             since = row.failing_since.isoformat(timespec="seconds") if row.failing_since else "?"
             print(f"{row.name} is stuck since {since}, retrying: {row.failure}")
     return 0
+
+
+def _schema_line(current: str | None) -> str:
+    """The database's revision, and what to do when it is not this release's: after
+    installing a new release and before `migrate`, the counts read as usual while the
+    projections cannot fold (their workers retry in vain) and `replay` and `verify` fail."""
+    head = migrate.head_revision()
+    if migrate.newer_than_this_release(current) is not None:
+        return (
+            f"{current}, which this release (up to {head}) does not know: a newer release"
+            f" migrated it (go back down with it: `conversations migrate --downgrade {head}`)"
+        )
+    if current != head:
+        return f"{current}, this release needs {head}: run `conversations migrate`"
+    return f"{current}"

@@ -410,3 +410,22 @@ def test_a_request_unfinished_when_serve_stops_gets_a_503_to_retry(
     assert json.loads(body)["type"] == "urn:conversations:problem:shutting_down"
     assert "Exception in ASGI application" not in server.output
     assert "Traceback" not in server.output
+
+
+def test_status_says_when_the_schema_is_not_this_releases(old_schema_database: str) -> None:
+    """`status` read the counts of a schema not migrated yet and said all was well
+    (nothing behind) while the projections could not fold a new event."""
+    result = conversations("status", env={"DATABASE_URL": old_schema_database})
+    assert result.returncode == 0, result.stderr
+    head = migrate.head_revision()
+    assert f"schema:      0013, this release needs {head}: run `conversations migrate`" in (
+        result.stdout
+    )
+    engine = create_engine(old_schema_database)
+    try:
+        with engine.connect() as conn:
+            migrate.upgrade(conn)
+    finally:
+        engine.dispose()
+    result = conversations("status", env={"DATABASE_URL": old_schema_database})
+    assert f"schema:      {head}\n" in result.stdout
