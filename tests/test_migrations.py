@@ -205,3 +205,25 @@ def test_a_database_a_newer_release_migrated_is_named_so(
     assert "schema is at 0099, which this release does not know" in message
     assert "a newer release migrated it" in message
     assert f"`conversations migrate --downgrade {migrate.head_revision()}`" in message
+
+
+def test_api_keys_are_not_dropped_by_a_downgrade(empty_engine: sqlalchemy.Engine) -> None:
+    """Below 0006 there are no API keys: `--downgrade 0005` dropped every key, silently,
+    and after upgrading again every integrator's key was refused. As for the events, a
+    downgrade that would drop them is refused while there is one."""
+    with empty_engine.connect() as conn:
+        migrate.upgrade(conn)
+    with empty_engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO api_keys (key_id, secret_sha256, label, locations)"
+                " VALUES ('k1', 'sha', 'reporting', ARRAY['loc'])"
+            )
+        )
+    with empty_engine.connect() as conn, pytest.raises(CommandError, match="holds 1 API key"):
+        migrate.downgrade(conn, "0005")
+    with empty_engine.connect() as conn:
+        assert conn.scalar(sqlalchemy.text("SELECT count(*) FROM api_keys")) == 1
+        assert migrate.current_revision(conn) == migrate.head_revision()
+        migrate.downgrade(conn, "0006")  # one that keeps the keys still works
+        migrate.upgrade(conn)

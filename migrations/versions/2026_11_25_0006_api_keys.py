@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006"
@@ -55,5 +56,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Keys cannot be made again (only their SHA-256 is kept): dropping them would leave
+    # every integrator's key refused after upgrading again. Refused while there is one,
+    # as 0001 refuses to drop the events (delete the keys first if that is the intent).
+    held = op.get_bind().execute(sa.text("SELECT count(*) FROM api_keys")).scalar_one()
+    if held:
+        raise CommandError(
+            f"refusing to downgrade below 0006: it drops the API keys, and the table holds"
+            f" {held} API key(s), which could not be made again (delete them first,"
+            f" `DELETE FROM api_keys`, to discard them)"
+        )
     op.drop_table("service_secrets")
     op.drop_table("api_keys")
