@@ -227,3 +227,22 @@ def test_api_keys_are_not_dropped_by_a_downgrade(empty_engine: sqlalchemy.Engine
         assert migrate.current_revision(conn) == migrate.head_revision()
         migrate.downgrade(conn, "0006")  # one that keeps the keys still works
         migrate.upgrade(conn)
+
+
+def test_the_quarantine_is_not_dropped_while_it_holds_a_body(
+    empty_engine: sqlalchemy.Engine,
+) -> None:
+    """A store that has only received unusable bodies holds no event: `--downgrade base`
+    dropped the bodies kept aside for a retry after a fix."""
+    with empty_engine.connect() as conn:
+        migrate.upgrade(conn)
+    with empty_engine.begin() as conn:
+        conn.execute(
+            sqlalchemy.text(
+                "INSERT INTO quarantine (source, reason, detail, body, body_sha256)"
+                " VALUES ('webhook', 'not_json', 'not JSON', 'x', 'sha')"
+            )
+        )
+    with empty_engine.connect() as conn, pytest.raises(CommandError, match="holds 1 bodies"):
+        migrate.downgrade(conn, "base")
+    assert tables(empty_engine) == set(metadata.tables)

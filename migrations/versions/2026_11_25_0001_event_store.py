@@ -192,6 +192,14 @@ def downgrade() -> None:
             f"refusing to downgrade below 0001: it drops the event store, which holds "
             f"{held} events (drop the database itself to discard them)"
         )
+    # Nor the bodies kept aside for a retry after a fix (a store that has only ever
+    # received unusable bodies holds no event).
+    kept = op.get_bind().execute(sa.text("SELECT count(*) FROM quarantine")).scalar_one()
+    if kept:
+        raise CommandError(
+            f"refusing to downgrade below 0001: it drops the quarantine, which holds "
+            f"{kept} bodies (drop the database itself to discard them)"
+        )
     op.execute(DOWNGRADE_SQL)
     op.drop_index(op.f("ix_quarantine_status_id"), table_name="quarantine")
     op.drop_table("quarantine")
