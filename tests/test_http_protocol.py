@@ -134,3 +134,20 @@ def test_a_request_that_is_not_http_1_1_gets_a_problem_document(
     assert headers["connection"] == "close"
     problem = json.loads(body)
     assert problem["status"] == 400 and "not valid HTTP/1.1" in problem["detail"]
+
+
+@pytest.mark.parametrize("target", ["hooks.example:443", "/webhooks/highlevel"])
+def test_connect_is_refused_with_a_problem_document(server: Server, target: str) -> None:
+    """llhttp reports CONNECT as an upgrade: replayed, it was offered again and again until
+    a RecursionError, and the client got no answer at all."""
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: hooks.example:443\r\n\r\n".encode()
+
+    [(status, headers, body)] = exchange(server, [request], 1)
+
+    assert status == 501
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert json.loads(body)["type"] == "urn:conversations:problem:not_implemented"
+    assert "RecursionError" not in server.output
+    [(status, _, _)] = exchange(server, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 1)
+    assert status == 200

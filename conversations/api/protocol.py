@@ -45,6 +45,9 @@ class Http11Protocol(HttpToolsProtocol):
             self.logger.warning(message)
             self.send_400_response(message)
         except httptools.HttpParserUpgrade as upgrade:
+            if self.parser.get_method() == b"CONNECT":
+                self._refuse_connect()
+                return
             self._replay(data[upgrade.args[0] :])
 
     def on_headers_complete(self) -> None:
@@ -66,17 +69,31 @@ class Http11Protocol(HttpToolsProtocol):
         chunked, a bad chunk size, HTTP/2 spoken without an upgrade) is answered with a
         problem document like every other error, then the connection is closed: nothing
         after it on the connection can be framed."""
-        detail = f"The request is not valid HTTP/1.1: {msg}"
+        self._refuse(400, "Bad Request", "bad_request", f"The request is not valid HTTP/1.1: {msg}")
+
+    def _refuse_connect(self) -> None:
+        """`CONNECT` asks for a tunnel, which llhttp reports as an upgrade: replayed, it
+        would be offered again, forever (a RecursionError, and no answer). What follows
+        its head is tunnel bytes, not HTTP, so the connection is closed after the 501."""
+        self._refuse(
+            501,
+            "Not Implemented",
+            "not_implemented",
+            "CONNECT is not supported: this service is not a proxy.",
+        )
+
+    def _refuse(self, status: int, title: str, kind: str, detail: str) -> None:
+        """Answer a problem document outside the application, then close the connection."""
         body = json.dumps(
             {
-                "type": "urn:conversations:problem:bad_request",
-                "title": "Bad Request",
-                "status": 400,
+                "type": f"urn:conversations:problem:{kind}",
+                "title": title,
+                "status": status,
                 "detail": detail,
-                **highlevel_error(400, detail),
+                **highlevel_error(status, detail),
             }
         ).encode()
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head = [f"HTTP/1.1 {status} {title}\r\n".encode("ascii")]
         for name, value in self.server_state.default_headers:  # the date, as on every answer
             head += [name, b": ", value, b"\r\n"]
         head.append(
