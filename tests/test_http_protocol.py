@@ -5,6 +5,7 @@ serving the requests after it. Spoken over raw sockets, byte for byte."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -13,7 +14,7 @@ import pytest
 import sqlalchemy
 
 from tests.helpers import Server, message
-from tests.test_webhooks import only_event
+from tests.test_webhooks import events_in, only_event
 
 Answer = tuple[int, dict[str, str], bytes]
 
@@ -151,3 +152,92 @@ def test_connect_is_refused_with_a_problem_document(server: Server, target: str)
     assert "RecursionError" not in server.output
     [(status, _, _)] = exchange(server, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 1)
     assert status == 200
+
+
+def refusal(server: Server, request: bytes) -> bytes:
+    """Send `request` (whole, or as much of it as the server takes before it answers),
+    then read until the server closes the connection."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(OSError):  # refused before it was all sent
+            sock.sendall(request)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("url", "headers", "status", "kind"),
+    [
+        ("/healthz?" + "a" * 70_000, "", 414, "uri_too_long"),
+        ("/healthz", f"X-Long: {'a' * 70_000}\r\n", 431, "headers_too_large"),
+        (
+            "/healthz",
+            "".join(f"X-H{i}: {'v' * 60}\r\n" for i in range(1200)),
+            431,
+            "headers_too_large",
+        ),
+    ],
+    ids=["url", "one-header", "many-headers"],
+)
+def test_a_head_past_64_kib_is_refused(
+    server: Server, url: str, headers: str, status: int, kind: str
+) -> None:
+    answer = refusal(server, f"GET {url} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head
+    assert b"connection: close" in head
+    assert json.loads(body)["type"] == f"urn:conversations:problem:{kind}"
+
+
+def test_a_head_under_64_kib_is_served(server: Server) -> None:
+    headers = f"X-Long: {'a' * 30_000}\r\n" + "".join(f"X-H{i}: v\r\n" for i in range(1000))
+    request = f"GET /healthz?{'q' * 20_000} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode()
+
+    [(status, _, _)] = exchange(server, [request], 1)
+
+    assert status == 200
+
+
+def test_a_header_line_that_never_ends_is_refused_before_it_ends(server: Server) -> None:
+    """The parser buffers a header line until it ends: 64 MiB of one, sent without its
+    end, was all held in memory (a head of any size was). It is refused after 64 KiB."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert sent < 4 * 1024 * 1024, sent
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_trailer_fields_past_64_kib_drop_the_request(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A chunked body's trailer fields count in the head's bound; they come while the
+    webhook is being answered, so the connection is dropped and nothing is stored."""
+    document = message()
+    body = json.dumps(document).encode()
+    signature = server.keys.headers(body)["X-GHL-Signature"]
+    trailers = "".join(f"X-T{i}: {'v' * 100}\r\n" for i in range(1000)).encode()
+    request = (
+        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-GHL-Signature: {signature}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(body), body, trailers)
+
+    answer = refusal(server, request)
+
+    assert not answer.startswith(b"HTTP/1.1 2"), answer[:200]
+    time.sleep(0.5)
+    assert events_in(engine, document["locationId"]) == []

@@ -28,39 +28,104 @@ event stream bounds what a client that does not read may hold, and closes it at 
 (api/feed.py); ASGI offers neither."""
 
 
+MAX_HEAD_BYTES = 64 * 1024
+"""The most a request's head (its request line and header fields, and the trailer
+fields of a chunked body) may take. Neither llhttp nor uvicorn bounds it: one request
+could make the server hold a head of hundreds of megabytes. HighLevel's are under 2 KiB."""
+
+
+class HeadTooLarge(Exception):
+    """Raised in a parser callback: the head passed MAX_HEAD_BYTES."""
+
+
 class Http11Protocol(HttpToolsProtocol):
     _offered_upgrade = False
     """The request being parsed offers an upgrade: it is replayed without the offer."""
+    _in_head = True
+    """The head of a request is arriving (or awaited, on a new connection)."""
+    _head_bytes = 0
+    """Bytes of the current request's head, as the parser's callbacks handed them over."""
+    _url_bytes = 0
+    _heard = False
+    """A parser callback ran during the current `data_received`."""
+    _unheard = 0
+    """Bytes received since the parser last handed anything over: what it buffers (a
+    header line is handed over whole) and the callbacks cannot count yet."""
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {TRANSPORT: {"transport": self.transport}}
+        self._in_head, self._heard = True, True
+        self._head_bytes = self._url_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._heard = True
+        self._url_bytes += len(url)
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._heard = True
+        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
+        self._heard = False
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as error:
+            if isinstance(error.__context__, HeadTooLarge):
+                self._refuse_head()
+                return
             message = "Invalid HTTP request received."
             self.logger.warning(message)
             self.send_400_response(message)
+            return
         except httptools.HttpParserUpgrade as upgrade:
             if self.parser.get_method() == b"CONNECT":
                 self._refuse_connect()
                 return
             self._replay(data[upgrade.args[0] :])
+            return
+        self._unheard = 0 if self._heard else self._unheard + len(data)
+        if self._unheard > MAX_HEAD_BYTES:  # one header line, still buffered by the parser
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        """431 (414 for the URL alone) for a head past MAX_HEAD_BYTES. Trailer fields
+        past it come while the request is being answered: the connection is dropped."""
+        if not self._in_head:
+            self.transport.close()
+            return
+        if self._url_bytes > MAX_HEAD_BYTES:
+            status, title, kind, what = 414, "URI Too Long", "uri_too_long", "The URL is"
+        else:
+            status, title = 431, "Request Header Fields Too Large"
+            kind, what = "headers_too_large", "The request's head is"
+        detail = f"{what} larger than {MAX_HEAD_BYTES} bytes."
+        self.logger.warning(detail)
+        self._refuse(status, title, kind, detail)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self.parser.should_upgrade():
             self._offered_upgrade = True  # answered once replayed (`_replay`)
             return
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._heard = True
         if not self._offered_upgrade:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._heard = True
         if not self._offered_upgrade:
             super().on_message_complete()
 
