@@ -421,8 +421,15 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
             " who can reach /webhooks/highlevel can store events (for local trials only)"
         )
     log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
+    from conversations.api.protocol import Http11Protocol
+
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10, **HTTP_SERVER
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        **{**HTTP_SERVER, "http": Http11Protocol.with_head_timeout(settings.body_timeout)},
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGINT and SIGTERM only: a SIGHUP does the same.

@@ -9,11 +9,13 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy
 
-from tests.helpers import Server, message
+from tests.conftest import start_server
+from tests.helpers import KeyPair, Server, message
 from tests.test_webhooks import events_in, only_event
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -241,3 +243,65 @@ def test_trailer_fields_past_64_kib_drop_the_request(
     assert not answer.startswith(b"HTTP/1.1 2"), answer[:200]
     time.sleep(0.5)
     assert events_in(engine, document["locationId"]) == []
+
+
+@pytest.fixture(scope="module")
+def impatient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
+    """Requests (heads, and webhook bodies) must arrive within 1 s."""
+    server = start_server(database_url, keys, CONVERSATIONS_BODY_TIMEOUT="1")
+    yield server
+    server.stop()
+
+
+def test_a_head_trickled_past_the_deadline_is_408(impatient_server: Server) -> None:
+    """A slowloris client sends its head a byte at a time and holds its connection
+    forever: no deadline covered the head, only a webhook's body."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+    host, port = impatient_server.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with contextlib.suppress(OSError):  # refused while still sending
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.02)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    took = time.monotonic() - started
+
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert 1 <= took < 3, took
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head
+    assert b"connection: close" in head
+    assert json.loads(body)["type"] == "urn:conversations:problem:head_timeout"
+
+
+def test_an_idle_new_connection_is_closed_at_the_deadline(impatient_server: Server) -> None:
+    host, port = impatient_server.url.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
+    started = time.monotonic()
+    try:
+        assert [sock.recv(100) for sock in socks] == [b""] * 50  # closed, unanswered
+        assert time.monotonic() - started < 3
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_head_within_the_deadline_is_served_on_a_kept_connection(
+    impatient_server: Server,
+) -> None:
+    """The deadline is each head's, from its first byte: a connection kept alive (idle
+    for less than uvicorn's 5 s keep-alive) serves heads that each take under 1 s."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    segments = [request[:10], request[10:20], request[20:]]
+    host, port = impatient_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for _ in range(3):
+            for segment in segments:
+                sock.sendall(segment)
+                time.sleep(0.25)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            time.sleep(1.5)

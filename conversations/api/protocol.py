@@ -14,6 +14,7 @@ service has no WebSocket endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 
@@ -51,12 +52,66 @@ class Http11Protocol(HttpToolsProtocol):
     _unheard = 0
     """Bytes received since the parser last handed anything over: what it buffers (a
     header line is handed over whole) and the callbacks cannot count yet."""
+    head_timeout = 30.0
+    """Seconds a request's head may take to arrive, from its first byte (or from the
+    connection, for its first request): `CONVERSATIONS_BODY_TIMEOUT`."""
+    _head_since = 0.0
+    _head_begun = False
+    """A byte of the awaited head arrived (else the connection is idle: closed unanswered)."""
+    _head_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_head_timeout(cls, seconds: float) -> type[Http11Protocol]:
+        return type(cls.__name__, (cls,), {"head_timeout": seconds})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_since = self.loop.time()
+        self._watch_head(self.head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {TRANSPORT: {"transport": self.transport}}
-        self._in_head, self._heard = True, True
+        self._in_head, self._heard, self._head_begun = True, True, True
         self._head_bytes = self._url_bytes = 0
+        self._head_since = self.loop.time()
+        if self._head_timer is None:
+            self._watch_head(self.head_timeout)
+
+    def _watch_head(self, delay: float) -> None:
+        """One timer a connection, not one a request: it checks the head then arriving,
+        if any, and is set again only while one is."""
+        self._head_timer = self.loop.call_later(delay, self._head_deadline)
+
+    def _head_deadline(self) -> None:
+        """Neither uvicorn nor llhttp times a request's head: a client that trickles it
+        a byte at a time, or connects and sends nothing, held its connection forever
+        (hundreds of them held as many sockets). Past the deadline, a head begun is
+        answered 408 and an idle new connection closed; both are closed."""
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._watch_head(self.head_timeout)  # a pipelined head waits on the answer before
+            return
+        left = self._head_since + self.head_timeout - self.loop.time()
+        if left > 0:
+            self._watch_head(left)
+        elif not self._head_begun:
+            self.transport.close()
+        else:
+            detail = (
+                f"The request's head did not arrive within {self.head_timeout:g} s "
+                "(CONVERSATIONS_BODY_TIMEOUT)."
+            )
+            self.logger.warning(detail)
+            self._refuse(408, "Request Timeout", "head_timeout", detail)
 
     def on_url(self, url: bytes) -> None:
         self._heard = True
