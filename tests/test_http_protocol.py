@@ -305,3 +305,48 @@ def test_a_head_within_the_deadline_is_served_on_a_kept_connection(
                 time.sleep(0.25)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
             time.sleep(1.5)
+
+
+def test_a_webhook_whose_sender_half_closes_is_answered(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A client may shut down its sending side once the request is sent; uvicorn took
+    that for a disconnect: the webhook was stored and its answer never sent."""
+    document = message()
+    body = json.dumps(document).encode()
+    request = (
+        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.1 201 "), answer
+    assert b"connection: close" in answer.lower()
+    stored = only_event(engine, document["locationId"])
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["position"] == stored["position"]
+
+
+def test_a_webhook_cut_short_by_a_half_close_is_not_stored(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    document = message()
+    body = json.dumps(document).encode()
+    request = (
+        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body[:-10]
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(65536) == b""  # closed at once, not left to the body's deadline
+    time.sleep(0.5)
+    assert events_in(engine, document["locationId"]) == []

@@ -75,6 +75,19 @@ class Http11Protocol(HttpToolsProtocol):
             self._head_timer = None
         super().connection_lost(exc)
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """A client may shut its side down once its request is sent (a half-close, as
+        `nc -N` and some proxies do). uvicorn then closed the connection: a webhook was
+        stored and its answer never sent. A request received whole whose answer has not
+        begun is answered, then the connection closed. A FIN looks the same as a
+        half-close, so an answer under way (an event stream) still ends there: its client
+        is gone. A request cut short is a client gone too (nothing stored)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_started or cycle.more_body or self.pipeline:
+            return None
+        cycle.keep_alive = False
+        return True
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = {TRANSPORT: {"transport": self.transport}}
