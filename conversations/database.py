@@ -63,13 +63,27 @@ def sqlalchemy_url(url: str) -> str:
     try:
         # Parsed here, not first by the engine: a password holding an unencoded ':' or '/'
         # made the port "invalid literal for int() with base 10: 'w'", which says nothing.
-        make_url(converted)
+        parsed = make_url(converted)
     except ValueError as error:
         raise DatabaseConfigError(
             f"Database URL {redact(url)!r} cannot be parsed ({error}); a user name or "
             "password holding @ : / ? # or % must be percent-encoded (@ as %40)."
         ) from None
+    _check_connect_arguments(url, parsed)
     return converted
+
+
+def _check_connect_arguments(url: str, parsed: sqlalchemy.URL) -> None:
+    """Refuse here what the engine would refuse with a traceback: query arguments the
+    dialect cannot turn into libpq's (`?port=abc`, more ports than hosts)."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed.get_dialect()().create_connect_args(parsed)
+    except ArgumentError as error:
+        raise DatabaseConfigError(
+            f"Database URL {redact(url)!r} cannot be used: {error}."
+        ) from None
 
 
 def libpq_url(url: str) -> str:

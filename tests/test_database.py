@@ -95,6 +95,19 @@ def test_sqlalchemy_url_says_what_to_encode_in_a_url_it_cannot_parse(url: str) -
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:s3cret@db:5432/app?port=abc",  # a port in the query, not a number
+        "postgresql://app:s3cret@db:5432/app?port=1&port=2",  # more ports than hosts
+    ],
+)
+def test_sqlalchemy_url_refuses_query_arguments_the_engine_cannot_use(url: str) -> None:
+    with pytest.raises(DatabaseConfigError, match="cannot be used") as raised:
+        sqlalchemy_url(url)
+    assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
     ("url", "redacted"),
     [
         ("postgresql://app:s3cret@db:5432/app", "postgresql://app:***@db:5432/app"),
