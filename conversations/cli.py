@@ -106,25 +106,47 @@ def _parser() -> argparse.ArgumentParser:
     actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="what is kept aside")
     listing.add_argument("--all", action="store_true", help="also the ones already re-ingested")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_count, default=50)
     show = actions.add_parser("show", help="one body, with its reason and headers")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_count)
     retry = actions.add_parser("retry", help="ingest again (after a fix)")
     target = retry.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", type=int, nargs="?")
+    target.add_argument("id", type=_count, nargs="?")
     target.add_argument("--all", action="store_true", help="every pending body")
     return parser
 
 
-def _port(text: str) -> int:
-    """A TCP port; the event loop would silently take 99999 as 99999 - 65536."""
+def _integer(text: str) -> int:
+    """`text` as an integer in ASCII digits, as the settings are: int() takes any
+    script's digits (`--port ١٨٣٠١` served on 18301)."""
     try:
-        port = int(text)
+        if not text.isascii():
+            raise ValueError(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _port(text: str) -> int:
+    """A TCP port; the event loop would silently take 99999 as 99999 - 65536."""
+    port = _integer(text)
     if not 0 <= port <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"{port} is not between 0 and {MAX_PORT}")
     return port
+
+
+_BIGINT_MAX = 2**63 - 1
+
+
+def _count(text: str) -> int:
+    """A `--limit` or a quarantine id: at least 1, and no more than PostgreSQL's bigint
+    holds (a larger limit was "database error: bigint out of range")."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value > _BIGINT_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {_BIGINT_MAX}, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -236,6 +236,30 @@ def test_a_port_out_of_range_is_refused_not_wrapped_around(
     assert "65535" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("serve", "--port", "١٨٣٠١"), "is not an integer"),  # Arabic-Indic digits
+        (("quarantine", "list", "--limit", "0"), "must be at least 1"),
+        (("quarantine", "list", "--limit", "٣"), "is not an integer"),
+        (("quarantine", "list", "--limit", "9" * 23), "must be at most"),  # not a bigint
+        (("quarantine", "show", "-1"), "must be at least 1"),
+        (("quarantine", "retry", "٣"), "is not an integer"),
+    ],
+    ids=["port", "limit 0", "limit digits", "limit huge", "show -1", "retry digits"],
+)
+def test_command_line_numbers_are_ascii_and_in_range(
+    argv: tuple[str, ...], says: str, database_url: str
+) -> None:
+    """As the settings: int() read `--port ١٨٣٠١` as 18301, and a `--limit` past a bigint
+    reached the database ("database error: bigint out of range")."""
+    result = conversations(*argv, env={"DATABASE_URL": database_url}, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert says in result.stderr.strip().splitlines()[-1], result.stderr
+
+
 def test_a_signing_key_of_the_wrong_kind_is_one_line_and_exit_2(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -506,12 +506,6 @@ def test_list_caps_a_long_value_and_show_gives_it_whole(
     assert f"location: {location}\n" in shown.out
 
 
-def test_list_refuses_a_limit_below_1(fresh_cli: Run) -> None:
-    result = fresh_cli("quarantine", "list", "--limit", "0")
-    assert result.status == 2
-    assert "--limit must be at least 1" in result.err
-
-
 @pytest.mark.parametrize("action", [["list"], ["show", "1"], ["retry", "--all"]])
 def test_a_database_that_fails_exits_2(
     action: list[str], cli: Run, database_url: str, monkeypatch: pytest.MonkeyPatch
