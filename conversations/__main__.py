@@ -1,5 +1,9 @@
 import sys
 
-from conversations.cli import main
+try:
+    from conversations.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python was still loading the command
+    print("conversations: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -14,16 +14,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from conversations import __version__
-from conversations.database import (
-    DatabaseHandle,
-    create_engine,
-    describe_error,
-    embedded_kept_running,
-    open_database,
-)
 from conversations.settings import MAX_PORT, Settings, SettingsError
 
+# conversations.database (SQLAlchemy, ~0.3 s to import) is imported where it is used,
+# once `main` catches a Ctrl-C: pressed while it loaded, it was a KeyboardInterrupt
+# traceback. This module stays quick to import (the `conversations` script imports it).
 if TYPE_CHECKING:
+    from conversations.database import DatabaseHandle
     from conversations.keys import KeyInfo
 
 log = logging.getLogger("conversations.cli")
@@ -161,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     previous = _interrupt_on_stop_signals()
     try:
+        from conversations.database import open_database
+
         try:
             handle = open_database(settings)
         except Exception as error:
@@ -215,6 +214,8 @@ def _database_problem(error: Exception) -> str | None:
     from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError
 
+    from conversations.database import describe_error
+
     if isinstance(error, CommandError):
         return f"migration failed: {error}"
     # psycopg's own errors too: a rebuild copies rows on the driver's connection, and
@@ -252,6 +253,7 @@ def _run(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -
 
 def _keys(args: argparse.Namespace, handle: DatabaseHandle) -> int:
     from conversations import keys
+    from conversations.database import create_engine
 
     engine = create_engine(handle.url)
     created = None
@@ -323,6 +325,7 @@ def _quarantine(args: argparse.Namespace, settings: Settings, handle: DatabaseHa
 
 def _migrate(args: argparse.Namespace, handle: DatabaseHandle) -> int:
     from conversations import migrate
+    from conversations.database import create_engine
 
     engine = create_engine(handle.url)
     try:
@@ -373,6 +376,7 @@ def _raise_stop(signum: int, frame: object) -> None:
 def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
     import os
 
+    from conversations.database import create_engine
     from conversations.gc_tuning import freeze_startup_heap
     from conversations.projections.registry import PROJECTIONS
     from conversations.projections.worker import CatchUpWorker, plan_folds
@@ -425,6 +429,7 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     import uvicorn
 
     from conversations.api.app import create_app
+    from conversations.database import embedded_kept_running
 
     try:
         app = create_app(settings, handle.url)
@@ -476,6 +481,7 @@ def _warn_if_schema_behind(handle: DatabaseHandle) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from conversations import migrate
+    from conversations.database import create_engine
 
     engine = create_engine(handle.url, connect_args={"connect_timeout": 2})
     try:

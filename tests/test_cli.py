@@ -236,6 +236,38 @@ def test_a_port_out_of_range_is_refused_not_wrapped_around(
     assert "65535" in result.stderr
 
 
+@pytest.mark.parametrize("argv", [("status",), ("serve", "--port", "0")], ids=" ".join)
+def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback(
+    argv: tuple[str, ...], database_url: str
+) -> None:
+    """SQLAlchemy takes a third of a second to import, and it was imported with the
+    command: a Ctrl-C then was a KeyboardInterrupt traceback. Interrupted while it loads
+    (`-X importtime` tells when: one of its modules is done), a command says so."""
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "conversations", *argv],
+        env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not inherited
+    )
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:
+            if line.rpartition("|")[2].strip().startswith("sqlalchemy."):
+                break  # SQLAlchemy is being imported
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "conversations: interrupted", err
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
