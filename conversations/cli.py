@@ -53,9 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply schema migrations")
     direction = migrate.add_mutually_exclusive_group()
-    direction.add_argument("--revision", default="head", help="target revision (default: head)")
     direction.add_argument(
-        "--downgrade", metavar="REVISION", help="go back down to REVISION (e.g. base)"
+        "--revision", type=_revision, default="head", help="target revision (default: head)"
+    )
+    direction.add_argument(
+        "--downgrade",
+        type=_revision,
+        metavar="REVISION",
+        help="go back down to REVISION (e.g. base)",
     )
 
     importer = commands.add_parser(
@@ -130,6 +135,14 @@ def _port(text: str) -> int:
     if not 0 <= port <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"{port} is not between 0 and {MAX_PORT}")
     return port
+
+
+def _revision(text: str) -> str:
+    """A migration revision, not blank: alembic failed on `--revision ""` with an
+    AssertionError traceback, and `--downgrade ""` (falsy) upgraded instead."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a revision is needed (e.g. head, base, 0014)")
+    return text
 
 
 _BIGINT_MAX = 2**63 - 1

@@ -96,6 +96,18 @@ def test_import_into_a_database_without_schema_says_to_migrate(empty_database: s
 
 
 @pytest.mark.parametrize("option", ["--revision", "--downgrade"])
+@pytest.mark.parametrize("revision", ["", " "])
+def test_migrate_to_a_blank_revision_is_refused(
+    option: str, revision: str, database_url: str
+) -> None:
+    """`--revision ""` was alembic's AssertionError traceback; `--downgrade ""` upgraded."""
+    result = conversations("migrate", option, revision, env={"DATABASE_URL": database_url})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "a revision is needed" in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+@pytest.mark.parametrize("option", ["--revision", "--downgrade"])
 def test_migrate_to_an_unknown_revision_names_it(option: str, database_url: str) -> None:
     result = conversations("migrate", option, "nosuchrevision", env={"DATABASE_URL": database_url})
     assert_one_line_error(result, "nosuchrevision")
