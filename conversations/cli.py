@@ -99,21 +99,25 @@ def _parser() -> argparse.ArgumentParser:
         help="a location it may read (repeatable, or comma-separated)",
     )
     scope.add_argument("--all-locations", action="store_true", help="every location")
-    create.add_argument("--label", help="a note to recognise the key by in `keys list`")
+    create.add_argument(
+        "--label", metavar="TEXT", help="a note to recognise the key by in `keys list`"
+    )
     key_actions.add_parser("list", help="every key: id, scope, label, created, revoked")
     revoke = key_actions.add_parser("revoke", help="revoke a key (by its id or the key itself)")
-    revoke.add_argument("key")
+    revoke.add_argument("key", metavar="KEY", help="its key id (from `keys list`), or the key")
 
     quarantine = commands.add_parser("quarantine", help="bodies kept aside, and their retry")
     actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="what is kept aside")
     listing.add_argument("--all", action="store_true", help="also the ones already re-ingested")
-    listing.add_argument("--limit", type=_count, default=50)
+    listing.add_argument(
+        "--limit", type=_count, default=50, metavar="N", help="the newest N (default: 50)"
+    )
     show = actions.add_parser("show", help="one body, with its reason and headers")
-    show.add_argument("id", type=_count)
+    show.add_argument("id", type=_count, metavar="ID", help="its id (from `quarantine list`)")
     retry = actions.add_parser("retry", help="ingest again (after a fix)")
     target = retry.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", type=_count, nargs="?")
+    target.add_argument("id", type=_count, nargs="?", metavar="ID", help="one body, by its id")
     target.add_argument("--all", action="store_true", help="every pending body")
     return parser
 

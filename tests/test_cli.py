@@ -4,9 +4,11 @@ traceback), and SIGTERM stopping `serve` cleanly, embedded PostgreSQL included."
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -497,3 +499,36 @@ def test_status_says_when_the_schema_is_not_this_releases(old_schema_database: s
         engine.dispose()
     result = conversations("status", env={"DATABASE_URL": old_schema_database})
     assert f"schema:      {head}\n" in result.stdout
+
+
+def _readme_synopsis() -> dict[str, str]:
+    """The README's CLI block: each command's line, by command."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## CLI\n", 1)[1].split("```\n", 2)[1]
+    lines = [line.partition("#")[0].strip() for line in block.splitlines()]
+    return {line.split()[1]: line for line in lines if line.startswith("conversations ")}
+
+
+def _helps(parser: argparse.ArgumentParser) -> str:
+    """`--help` of `parser` and of every subcommand under it."""
+    text = parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            text += "".join(_helps(sub) for sub in action.choices.values())
+    return text
+
+
+@pytest.mark.parametrize("command", sorted(_readme_synopsis()))
+def test_the_readme_synopsis_names_options_as_help_does(command: str) -> None:
+    """Each option of the README's CLI block, with its argument's name, is in the
+    command's `--help` (`--limit N` was `--limit LIMIT`, with no help at all, and its
+    default of 50 said nowhere), and each option `--help` shows is in the README."""
+    from conversations.cli import _parser
+
+    synopsis = _readme_synopsis()[command]
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = _helps(commands.choices[command])
+    for option, argument in re.findall(r"(--[a-z-]+)(?: ([A-Z]+)\b)?", synopsis):
+        assert f"{option} {argument}".strip() in helps, (option, argument, helps)
+    shown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", helps)) - {"--help"}
+    assert shown <= set(re.findall(r"--[a-z-]+", synopsis)), (shown, synopsis)
