@@ -442,8 +442,9 @@ def test_an_outage_is_logged_going_and_coming_back_not_at_every_retry(
     outage: Outage, engine: sqlalchemy.Engine
 ) -> None:
     """Five seconds cut, with reads and webhooks meanwhile: the page cache says once that
-    it is off and once that it is on again; the connection pools' warnings at every
-    failed reconnection stay at debug level."""
+    it is off and once that it is on again, and so do the reads (they logged a warning
+    for each read answered 503); the connection pools' warnings at every failed
+    reconnection stay at debug level."""
     proxy, server = outage.proxy, outage.server
     _, headers, paths = readable(engine)
     with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
@@ -464,7 +465,8 @@ def test_an_outage_is_logged_going_and_coming_back_not_at_every_retry(
         finally:
             proxy.restore()
         deadline = time.monotonic() + 15
-        while not any("page cache on again" in line for line in list(server.lines)[seen:]):
+        back = ("page cache on again", "reads work again")
+        while not all(any(b in line for line in list(server.lines)[seen:]) for b in back):
             assert time.monotonic() < deadline, "".join(list(server.lines)[seen:])
             client.get(f"{server.url}{paths[0]}", headers=headers)
             time.sleep(0.2)
@@ -472,6 +474,9 @@ def test_an_outage_is_logged_going_and_coming_back_not_at_every_retry(
     assert not [line for line in logged if "psycopg.pool" in line], logged
     assert len([line for line in logged if "page cache off" in line]) == 1, logged
     assert len([line for line in logged if "page cache on again" in line]) == 1, logged
+    assert len([line for line in logged if "reads answering 503" in line]) == 1, logged
+    assert len([line for line in logged if "reads work again" in line]) == 1, logged
+    assert not [line for line in logged if "database unavailable on" in line], logged
 
 
 def test_reads_on_a_hung_database_are_answered_in_bounded_time(

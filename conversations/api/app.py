@@ -29,6 +29,7 @@ from conversations.api.deadlines import ReadDeadline
 from conversations.api.page_cache import PageCache, ProjectionChanges
 from conversations.api.problems import (
     DATABASE_AWAY,
+    READS,
     database_away,
     http_exception,
     problem_response,
@@ -291,4 +292,14 @@ class RequestLog:
             name = getattr(route, "path", "unmatched")
             name = webhooks.ROUTE_LABELS.get(name, name)
             self.metrics.request_seconds.observe(name, elapsed)
+            if (200 <= status < 300 or status == 404) and name not in NOT_READS:
+                READS.answered()  # found, or looked up and not found: the database answered
             access_log(scope["method"], scope["path"], status, elapsed)
+
+
+NOT_READS = frozenset(
+    {"/healthz", "/metrics", "/openapi.json", "/events/stream", "unmatched"}
+    | set(webhooks.ROUTE_LABELS.values())
+)
+"""Routes whose 2xx says nothing of the read pools: no database (`/healthz`), always 200
+(`/metrics`), a stream started before it reads, or the writer's (it reports its own)."""

@@ -21,7 +21,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from conversations.api.problems import unavailable_response
+from conversations.api.problems import READS, unavailable_response
 
 UNBOUNDED = frozenset(
     {"/webhooks/highlevel", "/webhooks/highlevel/", "/events/stream", "/metrics", "/readyz"}
@@ -73,6 +73,7 @@ class ReadDeadline:
         if read.started:
             return  # the answer is on its way: let it finish
         read.abandoned = True
+        READS.failed(f"{scope['method']} {scope['path']}", f"no answer within {self.seconds:g} s")
         response = unavailable_response(
             f"The database did not answer within {self.seconds:g} s; retry later.",
             self.retry_after,

@@ -70,12 +70,43 @@ DATABASE_AWAY: tuple[type[Exception], ...] = (
 opposed to an error in a query or in the data."""
 
 
+class ReadOutage:
+    """Reads that find no database: one warning when they start answering 503, one when
+    a read works again, as the writer and the event streams report their outages; the
+    503s between are logged at debug level (a warning per read was a line per request,
+    thousands a minute under load, each three lines long)."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def failed(self, request: str, why: str) -> None:
+        if self.failing:
+            log.debug("database unavailable on %s: %s", request, why)
+            return
+        self.failing = True
+        log.warning("reads answering 503, database unavailable (on %s): %s", request, why)
+
+    def answered(self) -> None:
+        """A read was answered from the database."""
+        if self.failing:
+            self.failing = False
+            log.warning("reads work again")
+
+
+READS = ReadOutage()
+"""This process's reads (one app a process)."""
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 async def database_away(request: Request, exc: Exception) -> Response:
     """A read (or a key lookup) that found no database: the client may retry, as a
     webhook is told to. Registered for `DATABASE_AWAY`, so the connection stays usable
     (an error left to the `Exception` handler is re-raised to the server, which then
     drops the connection)."""
-    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    READS.failed(f"{request.method} {request.url.path}", first_line(exc))
     return unavailable_response(
         "The database did not answer; retry later.",
         request.app.state.conversations.settings.retry_after,
