@@ -223,6 +223,11 @@ def _pem(env: Mapping[str, str], name: str) -> str | None:
         raise SettingsError(
             f"Setting {name}={raw!r} is neither PEM text nor a readable file: {error}"
         ) from None
+    except UnicodeDecodeError:  # a DER key, say: it was a UnicodeDecodeError traceback
+        raise SettingsError(
+            f"Setting {name}={raw!r} names a file that is not PEM text (a binary DER key? "
+            "`openssl pkey -pubin -inform DER -in FILE` prints it as PEM)."
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,25 @@ def test_a_pem_can_be_given_as_a_path(tmp_path: Path) -> None:
     assert settings.rsa_public_key == pem
 
 
+@pytest.mark.parametrize(
+    "name", ["CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY", "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY"]
+)
+def test_a_key_file_that_is_not_text_names_the_setting(tmp_path: Path, name: str) -> None:
+    """A DER key (binary) was a UnicodeDecodeError traceback from every command."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    der = tmp_path / "key.der"
+    der.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(SettingsError, match="not PEM text") as error:
+        Settings.from_env({name: str(der)})
+    assert name in str(error.value)
+
+
 def test_every_setting_is_in_the_readme_table() -> None:
     readme = README.read_text()
     for setting in SETTINGS:
