@@ -464,7 +464,7 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
             "CONVERSATIONS_WEBHOOK_VERIFY=off: webhook signatures are not checked, so anyone"
             " who can reach /webhooks/highlevel can store events (for local trials only)"
         )
-    log.info("serving on http://%s:%d", host, port, extra={"database": handle.describe()})
+    log.info("serving on %s", _base_url(host, port), extra={"database": handle.describe()})
     from conversations.api.protocol import Http11Protocol
 
     config = uvicorn.Config(
@@ -485,9 +485,15 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
             if server.started:
                 raise
     if not server.started:  # uvicorn logged why (the port is taken, say)
-        print(f"conversations: cannot serve on http://{host}:{port}", file=sys.stderr)
+        print(f"conversations: cannot serve on {_base_url(host, port)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _base_url(host: str, port: int) -> str:
+    """The URL `serve` answers on; an IPv6 address in brackets (`http://::1:8000` was
+    logged, which no client takes)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _warn_if_schema_behind(handle: DatabaseHandle) -> None:

@@ -532,3 +532,17 @@ def test_the_readme_synopsis_names_options_as_help_does(command: str) -> None:
         assert f"{option} {argument}".strip() in helps, (option, argument, helps)
     shown = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", helps)) - {"--help"}
     assert shown <= set(re.findall(r"--[a-z-]+", synopsis)), (shown, synopsis)
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000"),
+        ("::1", "http://[::1]:8000"),
+        ("::", "http://[::]:8000"),
+    ],
+)
+def test_serve_names_its_url_with_an_ipv6_address_in_brackets(host: str, url: str) -> None:
+    from conversations.cli import _base_url
+
+    assert _base_url(host, 8000) == url
