@@ -51,6 +51,7 @@ def replay(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         try:
             position = rebuild(engine, projections, report)
         except ReplayBusy as error:
+            bar.close()  # before the error, which is then the last line (as `verify` does)
             print(f"conversations: {error}", file=sys.stderr)
             return 1
         finally:

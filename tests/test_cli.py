@@ -546,3 +546,23 @@ def test_serve_names_its_url_with_an_ipv6_address_in_brackets(host: str, url: st
     from conversations.cli import _base_url
 
     assert _base_url(host, 8000) == url
+
+
+def test_a_replay_refused_as_busy_ends_with_its_reason(database_url: str) -> None:
+    """The refusal is the last line: the progress bar's final line used to follow it."""
+    from conversations.projections import runner
+    from conversations.projections.registry import select
+
+    engine = create_engine(database_url)
+    try:
+        with runner._exclusive(engine, "replay", select(["timeline"])):
+            result = conversations(
+                "replay", "--projection", "timeline", env={"DATABASE_URL": database_url}
+            )
+    finally:
+        engine.dispose()
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "conversations: another replay of projection 'timeline' is running", (
+        result.stderr
+    )
