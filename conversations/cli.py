@@ -184,6 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2  # as for every other setting that cannot be used
         return _run(args, settings, handle)
     except KeyboardInterrupt:
+        if args.command in LONG_RUNNING:
+            # Stopped while still starting (connecting, migrating): a stop all the same,
+            # exit 0 as once running. It was "interrupted" and 130, a failed unit to
+            # systemd, and a plain line in the JSON logs of a `serve` that stopped the
+            # worker it had just started.
+            log.info("%s stopped before it was running", args.command)
+            return 0
         print("conversations: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -201,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
 
+
+LONG_RUNNING = frozenset({"serve", "work"})
+"""Commands that run until stopped: a stop signal or Ctrl-C ends them with status 0."""
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 """Besides Ctrl-C: SIGTERM (systemd, docker, `kill`), SIGHUP (the terminal or the ssh

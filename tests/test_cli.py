@@ -250,7 +250,7 @@ def test_a_port_out_of_range_is_refused_not_wrapped_around(
     assert "65535" in result.stderr
 
 
-@pytest.mark.parametrize("argv", [("status",), ("serve", "--port", "0")], ids=" ".join)
+@pytest.mark.parametrize("argv", [("status",), ("replay",)], ids=" ".join)
 def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback(
     argv: tuple[str, ...], database_url: str
 ) -> None:
@@ -565,4 +565,35 @@ def test_a_replay_refused_as_busy_ends_with_its_reason(database_url: str) -> Non
     last = result.stderr.strip().splitlines()[-1]
     assert last == "conversations: another replay of projection 'timeline' is running", (
         result.stderr
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "work"])
+def test_serve_and_work_stopped_while_starting_exit_0(command: str, database_url: str) -> None:
+    """README: SIGTERM stops `serve` and `work` with status 0; while they were still
+    starting (here: loading, `-X importtime` tells when) it was 130 and "interrupted"."""
+    argv = ["serve", "--port", "0"] if command == "serve" else ["work"]
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "conversations", *argv],
+        env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_FORMAT": "json"},
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:
+            if line.rpartition("|")[2].strip().startswith("sqlalchemy."):
+                break  # SQLAlchemy is being imported: the command has not started
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "interrupted" not in err, err
+    assert json.loads(err.strip().splitlines()[-1])["message"] == (
+        f"{command} stopped before it was running"
     )
