@@ -64,6 +64,15 @@ class StoredEvent:
 
 # In psycopg's placeholder style: the group-commit writer runs them on a psycopg connection
 # of its own (`append_batch`); `text()` versions below for SQLAlchemy callers.
+#
+# A duplicate of an event stored earlier is left out before it reaches the INSERT: an
+# identity position is taken for every row inserted, ON CONFLICT or not, so each absorbed
+# redelivery left a hole (1,000 retries: the next position 1,001 further, and every
+# "behind" count and progress total over positions inflated). One index probe per row: a
+# LATERAL subquery with LIMIT is never turned into a join, so the probe stays an index
+# lookup whatever the table's size when the statement was planned (a NOT EXISTS became a
+# hash anti-join over the whole table on a new store). ON CONFLICT remains for a duplicate
+# committed after this statement's snapshot was taken.
 _INSERT_EVENTS_SQL = """
     INSERT INTO events (location_id, stream_id, event_type, message_id, occurred_at,
                         payload, raw, metadata, dedup_key)
@@ -77,6 +86,9 @@ _INSERT_EVENTS_SQL = """
                   CAST(%(dedup_key)s AS text[]))
            WITH ORDINALITY AS u(location_id, stream_id, event_type, message_id, occurred_at,
                                 payload, raw, metadata, dedup_key, ord)
+      LEFT JOIN LATERAL (SELECT true AS stored FROM events e
+                          WHERE e.dedup_key = u.dedup_key LIMIT 1) AS earlier ON true
+     WHERE earlier.stored IS NULL
      ORDER BY u.ord
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING dedup_key, position, event_id, stream_id, version

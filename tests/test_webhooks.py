@@ -376,6 +376,20 @@ def test_same_webhook_id_with_other_bytes_is_a_duplicate_of_the_original(
     assert row["raw"] == json.dumps(document).encode()
 
 
+def test_an_absorbed_redelivery_takes_no_position(server: Server) -> None:
+    """Every duplicate took a position of its own (the INSERT's identity default runs
+    before ON CONFLICT): 1,000 retries put the next event 1,001 positions further, and
+    inflated every "behind" count and progress total. The next event now follows on."""
+    document = message()
+    first = server.post(document)
+    assert first.status_code == 201, first.text
+    for _ in range(5):
+        assert server.post(document).status_code == 200
+    following = server.post(message())
+    assert following.status_code == 201, following.text
+    assert following.json()["position"] == first.json()["position"] + 1
+
+
 def test_same_json_without_webhook_id_is_a_duplicate_whatever_its_spacing(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
