@@ -143,10 +143,14 @@ def test_next_never_hints_at_other_tenants_events(
     mine, theirs = new_id("loc"), new_id("loc")
     reader = Reader(server, make_key(engine, mine))
     assert reader.json("/events") == {"events": [], "next": 0}
-    start = head(engine)
+    (start,) = post_all(server, [message(locationId=mine)])
     post_all(server, [message(locationId=theirs) for _ in range(3)])
-    for after in (0, start, start + 1, head(engine) + 100):
-        assert reader.json("/events", {"after": after}) == {"events": [], "next": after}
+    assert reader.json("/events", {"after": start}) == {"events": [], "next": start}
+    # Past the key's own newest event: a 409 that names that one, whatever the others'
+    # (asking position by position would otherwise find the store's newest).
+    for after in (start + 1, head(engine), head(engine) + 100):
+        refused = assert_problem(reader.get("/events", {"after": after}), 409)
+        assert f"locations ({start})" in refused["detail"]
     (position,) = post_all(server, [message(locationId=mine)])
     page = reader.json("/events", {"after": start})
     assert [e["position"] for e in page["events"]] == [position] and page["next"] == position
@@ -485,23 +489,36 @@ def feed_scans(engine: sqlalchemy.Engine) -> int:
 
 
 def test_streams_that_caught_up_share_one_read_per_append(
-    server: Server, engine: sqlalchemy.Engine
+    database_url: str, keys: KeyPair, server: Server, engine: sqlalchemy.Engine
 ) -> None:
     """Each stream read the feed itself after every append: 30 streams made 30 reads of
-    every webhook (200 slowed intake several times over, whether they read or not)."""
-    loc = new_id("loc")
-    reader = Reader(server, make_key(engine, loc))
-    with contextlib.ExitStack() as streams:
-        opened = [streams.enter_context(stream(reader, {"after": head(engine)})) for _ in range(30)]
-        time.sleep(11)  # PostgreSQL flushes an idle session's statistics within 10 s
-        before = feed_scans(engine)
-        for _ in range(10):
-            (position,) = post_all(server, [message(locationId=loc)])
-            for live in opened:
-                assert int(live.event().id or 0) == position
-        time.sleep(11)
-        scans = feed_scans(engine) - before
-    # One read of the tail per append (and the projection worker's own), not 30.
+    every webhook (200 slowed intake several times over, whether they read or not). So
+    did, after the shared tail came, every stream of a location without recent events
+    (one read on its own found nothing, and left it behind the tail for good): 40 of
+    them here."""
+    loc, quiet = new_id("loc"), new_id("loc")
+    _, newest = post_all(server, [message(locationId=quiet), message(locationId=loc)])
+    # A server of its own: its shared tail starts at the newest event, above the quiet
+    # location's, as in a server that has been running for a while.
+    own = start_server(database_url, keys)
+    try:
+        reader = Reader(own, make_key(engine, loc))
+        quiet_reader = Reader(own, make_key(engine, quiet))
+        with contextlib.ExitStack() as streams:
+            opened = [streams.enter_context(stream(reader, {"after": newest})) for _ in range(15)]
+            for _ in range(40):
+                streams.enter_context(stream(quiet_reader))
+            time.sleep(11)  # PostgreSQL flushes an idle session's statistics within 10 s
+            before = feed_scans(engine)
+            for _ in range(10):
+                (position,) = post_all(own, [message(locationId=loc)])
+                for live in opened:
+                    assert int(live.event().id or 0) == position
+            time.sleep(11)
+            scans = feed_scans(engine) - before
+    finally:
+        own.stop()
+    # One read of the tail per append (and the projection workers' own), not 30.
     assert scans < 150, scans
 
 
@@ -633,3 +650,21 @@ def test_a_stream_keeps_its_heartbeats_while_the_database_hangs(
         finally:
             own.stop()
     assert "Exception in ASGI application" not in own.output, own.output
+
+
+def test_a_position_past_the_newest_event_is_409_not_a_silent_skip(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A reader holding a position from another store (or from this one before it was
+    recreated) waited in silence, then skipped every event up to that position."""
+    loc = new_id("loc")
+    reader = Reader(server, make_key(engine, loc))
+    (newest,) = post_all(server, [message(locationId=loc)])
+    beyond = newest + 1000
+    assert_problem(reader.get("/events", {"after": beyond}), 409)
+    assert_problem(reader.get("/events/stream", {"after": beyond}), 409)
+    assert_problem(reader.get("/events/stream", {}, headers={"Last-Event-ID": str(beyond)}), 409)
+    # At the key's newest event itself: nothing yet, and the stream opens.
+    assert reader.json("/events", {"after": newest}) == {"events": [], "next": newest}
+    with stream(reader, {"after": newest - 1, "heartbeat": 1}) as live:
+        assert int(live.event().id or 0) == newest

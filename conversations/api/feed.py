@@ -74,6 +74,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 import psycopg
+from sqlalchemy import Connection
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -90,7 +91,13 @@ from conversations.dialect import iso
 from conversations.keys import KeyCache
 from conversations.keys import Scope as KeyScope
 from conversations.projections.worker import CHANNEL, libpq_url
-from conversations.store import FEED_PAGE_BYTES, FeedEvent, head_position, read_feed
+from conversations.store import (
+    FEED_PAGE_BYTES,
+    FeedEvent,
+    head_position,
+    newest_position,
+    read_feed,
+)
 
 log = logging.getLogger("conversations.api.feed")
 
@@ -157,9 +164,27 @@ def list_events(request: Request) -> Response:
     locations = _locations(scope, params.text("locationId"))
     with app_state(request).read_engine.connect() as conn:
         events = read_feed(conn, after, limit, locations)
+        if not events:
+            _refuse_unseen(conn, scope, after)
     following = events[-1].position if events else after
     body = '{"events": [' + ", ".join(map(event_json, events)) + f'], "next": {following}}}'
     return Response(body, media_type="application/json")
+
+
+def _refuse_unseen(conn: Connection, scope: KeyScope, after: int) -> None:
+    """409 for a position past the newest event of the key's locations: the key never
+    saw it (it came from another store, or from this one before it was recreated). Read
+    on, the reader would wait in silence and then skip every event up to it. Compared
+    with the key's own events, not every location's: the answer tells nothing of other
+    tenants' traffic."""
+    newest = newest_position(conn, None if scope.all_locations else sorted(scope.locations))
+    if after > newest:
+        raise HTTPException(
+            409,
+            f"position {after} is past the newest event of this key's locations ({newest}):"
+            " it comes from another store, or from this one before it was recreated; read"
+            " again from after=0",
+        )
 
 
 # --- the shared listener --------------------------------------------------------------------
@@ -243,6 +268,11 @@ class FeedTail:
         if dropped:
             self._base = self._positions[dropped - 1]
             del self._entries[:dropped], self._positions[:dropped]
+
+    @property
+    def top(self) -> int:
+        """The newest position the tail has read up to (0 before its first read)."""
+        return self._positions[-1] if self._positions else (self._base or 0)
 
     def after(self, position: int, locations: frozenset[str] | None) -> list[_Entry] | None:
         """The events above `position` of `locations` (every one when None), or None when
@@ -545,12 +575,12 @@ async def _frames(
                     # The database is away: keep the stream (heartbeats go on) and read again
                     # at the next wake-up or heartbeat.
                     shared.read_failed(error)
-                    batch = _Batch([], more=False)
+                    batch = _Batch([], reached=position, more=False)
                 if batch is None:
                     return  # revoked: the client's reconnection is answered 401
-                for at, frame in batch.frames:
+                for frame in batch.frames:
                     yield frame
-                    position = at
+                position = batch.reached
                 if batch.frames:
                     idle_since = time.monotonic()
                     if batch.more:
@@ -610,10 +640,14 @@ async def _idle(wake: asyncio.Event, seconds: float, keys: KeyCache, token: str)
 
 @dataclass(frozen=True)
 class _Batch:
-    frames: list[tuple[int, str | bytes]]
-    """(position, SSE message) in position order."""
+    frames: Sequence[str | bytes]
+    """SSE messages, in position order."""
+    reached: int
+    """The position the stream has read up to: its last event's, or beyond it when no
+    event of its locations lies between (so the stream of a quiet location catches up
+    with the shared tail, instead of reading on its own after every append)."""
     more: bool
-    """Read on at once: the batch was cut short."""
+    """Read on at once: there may be more."""
 
 
 async def _next_batch(
@@ -633,11 +667,13 @@ async def _next_batch(
     await shared.tail.refresh(state, force=not shared.connected)
     entries = shared.tail.after(after, allowed)
     if entries is not None:
-        return _Batch([(entry.position, entry.frame) for entry in entries], more=False)
-    events = await _in_thread(partial(_read_batch, state, locations, after))
-    return _Batch(
-        [(event.position, _frame(event)) for event in events], len(events) == STREAM_BATCH
-    )
+        frames = [entry.frame for entry in entries]
+        return _Batch(frames, reached=max(after, shared.tail.top), more=False)
+    head, events = await _in_thread(partial(_read_batch, state, locations, after))
+    if not events:  # none of its locations' in (after, head]: the stream is at `head`
+        return _Batch([], reached=max(after, head), more=False)
+    # Cut by the count or by the bytes (read_feed does not say which): read on at once.
+    return _Batch([_frame(event) for event in events], reached=events[-1].position, more=True)
 
 
 def _in_thread(call: Callable[[], _T]) -> asyncio.Task[_T]:
@@ -666,9 +702,14 @@ def _read_tail(state: AppState, after: int) -> list[_Entry]:
     return [_Entry(e.position, e.location_id, _frame(e).encode()) for e in events]
 
 
-def _read_batch(state: AppState, locations: Sequence[str] | None, after: int) -> list[FeedEvent]:
+def _read_batch(
+    state: AppState, locations: Sequence[str] | None, after: int
+) -> tuple[int, list[FeedEvent]]:
+    """The newest position, then the events after `after`: every event up to that
+    position is visible to the read that follows (committed positions form a prefix)."""
     with state.read_engine.connect() as conn:
-        return read_feed(conn, after, STREAM_BATCH, locations)
+        head = head_position(conn)
+        return head, read_feed(conn, after, STREAM_BATCH, locations)
 
 
 def _stream_setup(request: Request) -> tuple[str, list[str] | None, int, float]:
@@ -676,6 +717,9 @@ def _stream_setup(request: Request) -> tuple[str, list[str] | None, int, float]:
     scope = require_scope(request, query_token=True)
     params = Params(request, allowed=["after", "locationId", "heartbeat", ACCESS_TOKEN])
     after = _start(request, params)
+    if after:
+        with app_state(request).read_engine.connect() as conn:
+            _refuse_unseen(conn, scope, after)
     heartbeat = params.integer("heartbeat", 15, 1, 300)
     locations = _locations(scope, params.text("locationId"))
     token = bearer_token(request, query_token=True)

@@ -717,6 +717,11 @@ def _event_paths() -> dict[str, Schema]:
         "The key, for a client that cannot send the Authorization header (a browser's "
         "EventSource; RFC 6750 2.3). Not together with the header (400).",
     )
+    unseen = problem(
+        "The position (`after`, `Last-Event-ID`) is past the newest event of the key's "
+        "locations: another store's, or this one's before it was recreated. Read again "
+        "from `after=0`."
+    )
     return {
         "/events": {
             "get": operation(
@@ -726,7 +731,7 @@ def _event_paths() -> dict[str, Schema]:
                 "The events of the key's locations in position order, each payload "
                 "exactly as received; gap-safe: reading on with `after=next` misses "
                 "nothing.",
-                {"200": json_response("A page of events.", ref("EventPage"))},
+                {"200": json_response("A page of events.", ref("EventPage")), "409": unseen},
                 [after, _limit(100, 1, 1000), locations, access_token],
             )
         },
@@ -742,7 +747,8 @@ def _event_paths() -> dict[str, Schema]:
                     "200": {
                         "description": "The stream.",
                         "content": {"text/event-stream": {"schema": _STRING}},
-                    }
+                    },
+                    "409": unseen,
                 },
                 [
                     after,
