@@ -44,6 +44,7 @@ __all__ = [
     "CONVERSATION_TYPE_CODES",
     "FILTER_TYPE_NAMES",
     "MESSAGE_TYPE_CODES",
+    "NOT_WITH_THE_CONTACT",
     "TYPE_CHANNELS",
     "channel_named",
     "conversation_by_id_json",
@@ -287,10 +288,16 @@ def email_json(message: Message, conversation_id: str) -> dict[str, Any]:
 # --- conversations --------------------------------------------------------------------------
 
 
+NOT_WITH_THE_CONTACT = frozenset({"InternalComment", "Other"})
+"""Channels that are no exchange with the contact (a user's note, an activity log line):
+they say nothing of the conversation's type, as they do not change it in HighLevel."""
+
+
 def conversation_type(channels: Iterable[str]) -> str:
-    """HighLevel's conversation type, from the channels the conversation used: email only
-    is TYPE_EMAIL, Facebook/Instagram only TYPE_FB_MESSENGER, anything else TYPE_PHONE."""
-    used = set(channels)
+    """HighLevel's conversation type, from the channels the conversation used with its
+    contact (internal comments and activities left out): email only is TYPE_EMAIL,
+    Facebook/Instagram only TYPE_FB_MESSENGER, anything else TYPE_PHONE."""
+    used = set(channels) - NOT_WITH_THE_CONTACT
     if used and used <= {"Email"}:
         return "TYPE_EMAIL"
     if used and used <= {"Facebook", "Instagram"}:

@@ -161,6 +161,8 @@ def conversation_json_sql(s: str, alias: str = "j") -> str:
     """A lateral join after row alias `s` (a `location_conversations` row) that makes row
     `alias` the `dialect.conversation_json` of it."""
     channels = f"{s}.channels"
+    for channel in sorted(dialect.NOT_WITH_THE_CONTACT):  # as `dialect.conversation_type`
+        channels = f"array_remove({channels}, '{channel}')"
     kind = (
         f"CASE WHEN cardinality({channels}) > 0 AND {channels} <@ ARRAY['Email']::text[] "
         "THEN 'TYPE_EMAIL' "

@@ -675,6 +675,51 @@ def test_a_custom_providers_email_and_call_read_as_an_email_and_a_call(
     assert reader.json(f"/conversations/{calls}")["lastMessageType"] == "TYPE_CALL"
 
 
+def test_internal_comments_and_activities_leave_the_conversation_type(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A user's internal comment (or an activity line) in an email or a Messenger
+    conversation is no exchange with the contact: the conversation stays TYPE_EMAIL /
+    TYPE_FB_MESSENGER, as in HighLevel. It read TYPE_PHONE (1) once a comment was added."""
+    location, mails, messenger = new_id("loc"), new_id("cnv"), new_id("cnv")
+    reader = Reader(server, make_key(engine, location))
+    email = message(
+        locationId=location,
+        conversationId=mails,
+        messageType="Email",
+        emailMessageId=new_id("eml"),
+        subject="Order",
+        dateAdded=at(0),
+    )
+    facebook = message(locationId=location, conversationId=messenger, messageType="FB")
+    notes = [
+        message(
+            locationId=location,
+            conversationId=conversation,
+            type="OutboundMessage",
+            direction="outbound",
+            messageType=kind,
+            messageTypeString=name,
+            body="call them back",
+            dateAdded=at(1),
+        )
+        for conversation in (mails, messenger)
+        for kind, name in (
+            ("InternalComment", "TYPE_INTERNAL_COMMENT"),
+            ("Activity", "TYPE_ACTIVITY_APPOINTMENT"),
+        )
+    ]
+    post_all(server, [email, facebook, *notes])
+    wait_folded(engine)
+
+    listed = reader.json("/conversations/search")["conversations"]
+    assert {c["id"]: c["type"] for c in listed} == {
+        mails: "TYPE_EMAIL",
+        messenger: "TYPE_FB_MESSENGER",
+    }
+    assert [reader.json(f"/conversations/{c}")["type"] for c in (mails, messenger)] == [2, 3]
+
+
 def test_a_message_without_ids_is_found_by_the_id_it_is_shown_with(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
