@@ -268,6 +268,50 @@ def test_a_merge_before_or_after_the_messages(
     assert (ids(listed), total) == ([new], 1)  # the old conversation has no row of its own
 
 
+def test_a_merged_conversation_keeps_its_own_contact(
+    engine: sqlalchemy.Engine, append: Append
+) -> None:
+    """HighLevel merges a live chat conversation into another when it identifies the
+    visitor as an existing contact: the merged conversation is that contact's, though the
+    chat's messages (the newest here) name the visitor's contact. It read as the
+    visitor's, so a search by the contact's id did not find its conversation."""
+    location, chat, known = new_id("loc"), new_id("cnv"), new_id("cnv")
+    visitor, contact = new_id("con"), new_id("con")
+    chat_messages = [
+        message(
+            locationId=location,
+            conversationId=chat,
+            contactId=visitor,
+            messageType="Live Chat",
+            dateAdded=at(hour),
+        )
+        for hour in (9, 12)
+    ]
+    own = message(locationId=location, conversationId=known, contactId=contact, dateAdded=at(10))
+    merged = {**merge(location, chat, known), "contactId": contact}
+    for documents, cuts in (
+        ([*chat_messages, own, merged], [1, 3]),
+        ([merged, *chat_messages, own], []),
+    ):
+        where = new_id("loc")
+        events = append([again(d, locationId=where) for d in documents])
+        fold(engine, events, cuts)
+        found = conversation(engine, where, known)
+        assert (found.contact_id, found.message_count) == (contact, 3)
+        assert found.last_message_key == chat_messages[1]["messageId"]
+        with engine.connect() as conn:
+            assert ids(search(conn, where, contact_id=contact)[0]) == [known]
+            assert search(conn, where, contact_id=visitor)[1] == 0
+
+    # Without messages of its own, the contact its unread updates name; without these, the
+    # newest merged message's.
+    for flags in ([unread(location, known, "2025-03-04T13:00:00Z", contactId=contact)], []):
+        where = new_id("loc")
+        documents = [*chat_messages, merged, *flags]
+        fold_all(engine, append([again(d, locationId=where) for d in documents]))
+        assert conversation(engine, where, known).contact_id == (contact if flags else visitor)
+
+
 def test_chained_merges_arriving_piecemeal(engine: sqlalchemy.Engine, append: Append) -> None:
     location = new_id("loc")
     a, b, c = (new_id("cnv") for _ in range(3))
@@ -474,6 +518,7 @@ def scenarios(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "timestamp": f"2025-03-04T10:0{draw(st.integers(0, 2))}:00Z",
                 "unreadCount": draw(st.integers(0, 3)),
                 "starred": draw(st.booleans()),
+                "contactId": draw(st.sampled_from(["p0", "p3"])),
             }
         )
     for old, new in draw(

@@ -26,6 +26,11 @@ all unread updates of a touched conversation, all merge pairs of a touched locat
 then the summary of every root whose inputs changed, from the working tables. So the
 tables depend only on the set of events, never on their order, cutting or duplicates.
 
+A summary's contact is that of the root's own newest message naming one, else its flags'
+(its latest unread update's), else that of the newest merged message naming one: HighLevel
+merges a live chat into the conversation of the contact it identified the visitor as, and
+the chat's messages keep naming the visitor's contact.
+
 "Last message" is the one with the greatest `(date_added, message_key)`, a missing
 `date_added` sorting lowest. Lists order by `(last_message_at, conversation_id)`, a
 conversation without messages counting as the oldest; `sort_at` is that key with NULL
@@ -583,8 +588,11 @@ class _Delta:
         else:
             newest = last_key is None or new > current
         contact = after["contact_id"]
-        if contact is not None and not newest and contact != row["contact_id"]:
-            return False  # whether it is the newest message with a contact: unknown here
+        merged_in = after["conversation_id"] != root[1]
+        if contact is not None and (not newest or merged_in) and contact != row["contact_id"]:
+            # Whether it is the newest message with a contact (or, merged in, whether the
+            # root has a contact of its own): unknown here.
+            return False
         row["message_count"] += 1
         # Sorted as SQL's array_agg(... ORDER BY channel) sorts them: the vocabulary
         # (`messages.CHANNELS`) orders the same in "C" and in linguistic collations.
@@ -684,6 +692,15 @@ def _recompute_statement(tables: _Physical, every: bool) -> Any:
         messages.c.conversation_id == members.c.conversation_id,
     )
     newest_first = (messages.c.date_added.desc().nulls_last(), messages.c.message_key.desc())
+    own = members.c.conversation_id == members.c.root_id
+
+    def newest_contact(among: ColumnElement[bool]) -> Any:
+        """The contact of the newest message `among` a root's that names one."""
+        ordered = func.array_agg(aggregate_order_by(messages.c.contact_id, *newest_first))
+        return type_coerce(
+            ordered.filter(and_(messages.c.contact_id.is_not(None), among)), ARRAY(Text)
+        )[1]
+
     totals = (
         select(
             members.c.location_id,
@@ -693,12 +710,8 @@ def _recompute_statement(tables: _Physical, every: bool) -> Any:
             func.array_agg(aggregate_order_by(messages.c.channel.distinct(), messages.c.channel))
             .filter(messages.c.channel.is_not(None))
             .label("channels"),
-            type_coerce(
-                func.array_agg(aggregate_order_by(messages.c.contact_id, *newest_first)).filter(
-                    messages.c.contact_id.is_not(None)
-                ),
-                ARRAY(Text),
-            )[1].label("contact_id"),
+            newest_contact(own).label("own_contact_id"),
+            newest_contact(~own).label("merged_contact_id"),
             func.array_agg(
                 aggregate_order_by(members.c.conversation_id.distinct(), members.c.conversation_id)
             )
@@ -732,7 +745,7 @@ def _recompute_statement(tables: _Physical, every: bool) -> Any:
         select(
             totals.c.location_id,
             totals.c.root_id,
-            func.coalesce(totals.c.contact_id, flags.c.contact_id),
+            func.coalesce(totals.c.own_contact_id, flags.c.contact_id, totals.c.merged_contact_id),
             last.c.date_added,
             last.c.channel,
             last.c.direction,
