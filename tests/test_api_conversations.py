@@ -720,6 +720,62 @@ def test_internal_comments_and_activities_leave_the_conversation_type(
     assert [reader.json(f"/conversations/{c}")["type"] for c in (mails, messenger)] == [2, 3]
 
 
+def test_conversation_fields_mean_what_the_readme_says(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """README's "other conversation fields": the unread flags are HighLevel's last report
+    (a later inbound message leaves them), a deleted conversation stays listed, the last
+    message's body is a preview and its type its channel's name (null for an activity),
+    and the dates are the first and last message's."""
+    location, talk, flags_only = new_id("loc"), new_id("cnv"), new_id("cnv")
+    reader = Reader(server, make_key(engine, location))
+    common = {"locationId": location, "conversationId": talk}
+    long = message(**common, body="<p>" + "word " * 60 + "</p>", dateAdded=at(0))
+    activity = message(
+        **common,
+        type="OutboundMessage",
+        direction="outbound",
+        messageType="Activity",
+        messageTypeString="TYPE_ACTIVITY_APPOINTMENT",
+        body="Appointment booked",
+        dateAdded=at(2),
+    )
+    read = {
+        "type": "ConversationUnreadUpdate",
+        "locationId": location,
+        "id": talk,
+        "unreadCount": 0,
+        "timestamp": at(1),
+        "webhookId": str(uuid.uuid4()),
+    }
+    gone = {**read, "id": flags_only, "deleted": True, "webhookId": str(uuid.uuid4())}
+    later = message(**common, body="still there?", dateAdded=at(3))
+    post_all(server, [long, read, gone])
+    wait_folded(engine)
+    preview = reader.json(f"/conversations/{talk}")["lastMessageBody"]
+    assert len(preview) == 160 and preview.startswith("word word") and preview[-1] == "…"
+    post_all(server, [activity])
+    wait_folded(engine)
+    shown = reader.json(f"/conversations/{talk}")
+    assert (shown["lastMessageType"], shown["lastMessageBody"]) == (None, "Appointment booked")
+    post_all(server, [later])
+    wait_folded(engine)
+
+    shown = reader.json(f"/conversations/{talk}")
+    assert (shown["unreadCount"], shown["lastMessageDirection"]) == (0, "inbound")
+    assert (shown["dateAdded"], shown["dateUpdated"], shown["lastMessageDate"]) == (
+        ms(0),
+        ms(3),
+        ms(3),
+    )
+    assert reader.json("/conversations/search", {"status": "unread"})["total"] == 0
+    listed = reader.json("/conversations/search")["conversations"]
+    assert [(c["id"], c["deleted"]) for c in listed] == [(talk, False), (flags_only, True)]
+    assert (
+        listed[1]["dateAdded"] is listed[1]["dateUpdated"] is listed[1]["lastMessageDate"] is None
+    )
+
+
 def test_a_message_without_ids_is_found_by_the_id_it_is_shown_with(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
