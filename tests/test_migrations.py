@@ -207,42 +207,37 @@ def test_a_database_a_newer_release_migrated_is_named_so(
     assert f"`conversations migrate --downgrade {migrate.head_revision()}`" in message
 
 
-def test_api_keys_are_not_dropped_by_a_downgrade(empty_engine: sqlalchemy.Engine) -> None:
-    """Below 0006 there are no API keys: `--downgrade 0005` dropped every key, silently,
-    and after upgrading again every integrator's key was refused. As for the events, a
-    downgrade that would drop them is refused while there is one."""
-    with empty_engine.connect() as conn:
-        migrate.upgrade(conn)
-    with empty_engine.begin() as conn:
-        conn.execute(
-            sqlalchemy.text(
-                "INSERT INTO api_keys (key_id, secret_sha256, label, locations)"
-                " VALUES ('k1', 'sha', 'reporting', ARRAY['loc'])"
-            )
-        )
-    with empty_engine.connect() as conn, pytest.raises(CommandError, match="holds 1 API key"):
-        migrate.downgrade(conn, "0005")
-    with empty_engine.connect() as conn:
-        assert conn.scalar(sqlalchemy.text("SELECT count(*) FROM api_keys")) == 1
-        assert migrate.current_revision(conn) == migrate.head_revision()
-        migrate.downgrade(conn, "0006")  # one that keeps the keys still works
-        migrate.upgrade(conn)
-
-
-def test_the_quarantine_is_not_dropped_while_it_holds_a_body(
-    empty_engine: sqlalchemy.Engine,
+@pytest.mark.parametrize(
+    ("row", "below", "refusal"),
+    [
+        pytest.param(
+            "INSERT INTO api_keys (key_id, secret_sha256, label, locations)"
+            " VALUES ('k1', 'sha', 'reporting', ARRAY['loc'])",
+            "0005",
+            "holds 1 API key",
+            id="api-keys",
+        ),
+        pytest.param(
+            "INSERT INTO quarantine (source, reason, detail, body, body_sha256)"
+            " VALUES ('webhook', 'not_json', 'not JSON', 'x', 'sha')",
+            "base",
+            "holds 1 bodies",
+            id="quarantine",
+        ),
+    ],
+)
+def test_a_downgrade_that_would_drop_what_cannot_be_made_again_is_refused(
+    empty_engine: sqlalchemy.Engine, row: str, below: str, refusal: str
 ) -> None:
-    """A store that has only received unusable bodies holds no event: `--downgrade base`
-    dropped the bodies kept aside for a retry after a fix."""
+    """As for the events: `--downgrade 0005` dropped every API key, silently (after
+    upgrading again every integrator's key was refused), and `--downgrade base` dropped
+    the bodies a store that has only received unusable ones keeps for a retry."""
     with empty_engine.connect() as conn:
         migrate.upgrade(conn)
     with empty_engine.begin() as conn:
-        conn.execute(
-            sqlalchemy.text(
-                "INSERT INTO quarantine (source, reason, detail, body, body_sha256)"
-                " VALUES ('webhook', 'not_json', 'not JSON', 'x', 'sha')"
-            )
-        )
-    with empty_engine.connect() as conn, pytest.raises(CommandError, match="holds 1 bodies"):
-        migrate.downgrade(conn, "base")
+        conn.execute(sqlalchemy.text(row))
+    with empty_engine.connect() as conn, pytest.raises(CommandError, match=refusal):
+        migrate.downgrade(conn, below)
+    with empty_engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
     assert tables(empty_engine) == set(metadata.tables)
