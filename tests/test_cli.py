@@ -250,16 +250,14 @@ def test_a_port_out_of_range_is_refused_not_wrapped_around(
     assert "65535" in result.stderr
 
 
-@pytest.mark.parametrize("argv", [("status",), ("replay",)], ids=" ".join)
-def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback(
-    argv: tuple[str, ...], database_url: str
-) -> None:
-    """SQLAlchemy takes a third of a second to import, and it was imported with the
-    command: a Ctrl-C then was a KeyboardInterrupt traceback. Interrupted while it loads
-    (`-X importtime` tells when: one of its modules is done), a command says so."""
+def _signalled_while_loading(
+    argv: list[str], env: dict[str, str], signum: signal.Signals
+) -> tuple[int, str]:
+    """Run `conversations ARGV` and send it `signum` while SQLAlchemy is being imported
+    (`-X importtime` tells when: one of its modules is done); its status and stderr."""
     process = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "conversations", *argv],
-        env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+        env={**os.environ, **env},
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -270,14 +268,29 @@ def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback(
     try:
         for line in process.stderr:
             if line.rpartition("|")[2].strip().startswith("sqlalchemy."):
-                break  # SQLAlchemy is being imported
-        process.send_signal(signal.SIGINT)
+                break
+        process.send_signal(signum)
         _, err = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 130, err
+    return process.returncode, err
+
+
+@pytest.mark.parametrize("argv", [("status",), ("replay",)], ids=" ".join)
+def test_ctrl_c_while_the_command_loads_is_one_line_not_a_traceback(
+    argv: tuple[str, ...], database_url: str
+) -> None:
+    """SQLAlchemy takes a third of a second to import, and it was imported with the
+    command: a Ctrl-C then was a KeyboardInterrupt traceback. Interrupted while it loads
+    (`-X importtime` tells when: one of its modules is done), a command says so."""
+    returncode, err = _signalled_while_loading(
+        list(argv),
+        {"DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+        signal.SIGINT,
+    )
+    assert returncode == 130, err
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "conversations: interrupted", err
 
@@ -573,26 +586,10 @@ def test_serve_and_work_stopped_while_starting_exit_0(command: str, database_url
     """README: SIGTERM stops `serve` and `work` with status 0; while they were still
     starting (here: loading, `-X importtime` tells when) it was 130 and "interrupted"."""
     argv = ["serve", "--port", "0"] if command == "serve" else ["work"]
-    process = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "-m", "conversations", *argv],
-        env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_FORMAT": "json"},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, err = _signalled_while_loading(
+        argv, {"DATABASE_URL": database_url, "CONVERSATIONS_LOG_FORMAT": "json"}, signal.SIGTERM
     )
-    assert process.stderr is not None
-    try:
-        for line in process.stderr:
-            if line.rpartition("|")[2].strip().startswith("sqlalchemy."):
-                break  # SQLAlchemy is being imported: the command has not started
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
+    assert returncode == 0, err
     assert "Traceback" not in err and "interrupted" not in err, err
     assert json.loads(err.strip().splitlines()[-1])["message"] == (
         f"{command} stopped before it was running"
