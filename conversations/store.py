@@ -171,24 +171,6 @@ def head_position(conn: Connection) -> int:
     return int(conn.scalar(text("SELECT coalesce(max(position), 0) FROM events")) or 0)
 
 
-_NEWEST_IN_LOCATIONS = text(
-    """
-    SELECT coalesce(max(newest.position), 0)
-      FROM unnest(CAST(:locations AS text[])) AS l(location_id),
-           LATERAL (SELECT position FROM events WHERE events.location_id = l.location_id
-                     ORDER BY position DESC LIMIT 1) AS newest
-    """
-)
-
-
-def newest_position(conn: Connection, locations: Sequence[str] | None) -> int:
-    """The highest committed position of `locations` (of every location when None; 0
-    when they have no event): one backward index step per location."""
-    if locations is None:
-        return head_position(conn)
-    return int(conn.scalar(_NEWEST_IN_LOCATIONS, {"locations": list(locations)}) or 0)
-
-
 def read_range(conn: Connection, after: int, until: int, limit: int) -> list[StoredEvent]:
     """Events in (after, until] in position order, at most `limit`, without raw bytes
     (folds read the parsed payload). Gap-safe: see the module doc."""

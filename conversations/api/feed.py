@@ -91,13 +91,7 @@ from conversations.dialect import iso
 from conversations.keys import KeyCache
 from conversations.keys import Scope as KeyScope
 from conversations.projections.worker import CHANNEL, libpq_url
-from conversations.store import (
-    FEED_PAGE_BYTES,
-    FeedEvent,
-    head_position,
-    newest_position,
-    read_feed,
-)
+from conversations.store import FEED_PAGE_BYTES, FeedEvent, head_position, read_feed
 
 log = logging.getLogger("conversations.api.feed")
 
@@ -165,25 +159,22 @@ def list_events(request: Request) -> Response:
     with app_state(request).read_engine.connect() as conn:
         events = read_feed(conn, after, limit, locations)
         if not events:
-            _refuse_unseen(conn, scope, after)
+            _refuse_unseen(conn, after)
     following = events[-1].position if events else after
     body = '{"events": [' + ", ".join(map(event_json, events)) + f'], "next": {following}}}'
     return Response(body, media_type="application/json")
 
 
-def _refuse_unseen(conn: Connection, scope: KeyScope, after: int) -> None:
-    """409 for a position past the newest event of the key's locations: the key never
-    saw it (it came from another store, or from this one before it was recreated). Read
-    on, the reader would wait in silence and then skip every event up to it. Compared
-    with the key's own events, not every location's: the answer tells nothing of other
-    tenants' traffic."""
-    newest = newest_position(conn, None if scope.all_locations else sorted(scope.locations))
-    if after > newest:
+def _refuse_unseen(conn: Connection, after: int) -> None:
+    """409 for a position past the newest event: this store never handed it out (it
+    came from another store, or from this one before it was recreated). Read on, the
+    reader would wait in silence and then skip every event up to it. (The newest
+    position is no secret: /projections and /metrics show it without a key.)"""
+    if after > head_position(conn):
         raise HTTPException(
             409,
-            f"position {after} is past the newest event of this key's locations ({newest}):"
-            " it comes from another store, or from this one before it was recreated; read"
-            " again from after=0",
+            f"position {after} is past the newest event: it comes from another store, or"
+            " from this one before it was recreated; read again from after=0",
         )
 
 
@@ -719,7 +710,7 @@ def _stream_setup(request: Request) -> tuple[str, list[str] | None, int, float]:
     after = _start(request, params)
     if after:
         with app_state(request).read_engine.connect() as conn:
-            _refuse_unseen(conn, scope, after)
+            _refuse_unseen(conn, after)
     heartbeat = params.integer("heartbeat", 15, 1, 300)
     locations = _locations(scope, params.text("locationId"))
     token = bearer_token(request, query_token=True)

@@ -718,9 +718,8 @@ def _event_paths() -> dict[str, Schema]:
         "EventSource; RFC 6750 2.3). Not together with the header (400).",
     )
     unseen = problem(
-        "The position (`after`, `Last-Event-ID`) is past the newest event of the key's "
-        "locations: another store's, or this one's before it was recreated. Read again "
-        "from `after=0`."
+        "The position (`after`, `Last-Event-ID`) is past the newest event: another "
+        "store's, or this one's before it was recreated. Read again from `after=0`."
     )
     return {
         "/events": {
