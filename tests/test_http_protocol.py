@@ -307,6 +307,26 @@ def test_a_head_within_the_deadline_is_served_on_a_kept_connection(
             time.sleep(1.5)
 
 
+def test_line_breaks_after_an_answer_do_not_hold_the_connection(
+    impatient_server: Server,
+) -> None:
+    """Line breaks between requests are allowed and skipped (no request begins): they
+    stopped uvicorn's keep-alive timer, with no head begun for the head's deadline to
+    time, and the connection was held for ever (one CRLF after each answer of a pooled
+    connection, a socket a client)."""
+    host, port = impatient_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(65536):  # the rest of the answer, then the close
+            answer += chunk
+        assert time.monotonic() - started < 8  # uvicorn's keep-alive: 5 s
+    assert b"HTTP/" not in answer
+
+
 def test_a_webhook_whose_sender_half_closes_is_answered(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:

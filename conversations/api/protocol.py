@@ -59,6 +59,8 @@ class Http11Protocol(HttpToolsProtocol):
     _head_begun = False
     """A byte of the awaited head arrived (else the connection is idle: closed unanswered)."""
     _head_timer: asyncio.TimerHandle | None = None
+    _in_message = False
+    """A request has begun arriving and is not complete yet."""
 
     @classmethod
     def with_head_timeout(cls, seconds: float) -> type[Http11Protocol]:
@@ -89,6 +91,8 @@ class Http11Protocol(HttpToolsProtocol):
         return True
 
     def on_message_begin(self) -> None:
+        self._unset_keepalive_if_required()
+        self._in_message = True
         super().on_message_begin()
         self.scope["extensions"] = {TRANSPORT: {"transport": self.transport}}
         self._in_head, self._heard, self._head_begun = True, True, True
@@ -143,7 +147,12 @@ class Http11Protocol(HttpToolsProtocol):
             raise HeadTooLarge
 
     def data_received(self, data: bytes) -> None:
-        self._unset_keepalive_if_required()
+        # uvicorn stopped its keep-alive timer at any byte: line breaks after an answer,
+        # which the parser skips without beginning a request, stopped it with no head
+        # begun to time, and the connection was held forever. Stopped here for the rest of
+        # a request begun before the answer went, else once a request begins.
+        if self._in_message:
+            self._unset_keepalive_if_required()
         self._heard = False
         try:
             self.parser.feed_data(data)
@@ -194,6 +203,7 @@ class Http11Protocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._heard = True
+        self._in_message = False
         if not self._offered_upgrade:
             super().on_message_complete()
 
