@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 import conversations.keys
 from conversations.api.feed import APPLICATION_NAME as FEED_LISTENER
+from conversations.database import create_engine
 from tests.api_support import (
     Reader,
     assert_problem,
@@ -30,7 +31,7 @@ from tests.api_support import (
     make_key,
     post_all,
 )
-from tests.conftest import start_server
+from tests.conftest import migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
 from tests.proxy import Proxy
 
@@ -516,6 +517,73 @@ def test_streams_that_caught_up_share_one_read_per_append(
         own.stop()
     # One read of the tail per append (and the projection workers' own), not 30.
     assert scans < 150, scans
+
+
+def events_rows_read(engine: sqlalchemy.Engine) -> int:
+    """Rows of `events` read by scans in this database so far (as flushed)."""
+    with engine.connect() as conn:
+        found = conn.scalar(
+            text(
+                "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
+                " FROM pg_stat_user_tables WHERE relname = 'events'"
+            )
+        )
+    return int(found or 0)
+
+
+_BULK = text(
+    """
+    WITH made AS (
+        SELECT g, jsonb_build_object(
+                   'type', 'InboundMessage', 'locationId', CAST(:loc AS text),
+                   'conversationId', :loc || '-c' || (g % 50), 'messageId', :loc || '-m' || g,
+                   'contactId', 'con', 'messageType', 'SMS', 'direction', 'inbound',
+                   'body', 'hello', 'dateAdded', '2024-05-08T12:00:56.193Z') AS payload
+          FROM generate_series(1, :count) AS g
+    )
+    INSERT INTO events (location_id, stream_id, event_type, message_id, payload, raw, dedup_key)
+    SELECT :loc, payload->>'conversationId', 'InboundMessage', payload->>'messageId', payload,
+           convert_to(payload::text, 'UTF8'), :loc || '-' || g
+      FROM made
+    """
+)
+
+
+def test_the_first_stream_after_a_quiet_spell_does_not_read_what_came_meanwhile(
+    server_url: str, keys: KeyPair
+) -> None:
+    """The shared tail follows every append while a stream is open. Once the last one
+    closed, it stayed where it was: the next stream, hours and a million events later,
+    waited while the tail read and framed every one of them, 1,000 at a time (100,000
+    events: 3 s before its first event; every other stream of the server waited too)."""
+    with migrated_database(server_url, "conversations_feed_tail") as url:
+        engine = create_engine(url)
+        with engine.begin() as conn:  # the plans of a store of millions of events: index steps
+            name = conn.scalar(text("SELECT current_database()"))
+            for setting in ("enable_seqscan", "enable_hashjoin", "enable_mergejoin"):
+                conn.execute(text(f'ALTER DATABASE "{name}" SET {setting} = off'))
+        own = start_server(url, keys, CONVERSATIONS_PROJECTION_WORKER="false")
+        try:
+            loc = new_id("loc")
+            reader = Reader(own, make_key(engine, loc))
+            (first,) = post_all(own, [message(locationId=loc)])
+            with stream(reader) as live:
+                assert int(live.event().id or 0) == first
+            eventually(lambda: _assert_equal(feed_listeners(engine), 0))
+            count = 20_000
+            with engine.begin() as conn:  # appended while no stream is open
+                conn.execute(_BULK, {"loc": new_id("bulk"), "count": count})
+                conn.execute(text("SELECT pg_stat_force_next_flush()"))
+            before = events_rows_read(engine)
+            with stream(reader, {"after": first}) as live:
+                (position,) = post_all(own, [message(locationId=loc)])
+                assert int(live.event().id or 0) == position
+                time.sleep(11)  # PostgreSQL flushes an idle session's statistics within 10 s
+                read = events_rows_read(engine) - before
+        finally:
+            own.stop()
+            engine.dispose()
+    assert read < count // 2, read
 
 
 def test_streams_end_at_once_when_the_server_stops(

@@ -315,6 +315,10 @@ class EventNotifier:
             yield waiter
         finally:
             self._waiters.discard(waiter)
+            if not self._waiters:
+                # Nothing keeps the tail current now: the next stream, maybe a million
+                # appends later, would wait while it read up through every one of them.
+                self.tail = FeedTail()
             if not self._waiters and self._task is not None:
                 task, self._task = self._task, None
                 task.cancel()
