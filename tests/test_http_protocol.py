@@ -245,6 +245,37 @@ def test_trailer_fields_past_64_kib_drop_the_request(
     assert events_in(engine, document["locationId"]) == []
 
 
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400),
+        (b"CONNECT hooks.example:443 HTTP/1.1\r\nHost: hooks.example:443\r\n\r\n", 501),
+    ],
+    ids=["head-too-large", "invalid", "connect"],
+)
+def test_a_refused_request_pipelined_after_a_webhook_is_answered_after_it(
+    server: Server, engine: sqlalchemy.Engine, refused: bytes, status: int
+) -> None:
+    """Answers go in request order. The refusal of a request pipelined behind a webhook
+    was written at once, ahead of the webhook's answer, which was then dropped: the
+    client read 431 as its webhook's answer, though the webhook was stored."""
+    document = message()
+    body = json.dumps(document).encode()
+    request = (
+        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    answers = exchange(server, [request + refused], 2)
+
+    assert [answer[0] for answer in answers] == [201, status], answers
+    stored = only_event(engine, document["locationId"])
+    assert json.loads(answers[0][2])["position"] == stored["position"]
+    assert answers[1][1]["connection"] == "close"
+
+
 @pytest.fixture(scope="module")
 def impatient_server(database_url: str, keys: KeyPair) -> Iterator[Server]:
     """Requests (heads, and webhook bodies) must arrive within 1 s."""

@@ -61,6 +61,9 @@ class Http11Protocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _in_message = False
     """A request has begun arriving and is not complete yet."""
+    _deferred: bytes | None = None
+    """The refusal of a request whose head came while the requests before it on the
+    connection were still being answered: sent once they are (answers go in order)."""
 
     @classmethod
     def with_head_timeout(cls, seconds: float) -> type[Http11Protocol]:
@@ -153,6 +156,8 @@ class Http11Protocol(HttpToolsProtocol):
         # a request begun before the answer went, else once a request begins.
         if self._in_message:
             self._unset_keepalive_if_required()
+        if self._deferred is not None:
+            return  # after a refused head: nothing can be framed
         self._heard = False
         try:
             self.parser.feed_data(data)
@@ -187,7 +192,7 @@ class Http11Protocol(HttpToolsProtocol):
             kind, what = "headers_too_large", "The request's head is"
         detail = f"{what} larger than {MAX_HEAD_BYTES} bytes."
         self.logger.warning(detail)
-        self._refuse(status, title, kind, detail)
+        self._refuse(status, title, kind, detail, in_order=True)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -212,7 +217,8 @@ class Http11Protocol(HttpToolsProtocol):
         chunked, a bad chunk size, HTTP/2 spoken without an upgrade) is answered with a
         problem document like every other error, then the connection is closed: nothing
         after it on the connection can be framed."""
-        self._refuse(400, "Bad Request", "bad_request", f"The request is not valid HTTP/1.1: {msg}")
+        detail = f"The request is not valid HTTP/1.1: {msg}"
+        self._refuse(400, "Bad Request", "bad_request", detail, in_order=self._in_head)
 
     def _refuse_connect(self) -> None:
         """`CONNECT` asks for a tunnel, which llhttp reports as an upgrade: replayed, it
@@ -223,10 +229,18 @@ class Http11Protocol(HttpToolsProtocol):
             "Not Implemented",
             "not_implemented",
             "CONNECT is not supported: this service is not a proxy.",
+            in_order=True,
         )
 
-    def _refuse(self, status: int, title: str, kind: str, detail: str) -> None:
-        """Answer a problem document outside the application, then close the connection."""
+    def _refuse(
+        self, status: int, title: str, kind: str, detail: str, in_order: bool = False
+    ) -> None:
+        """Answer a problem document outside the application, then close the connection.
+
+        `in_order`: the refused request is not the one being answered but the next
+        (pipelined). Its refusal was written at once, ahead of the answers still due on
+        the connection, which were then dropped: a client took it for its webhook's
+        answer (stored, yet told 431). It now waits for them (`on_response_complete`)."""
         body = json.dumps(
             {
                 "type": f"urn:conversations:problem:{kind}",
@@ -243,8 +257,20 @@ class Http11Protocol(HttpToolsProtocol):
             f"content-type: {PROBLEM_JSON}\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n".encode("ascii")
         )
-        self.transport.write(b"".join(head) + body)
+        answer = b"".join(head) + body
+        if in_order and self.cycle is not None and not self.cycle.response_complete:
+            self._deferred = answer
+            return
+        self.transport.write(answer)
         self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next request pipelined, if any
+        if self._deferred is None or self.transport.is_closing():
+            return
+        if self.cycle.response_complete:  # the last answer due before the refusal
+            self.transport.write(self._deferred)
+            self.transport.close()
 
     def _replay(self, rest: bytes) -> None:
         """Parse the request again from its start, without the upgrade offer, then what
