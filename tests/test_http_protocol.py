@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -245,6 +246,16 @@ def test_trailer_fields_past_64_kib_drop_the_request(
     assert events_in(engine, document["locationId"]) == []
 
 
+def signed_webhook(server: Server, document: dict[str, Any]) -> bytes:
+    """A whole signed webhook request, as raw bytes for a socket."""
+    body = json.dumps(document).encode()
+    return (
+        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 @pytest.mark.parametrize(
     ("refused", "status"),
     [
@@ -261,12 +272,7 @@ def test_a_refused_request_pipelined_after_a_webhook_is_answered_after_it(
     was written at once, ahead of the webhook's answer, which was then dropped: the
     client read 431 as its webhook's answer, though the webhook was stored."""
     document = message()
-    body = json.dumps(document).encode()
-    request = (
-        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = signed_webhook(server, document)
 
     answers = exchange(server, [request + refused], 2)
 
@@ -364,12 +370,7 @@ def test_a_webhook_whose_sender_half_closes_is_answered(
     """A client may shut down its sending side once the request is sent; uvicorn took
     that for a disconnect: the webhook was stored and its answer never sent."""
     document = message()
-    body = json.dumps(document).encode()
-    request = (
-        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = signed_webhook(server, document)
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)
@@ -388,12 +389,7 @@ def test_a_webhook_cut_short_by_a_half_close_is_not_stored(
     server: Server, engine: sqlalchemy.Engine
 ) -> None:
     document = message()
-    body = json.dumps(document).encode()
-    request = (
-        "POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"X-GHL-Signature: {server.keys.headers(body)['X-GHL-Signature']}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body[:-10]
+    request = signed_webhook(server, document)[:-10]
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(request)
