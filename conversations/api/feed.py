@@ -169,7 +169,7 @@ def _refuse_unseen(conn: Connection, after: int) -> None:
     """409 for a position past the newest event: this store never handed it out (it
     came from another store, or from this one before it was recreated). Read on, the
     reader would wait in silence and then skip every event up to it. (The newest
-    position is no secret: /projections and /metrics show it without a key.)"""
+    position is no secret: /projections shows it without a key.)"""
     if after > head_position(conn):
         raise HTTPException(
             409,
