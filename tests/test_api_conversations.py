@@ -893,18 +893,24 @@ def test_search_filters(reader: Reader, world: World) -> None:
     assert ids(sortBy="last_message_date", limit=1) == ([world.starred], 3)
 
 
-def test_search_pages_by_start_after_date_and_by_cursor(
-    server: Server, engine: sqlalchemy.Engine, world: World
-) -> None:
-    location = new_id("loc")
-    conversations_ = [new_id("cnv") for _ in range(7)]
+def _dated_conversations(server: Server, location: str, count: int) -> list[str]:
+    """`count` new conversations of `location`, one message each, dated in order."""
+    ids = [new_id("cnv") for _ in range(count)]
     post_all(
         server,
         [
             message(locationId=location, conversationId=c, dateAdded=at(i))
-            for i, c in enumerate(conversations_)
+            for i, c in enumerate(ids)
         ],
     )
+    return ids
+
+
+def test_search_pages_by_start_after_date_and_by_cursor(
+    server: Server, engine: sqlalchemy.Engine, world: World
+) -> None:
+    location = new_id("loc")
+    conversations_ = _dated_conversations(server, location, 7)
     reader = Reader(server, make_key(engine, location))
 
     def folded() -> None:
@@ -944,14 +950,7 @@ def test_start_after_date_takes_the_sort_array_as_axios_and_httpx_send_it(
     conversation, an array. HighLevel's JavaScript SDK passes it to axios, which writes
     `startAfterDate[]=V`; httpx and requests write a list as the name repeated."""
     location = new_id("loc")
-    conversations_ = [new_id("cnv") for _ in range(5)]
-    post_all(
-        server,
-        [
-            message(locationId=location, conversationId=c, dateAdded=at(i))
-            for i, c in enumerate(conversations_)
-        ],
-    )
+    conversations_ = _dated_conversations(server, location, 5)
     reader = Reader(server, make_key(engine, location))
     eventually(lambda: _equal(reader.json("/conversations/search")["total"], 5))
     for name in ("startAfterDate[]", "startAfterDate"):

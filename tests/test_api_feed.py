@@ -473,16 +473,18 @@ def test_a_client_that_does_not_read_is_dropped_with_little_held_for_it(
         server.stop()
 
 
-def feed_scans(engine: sqlalchemy.Engine) -> int:
-    """Index and sequential scans of `events` in this database so far (as flushed)."""
+def _events_stat(engine: sqlalchemy.Engine, counters: str) -> int:
+    """The sum of `counters` of `events` in pg_stat_user_tables (as flushed so far)."""
     with engine.connect() as conn:
         found = conn.scalar(
-            text(
-                "SELECT coalesce(idx_scan, 0) + coalesce(seq_scan, 0)"
-                " FROM pg_stat_user_tables WHERE relname = 'events'"
-            )
+            text(f"SELECT {counters} FROM pg_stat_user_tables WHERE relname = 'events'")
         )
     return int(found or 0)
+
+
+def feed_scans(engine: sqlalchemy.Engine) -> int:
+    """Index and sequential scans of `events` in this database so far (as flushed)."""
+    return _events_stat(engine, "coalesce(idx_scan, 0) + coalesce(seq_scan, 0)")
 
 
 def test_streams_that_caught_up_share_one_read_per_append(
@@ -521,14 +523,7 @@ def test_streams_that_caught_up_share_one_read_per_append(
 
 def events_rows_read(engine: sqlalchemy.Engine) -> int:
     """Rows of `events` read by scans in this database so far (as flushed)."""
-    with engine.connect() as conn:
-        found = conn.scalar(
-            text(
-                "SELECT coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)"
-                " FROM pg_stat_user_tables WHERE relname = 'events'"
-            )
-        )
-    return int(found or 0)
+    return _events_stat(engine, "coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)")
 
 
 _BULK = text(
