@@ -973,6 +973,39 @@ def test_start_after_date_takes_the_sort_array_as_axios_and_httpx_send_it(
     assert_problem(reader.get("/conversations/search", both), 400)
 
 
+def test_start_after_date_takes_back_a_sort_before_1970(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A conversation whose last message is dated before 1970 (a zero date some systems
+    write as 0001-01-01) reads with a negative `sort`; `startAfterDate` takes it back
+    rather than refusing the value the search itself handed out."""
+    location = new_id("loc")
+    dates = ["0001-01-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z", at(0)]
+    ids = [new_id("cnv") for _ in dates]
+    post_all(
+        server,
+        [
+            message(locationId=location, conversationId=c, dateAdded=d)
+            for c, d in zip(ids, dates, strict=True)
+        ],
+    )
+    reader = Reader(server, make_key(engine, location))
+    eventually(lambda: _equal(reader.json("/conversations/search")["total"], 3))
+    for sort, expected in (("asc", ids), ("desc", ids[::-1])):
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 1, "sort": sort}
+        while len(seen) < 4:
+            found = reader.json("/conversations/search", params)
+            if not found["conversations"]:
+                break
+            seen += [c["id"] for c in found["conversations"]]
+            params["startAfterDate"] = found["conversations"][-1]["sort"][0]
+        assert seen == expected, sort
+    assert reader.json("/conversations/search", {"limit": 1})["conversations"][0]["sort"] == [ms(0)]
+    oldest = reader.json("/conversations/search", {"sort": "asc", "limit": 2})["conversations"]
+    assert [c["sort"] for c in oldest] == [[-62135596800000], [-1]]
+
+
 def _equal(actual: object, expected: object) -> None:
     assert actual == expected
 

@@ -87,7 +87,8 @@ class Params:
 
     def timestamp(self, name: str) -> datetime | None:
         """ISO-8601 (a naive time is UTC) or epoch milliseconds, as HighLevel takes; the
-        milliseconds may have a fraction ("1735787045678.0": the SDKs type them as floats)."""
+        milliseconds may have a fraction ("1735787045678.0": the SDKs type them as floats)
+        and a minus sign (a time before 1970, as `sort` and `lastMessageDate` show one)."""
         raw = self.text(name, max_length=40)
         return None if raw is None else _timestamp(name, raw)
 
@@ -123,7 +124,9 @@ def _timestamp(name: str, raw: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-_MILLISECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# A leading minus too: a message dated before 1970 (a zero date some systems write as
+# 0001-01-01) reads with a negative `sort`, which `startAfterDate` must take back.
+_MILLISECONDS = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
