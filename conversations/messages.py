@@ -558,8 +558,10 @@ _BLOCK_TAG = re.compile(
     r"</?(?:br|p|div|li|ul|ol|tr|td|th|table|h[1-6]|blockquote|hr|section|article)\b[^<>]*>",
     re.IGNORECASE,
 )
-# A tag must start with a letter (or be a declaration) so "a < b" or "<3" survive.
-_TAG = re.compile(r"<(?:/?[A-Za-z]|!)[^<>]*>")
+# A tag is a name (letters, digits, "-", one "prefix:" as Outlook's <o:p>) ended by a space,
+# "/" or ">", or a declaration; so "a < b", "<3" and the addresses and links plain text
+# writes in angle brackets ("Jane <jane@example.com>", "<https://example.com>") survive.
+_TAG = re.compile(r"<(?:/?[A-Za-z][\w-]*(?::[A-Za-z][\w-]*)?(?=[\s/>])|!)[^<>]*>")
 
 
 def _html_text(body: str) -> str:

@@ -663,6 +663,19 @@ def test_preview_keeps_text_that_only_looks_like_markup() -> None:
     assert preview_of(None, "a < b and c > d, I <3 you") == "a < b and c > d, I <3 you"
 
 
+def test_preview_keeps_addresses_and_links_in_angle_brackets() -> None:
+    """Plain text writes addresses and links in angle brackets (an SMS, a text email's
+    quote line): they are text, not tags. Namespaced tags (Outlook's <o:p>) still go."""
+    reply = "Sure!\n\nOn Mon, Jane Doe <jane@example.com> wrote:\n> see <https://example.com/a?b=1>"
+    entry = build(message(messageType="Email", body=reply))
+    assert entry.preview == (
+        "Sure! On Mon, Jane Doe <jane@example.com> wrote: > see <https://example.com/a?b=1>"
+    )
+    assert preview_of(None, "mail me at <mailto:ann@x.org>") == "mail me at <mailto:ann@x.org>"
+    outlook = '<p class="MsoNormal">Hi<o:p></o:p></p><p><span lang=EN-US>there</span><br/></p>'
+    assert preview_of(None, outlook) == "Hi there"
+
+
 def test_preview_of_internal_comment_drops_mention_ids() -> None:
     entry = build_message([stored(fixture("doc_internal_comment"))])
     assert entry.preview == "Please follow up on this @John Doe"
