@@ -602,10 +602,14 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _envelope_time(value: Any) -> datetime | None:
-    """The envelope `timestamp` (ISO-8601, naive = UTC, or epoch ms); None if unusable."""
+    """The envelope `timestamp` (ISO-8601, naive = UTC, or epoch ms: a number or its text,
+    read as `dateAdded` is); None if unusable."""
     try:
         if isinstance(value, str) and value.strip():
             text = value.strip()
+            if text.isascii() and text.isdigit() and len(text) > 8:
+                # Epoch milliseconds as text (8 digits or fewer: ISO 8601's basic date).
+                return _EPOCH + timedelta(milliseconds=int(text))
             if text[-1] in "zZ":
                 text = text[:-1] + "+00:00"
             parsed = datetime.fromisoformat(text)

@@ -205,6 +205,18 @@ def test_unread_updates_the_latest_timestamp_wins(
     assert (found.message_count, found.last_message_at, found.unread_count) == (1, time(9), 0)
 
 
+def test_an_epoch_timestamp_given_as_text_is_a_time(
+    engine: sqlalchemy.Engine, append: Append
+) -> None:
+    """Epoch milliseconds as text (10:15Z) order an update as in `dateAdded`: it beats
+    an earlier ISO one, in either order, rather than losing as if it had no time."""
+    location, cnv = new_id("loc"), new_id("cnv")
+    iso = unread(location, cnv, "2025-03-04T10:10:00Z", unreadCount=1)
+    epoch = unread(location, cnv, "1741083300000", unreadCount=4)
+    fold(engine, append([epoch, iso]), [1])
+    assert conversation(engine, location, cnv).unread_count == 4
+
+
 def test_unread_only_conversations_sort_as_the_oldest(
     engine: sqlalchemy.Engine, append: Append
 ) -> None:

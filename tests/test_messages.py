@@ -942,6 +942,17 @@ def test_flags_take_the_latest_timestamp() -> None:
         assert build_flags(order) == ConversationFlags(0, True, True, None, None)
 
 
+def test_flags_read_an_epoch_timestamp_given_as_text() -> None:
+    """Epoch milliseconds as text are a time, as in `dateAdded`, not an unusable value
+    that loses to every update with a time."""
+    events = stored_all(
+        unread(unreadCount=3, timestamp="2024-05-08T12:00:02Z"),
+        unread(unreadCount=7, timestamp="1715169603000"),  # 2024-05-08T12:00:03Z
+    )
+    for order in itertools.permutations(events):
+        assert build_flags(order).unread_count == 7
+
+
 def test_flags_of_the_doc_fixture() -> None:
     flags = build_flags([stored(fixture("doc_unread_update"))])
     assert flags == ConversationFlags(0, True, False, False, "zsYhPBOUsEHtrK508Wm9")
