@@ -37,8 +37,9 @@ Status precedence (`status_rank`; a higher rank wins whatever the arrival order)
     Values compare case-insensitively, ignoring spaces, `_` and `-` (`opt-out`, `No Answer`).
 
 Folding a message (`build_message`)
-    `status` and `call_status` come together from the dominant event; every other field
-    from the most dominant event that has a non-empty value for it (empty: None, "", []).
+    `status` and `call_status` come together from the dominant event (an empty one is
+    None, as HighLevel's status enums have no ""); every other field from the most
+    dominant event that has a non-empty value for it (empty: None, "", []).
     A body is the exception to "empty is absent": when no event has a non-empty one but
     some event sent `""` (an SMS or WhatsApp message of attachments alone), it is `""`,
     as HighLevel shows it; None only when no event sent a body at all.
@@ -509,8 +510,8 @@ def build_message(events: Iterable[StoredEvent]) -> MessageEntry:
             "message_type": message_type,
             "message_type_string": message_type_string,
             "message_type_id": message_type_id,
-            "status": top["status"],
-            "call_status": top["callStatus"],
+            "status": top["status"] or None,
+            "call_status": top["callStatus"] or None,
             "call_duration": merged["callDuration"],
             "body": body,
             "plain_text": plain_text,

@@ -526,6 +526,15 @@ def test_an_empty_body_stays_empty_and_a_sent_one_wins() -> None:
         assert (entry.body, entry.preview) == ("hello", "hello")
 
 
+def test_an_empty_status_is_none_as_every_other_empty_field() -> None:
+    """HighLevel's status enums have no "": a message sent `"status": ""` read `""` where
+    every other empty field (an empty `callStatus` too) reads null."""
+    entry = build(message(messageType="CALL", status="", callStatus="", userId=""))
+    assert (entry.status, entry.call_status, entry.user_id) == (None, None, None)
+    for entry in all_orders(message(status=""), message(status="delivered")):
+        assert entry.status == "delivered"
+
+
 def test_chat_widget_and_email_provider_are_kept() -> None:
     chat = message(messageType="Live Chat", body="hi", chatWidgetId="67b0cc8cf14b19d85ace7s35")
     assert build(chat).chat_widget_id == "67b0cc8cf14b19d85ace7s35"
@@ -694,6 +703,7 @@ def test_preview_is_cut_to_160_characters() -> None:
 
 STATUSES = [
     None,
+    "",
     "pending",
     "scheduled",
     "queued",
@@ -859,8 +869,8 @@ def plain_build(events: list[StoredEvent]) -> MessageEntry:
         message_type=types[0],
         message_type_string=types[1],
         message_type_id=types[2],
-        status=top.status,
-        call_status=top.callStatus,
+        status=top.status or None,
+        call_status=top.callStatus or None,
         call_duration=first(ordered, lambda p: p.callDuration),
         body=body,
         plain_text=plain_text,
