@@ -10,11 +10,16 @@ webhook sent when it is a `TYPE_*` name, else the name of its channel (`CHANNEL_
 its `type` is the webhook's `messageTypeId`, else the code of that name. A message of
 channel "Other" without a `TYPE_*` name has neither (null).
 
-Filters on types (`type`, `lastMessageType`) select our channels: `TYPE_SMS` selects every
-SMS-channel message (campaign and workflow SMS included). They accept every name HighLevel's
-filters take (`FILTER_TYPE_NAMES`), each selecting the channel a message of that type is
-folded into (`TYPE_CAMPAIGN_SMS` selects SMS too), so a client sending a value HighLevel
-documents is not refused.
+A conversation's `lastMessageType` is its last message's `messageType` (`message_type`:
+TYPE_CAMPAIGN_SMS for a campaign SMS, TYPE_ACTIVITY_APPOINTMENT for an activity), as in
+HighLevel, whose search filter `lastMessageType` matches that name exactly; a summary
+written before it kept the name (migration 0015) reads as its channel's name.
+
+The messages filter `type` selects our channels: `TYPE_SMS` selects every SMS-channel
+message (campaign and workflow SMS included). Both filters accept every name HighLevel's
+filters take (`FILTER_TYPE_NAMES`), so a client sending a value HighLevel documents is not
+refused: `type` selects the channel a message of that type is folded into
+(`TYPE_CAMPAIGN_SMS` selects SMS too).
 
 Fields. Every field of HighLevel's shape is present; a value the webhooks never gave is
 null (they carry no `altId` or `replyToMessageId`). A `body` sent empty stays `""`.
@@ -53,6 +58,7 @@ __all__ = [
     "email_json",
     "epoch_ms",
     "iso",
+    "last_message_type",
     "message_document",
     "message_json",
     "message_type",
@@ -305,14 +311,22 @@ def conversation_type(channels: Iterable[str]) -> str:
     return "TYPE_PHONE"
 
 
+def last_message_type(summary: ConversationSummary) -> str | None:
+    """`lastMessageType`: the last message's `message_type`, or (a summary written before
+    it was kept) its channel's name."""
+    if summary.last_message_type is not None:
+        return summary.last_message_type
+    channel = summary.last_message_channel
+    return CHANNEL_TYPES.get(channel) if channel else None
+
+
 def _conversation_common(summary: ConversationSummary) -> dict[str, Any]:
-    last_channel = summary.last_message_channel
     return {
         "id": summary.conversation_id,
         "contactId": summary.contact_id,
         "locationId": summary.location_id,
         "lastMessageBody": summary.last_message_preview,
-        "lastMessageType": CHANNEL_TYPES.get(last_channel) if last_channel else None,
+        "lastMessageType": last_message_type(summary),
         "lastMessageDate": epoch_ms(summary.last_message_at),
         "lastMessageDirection": summary.last_message_direction,
         "unreadCount": summary.unread_count or 0,

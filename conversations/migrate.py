@@ -21,7 +21,7 @@ SCRIPT_LOCATION = Path(migrations.__file__).parent
 LOCK_KEY = 727741000
 # Migrations after which the projection rows written before them differ from a rebuild
 # (read as before, and reported by `verify`) until `conversations replay` (README, `migrate`).
-REPLAY_AFTER = frozenset({"0009", "0011", "0014"})
+REPLAY_AFTER = frozenset({"0009", "0011", "0014", "0015", "0016"})
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

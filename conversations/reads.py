@@ -110,6 +110,12 @@ def _type_name(m: str) -> str:
     return f"CASE {' '.join(parts)} ELSE {_case(f'{m}.channel', dialect.CHANNEL_TYPES)} END"
 
 
+def _last_type(s: str) -> str:
+    """`dialect.last_message_type` of row alias `s` (a `location_conversations` row)."""
+    by_channel = _case(f"{s}.last_message_channel", dialect.CHANNEL_TYPES)
+    return f"coalesce({s}.last_message_type, {by_channel})"
+
+
 def _object(alias: str, fields: dict[str, str]) -> str:
     """`CROSS JOIN LATERAL (SELECT value AS "key", ...) alias`: `row_to_json(alias)` (or
     `json_agg(alias)`) is then the JSON object of `fields`, in that order. Cheaper than
@@ -178,7 +184,7 @@ def conversation_json_sql(s: str, alias: str = "j") -> str:
             "contactId": f"{s}.contact_id",
             "locationId": f"{s}.location_id",
             "lastMessageBody": f"{s}.last_message_preview",
-            "lastMessageType": _case(f"{s}.last_message_channel", dialect.CHANNEL_TYPES),
+            "lastMessageType": _last_type(s),
             "lastMessageDate": last,
             "lastMessageDirection": f"{s}.last_message_direction",
             "unreadCount": f"coalesce({s}.unread_count, 0)",
@@ -496,7 +502,8 @@ def _search_sql(
     if contact:
         where += " AND s.contact_id = %(contact)s"
     if channel:
-        where += " AND s.last_message_channel = %(channel)s"
+        # The channel first (the index), then the name shown, which is in that channel.
+        where += f" AND s.last_message_channel = %(channel)s AND {_last_type('s')} = %(type)s"
     if direction:
         where += " AND s.last_message_direction = %(direction)s"
     where += _STATUS_WHERE[status]
@@ -533,7 +540,7 @@ async def search_page(
     location_id: str,
     *,
     contact_id: str | None,
-    last_message_channel: str | None,
+    last_message_type: tuple[str, str] | None,
     last_message_direction: str | None,
     status: Status,
     since: datetime | None,
@@ -542,10 +549,11 @@ async def search_page(
     limit: int,
     after: Position | None,
 ) -> ConversationPage:
-    """`location_conversations.search` with its JSON: a page and the total."""
+    """`location_conversations.search` with its JSON: a page and the total.
+    `last_message_type` is (the `lastMessageType` shown, the channel of that name)."""
     statement = _search_statement(
         contact_id is not None,
-        last_message_channel is not None,
+        last_message_type is not None,
         last_message_direction is not None,
         status,
         since is not None,
@@ -556,7 +564,8 @@ async def search_page(
     params = {
         "location": location_id,
         "contact": contact_id,
-        "channel": last_message_channel,
+        "type": last_message_type[0] if last_message_type else None,
+        "channel": last_message_type[1] if last_message_type else None,
         "direction": last_message_direction,
         "since": since,
         "until": until,

@@ -420,12 +420,10 @@ def test_type_filters_take_every_name_highlevel_documents(reader: Reader, world:
         "call",
     ]
     assert ids(type="TYPE_INTERNAL_COMMENTS,TYPE_ACTIVITY_CONTACT,TYPE_WEBCHAT") == []
-    found = reader.json(
-        "/conversations/search",
-        {"lastMessageType": "TYPE_CAMPAIGN_SMS", "lastMessageDirection": "inbound"},
-    )
-    assert [c["id"] for c in found["conversations"]] == [world.starred, world.busy]
-    assert reader.json("/conversations/search", {"lastMessageType": "TYPE_REVIEW"})["total"] == 0
+    # `lastMessageType` matches the name shown: these conversations' last messages are
+    # TYPE_SMS, not campaign SMS (see test_last_message_type_is_the_messages_own).
+    for name in ("TYPE_CAMPAIGN_SMS", "TYPE_REVIEW", "TYPE_INTERNAL_COMMENTS"):
+        assert reader.json("/conversations/search", {"lastMessageType": name})["total"] == 0
 
 
 @pytest.mark.parametrize(
@@ -663,7 +661,7 @@ def test_a_custom_providers_email_and_call_read_as_an_email_and_a_call(
         ["client@example.com"],
         provider,
     )
-    conversation = reader.json(f"/conversations/{mails}")
+    conversation = reader.json(f"/conversations/{mails}")  # `bare` is its last message
     assert (conversation["type"], conversation["lastMessageType"]) == (2, "TYPE_EMAIL")
     exported = reader.json(
         "/conversations/messages/export", {"locationId": location, "channel": "Email"}
@@ -672,7 +670,8 @@ def test_a_custom_providers_email_and_call_read_as_an_email_and_a_call(
     (shown_call,) = reader.json(f"/conversations/{calls}/messages")["messages"]["messages"]
     assert shown_call["messageType"] == "TYPE_CUSTOM_CALL"
     assert shown_call["meta"] == {"callDuration": 23, "callStatus": "voicemail", "email": None}
-    assert reader.json(f"/conversations/{calls}")["lastMessageType"] == "TYPE_CALL"
+    # The conversation's last message type is the message's (TYPE_CALL before: its channel).
+    assert reader.json(f"/conversations/{calls}")["lastMessageType"] == "TYPE_CUSTOM_CALL"
 
 
 def test_internal_comments_and_activities_leave_the_conversation_type(
@@ -725,8 +724,8 @@ def test_conversation_fields_mean_what_the_readme_says(
 ) -> None:
     """README's "other conversation fields": the unread flags are HighLevel's last report
     (a later inbound message leaves them), a deleted conversation stays listed, the last
-    message's body is a preview and its type its channel's name (null for an activity),
-    and the dates are the first and last message's."""
+    message's body is a preview and its type the message's own, and the dates are the
+    first and last message's."""
     location, talk, flags_only = new_id("loc"), new_id("cnv"), new_id("cnv")
     reader = Reader(server, make_key(engine, location))
     common = {"locationId": location, "conversationId": talk}
@@ -757,7 +756,10 @@ def test_conversation_fields_mean_what_the_readme_says(
     post_all(server, [activity])
     wait_folded(engine)
     shown = reader.json(f"/conversations/{talk}")
-    assert (shown["lastMessageType"], shown["lastMessageBody"]) == (None, "Appointment booked")
+    assert (shown["lastMessageType"], shown["lastMessageBody"]) == (
+        "TYPE_ACTIVITY_APPOINTMENT",
+        "Appointment booked",
+    )
     post_all(server, [later])
     wait_folded(engine)
 
@@ -774,6 +776,165 @@ def test_conversation_fields_mean_what_the_readme_says(
     assert (
         listed[1]["dateAdded"] is listed[1]["dateUpdated"] is listed[1]["lastMessageDate"] is None
     )
+
+
+def test_last_message_type_is_the_messages_own(server: Server, engine: sqlalchemy.Engine) -> None:
+    """`lastMessageType` is the last message's `messageType`, as in HighLevel (whose
+    ConversationSchema lists every message type): it read TYPE_SMS for a campaign SMS and
+    null for an activity. `lastMessageType=` selects exactly the conversations showing
+    that name (TYPE_SMS no longer selects a campaign SMS), in search and by id alike."""
+    location = new_id("loc")
+    reader = Reader(server, make_key(engine, location))
+    kinds: dict[str, dict[str, Any]] = {
+        "campaign": {"messageTypeString": "TYPE_CAMPAIGN_SMS", "source": "campaign"},
+        "sms": {"messageTypeString": "TYPE_SMS"},
+        "activity": {"messageType": "Activity", "messageTypeString": "TYPE_ACTIVITY_CONTACT"},
+        "voicemail": {"messageType": "CALL", "messageTypeId": 10, "status": "voicemail"},
+        "comment": {"messageType": "InternalComment", "messageTypeString": "TYPE_INTERNAL_COMMENT"},
+        "nameless": {"messageType": "Activity"},  # channel Other, no TYPE_* name: null
+    }
+    ids = {kind: new_id("cnv") for kind in kinds}
+    # Each conversation: an inbound SMS, then its last message of that kind.
+    post_all(
+        server,
+        [
+            document
+            for kind, fields in kinds.items()
+            for document in (
+                message(locationId=location, conversationId=ids[kind], dateAdded=at(0)),
+                message(locationId=location, conversationId=ids[kind], dateAdded=at(1), **fields),
+            )
+        ],
+    )
+    wait_folded(engine)
+
+    listed = {c["id"]: c for c in reader.json("/conversations/search")["conversations"]}
+    for kind, conversation in ids.items():
+        newest = reader.json(f"/conversations/{conversation}/messages", {"limit": 1})
+        shown = newest["messages"]["messages"][0]["messageType"]
+        assert listed[conversation]["lastMessageType"] == shown, kind
+        assert reader.json(f"/conversations/{conversation}")["lastMessageType"] == shown, kind
+    assert {kind: listed[ids[kind]]["lastMessageType"] for kind in kinds} == {
+        "campaign": "TYPE_CAMPAIGN_SMS",
+        "sms": "TYPE_SMS",
+        "activity": "TYPE_ACTIVITY_CONTACT",
+        "voicemail": "TYPE_VOICEMAIL",
+        "comment": "TYPE_INTERNAL_COMMENT",
+        "nameless": None,
+    }
+
+    def selected(name: str) -> list[str]:
+        found = reader.json("/conversations/search", {"lastMessageType": name})
+        assert found["total"] == len(found["conversations"])
+        return [c["id"] for c in found["conversations"]]
+
+    for conversation in listed.values():
+        if conversation["lastMessageType"] is not None:
+            assert selected(conversation["lastMessageType"]) == [conversation["id"]]
+    assert selected("TYPE_INTERNAL_COMMENTS") == [ids["comment"]]  # the messages filter's name
+    assert selected("TYPE_ACTIVITY_INVOICE") == selected("TYPE_CAMPAIGN_VOICEMAIL") == []
+
+
+def test_a_merged_conversation_without_its_own_messages_is_the_merges_contact(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """HighLevel merges a live chat into the conversation of the contact it identified the
+    visitor as, and says which contact (the ConversationUpdate's `contactId`). A target
+    with no messages or unread updates of its own read as the visitor, so a search by the
+    contact's id did not find it. Whichever arrives first."""
+    for merge_first in (True, False):
+        location, chat, known = new_id("loc"), new_id("cnv"), new_id("cnv")
+        visitor, contact = new_id("con"), new_id("con")
+        reader = Reader(server, make_key(engine, location))
+        chat_message = message(
+            locationId=location,
+            conversationId=chat,
+            contactId=visitor,
+            messageType="Live Chat",
+            dateAdded=at(0),
+        )
+        merged = {
+            "type": "ConversationUpdate",
+            "locationId": location,
+            "companyId": new_id("co"),
+            "oldConversationId": chat,
+            "newConversationId": known,
+            "contactId": contact,
+            "webhookId": str(uuid.uuid4()),
+        }
+        post_all(server, [merged, chat_message] if merge_first else [chat_message, merged])
+        wait_folded(engine)
+
+        for id in (known, chat):  # the merged id reads as the one it went into
+            assert reader.json(f"/conversations/{id}")["contactId"] == contact
+        by_contact = reader.json("/conversations/search", {"contactId": contact})
+        assert [c["id"] for c in by_contact["conversations"]] == [known]
+        assert reader.json("/conversations/search", {"contactId": visitor})["total"] == 0
+        (shown,) = reader.json(f"/conversations/{known}/messages")["messages"]["messages"]
+        assert shown["contactId"] == visitor  # the message keeps the contact it was sent with
+
+
+def test_an_empty_status_reads_null_as_every_empty_field(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A webhook's `"status": ""` (or `"callStatus": ""`) read `""` where every other
+    empty field reads null; HighLevel's status enums have no "", through every endpoint
+    that shows a message."""
+    location, conversation = new_id("loc"), new_id("cnv")
+    reader = Reader(server, make_key(engine, location))
+    common = {"locationId": location, "conversationId": conversation, "status": ""}
+    call = message(**common, messageType="CALL", callStatus="", userId="", dateAdded=at(0))
+    email = message(
+        **common,
+        messageId=...,
+        emailMessageId=new_id("eml"),
+        messageType="Email",
+        dateAdded=at(1),
+    )
+    post_all(server, [call, email])
+    wait_folded(engine)
+
+    listed = reader.json(f"/conversations/{conversation}/messages")["messages"]["messages"]
+    assert [(m["status"], m["meta"]["callStatus"], m["userId"]) for m in listed] == [
+        (None, None, None),
+        (None, None, None),
+    ]
+    for shown in listed:
+        assert reader.json(f"/conversations/messages/{shown['id']}") == shown
+    exported = reader.json("/conversations/messages/export", {"locationId": location})
+    assert [m["status"] for m in exported["messages"]] == [None, None]
+    found = reader.json(f"/conversations/messages/email/{email['emailMessageId']}")
+    assert found["status"] is None
+
+
+def test_an_unread_update_timed_in_epoch_ms_text_is_timed(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """A ConversationUnreadUpdate whose `timestamp` is epoch milliseconds as text (as
+    `dateAdded` may be) counted as untimed, so it lost to any update with a time, even an
+    older one: the conversation read as read though HighLevel's latest said 5 unread."""
+    location, conversation = new_id("loc"), new_id("cnv")
+    reader = Reader(server, make_key(engine, location))
+
+    def update(unread_count: int, timestamp: str) -> dict[str, Any]:
+        return {
+            "type": "ConversationUnreadUpdate",
+            "locationId": location,
+            "id": conversation,
+            "unreadCount": unread_count,
+            "timestamp": timestamp,
+            "webhookId": str(uuid.uuid4()),
+        }
+
+    later = update(5, str(ms(10)))
+    post_all(server, [later, update(0, at(5))])  # the older one arrives last
+    wait_folded(engine)
+    assert reader.json(f"/conversations/{conversation}")["unreadCount"] == 5
+    unread = reader.json("/conversations/search", {"status": "unread"})["conversations"]
+    assert [c["id"] for c in unread] == [conversation]
+    post_all(server, [update(0, at(11))])  # a newer one still wins
+    wait_folded(engine)
+    assert reader.json(f"/conversations/{conversation}")["unreadCount"] == 0
 
 
 def test_a_message_without_ids_is_found_by_the_id_it_is_shown_with(

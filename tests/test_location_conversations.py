@@ -288,7 +288,7 @@ def test_a_merged_conversation_keeps_its_own_contact(
     chat's messages (the newest here) name the visitor's contact. It read as the
     visitor's, so a search by the contact's id did not find its conversation."""
     location, chat, known = new_id("loc"), new_id("cnv"), new_id("cnv")
-    visitor, contact = new_id("con"), new_id("con")
+    visitor, contact, other = new_id("con"), new_id("con"), new_id("con")
     chat_messages = [
         message(
             locationId=location,
@@ -316,12 +316,18 @@ def test_a_merged_conversation_keeps_its_own_contact(
             assert search(conn, where, contact_id=visitor)[1] == 0
 
     # Without messages of its own, the contact its unread updates name; without these, the
-    # newest merged message's.
-    for flags in ([unread(location, known, "2025-03-04T13:00:00Z", contactId=contact)], []):
+    # one its merge names (it read as the visitor's); without that, the newest merged
+    # message's.
+    anonymous = merge(location, chat, known)
+    for flags, merges, expected in (
+        ([unread(location, known, "2025-03-04T13:00:00Z", contactId=other)], [merged], other),
+        ([], [merged], contact),
+        ([], [anonymous], visitor),
+    ):
         where = new_id("loc")
-        documents = [*chat_messages, merged, *flags]
+        documents = [*chat_messages, *merges, *flags]
         fold_all(engine, append([again(d, locationId=where) for d in documents]))
-        assert conversation(engine, where, known).contact_id == (contact if flags else visitor)
+        assert conversation(engine, where, known).contact_id == expected
 
 
 def test_chained_merges_arriving_piecemeal(engine: sqlalchemy.Engine, append: Append) -> None:
@@ -514,8 +520,12 @@ def scenarios(draw: st.DrawFn) -> list[dict[str, Any]]:
             "body": f"body {index}",
             "dateAdded": at(draw(st.integers(1, 3))),  # ties happen
         }
+        # The type name a message shows is its conversation's lastMessageType.
+        name = draw(st.sampled_from([None, "TYPE_CAMPAIGN_SMS", "TYPE_ACTIVITY_CONTACT"]))
+        if name is not None:
+            base["messageTypeString"] = name
         for status in draw(
-            st.lists(st.sampled_from(["sent", "delivered", "failed", "read"]), min_size=1)
+            st.lists(st.sampled_from(["sent", "delivered", "failed", "read", ""]), min_size=1)
         ):
             # Now and then a later delivery names another conversation (or contact).
             moved = draw(
@@ -523,11 +533,18 @@ def scenarios(draw: st.DrawFn) -> list[dict[str, Any]]:
             )
             templates.append(base | {"status": status} | moved)
     for _ in range(draw(st.integers(0, 4))):
+        minute = draw(st.integers(0, 2))
+        # As HighLevel writes it, or as epoch milliseconds in text (as dateAdded may be).
+        timestamp = draw(
+            st.sampled_from(
+                [f"2025-03-04T10:0{minute}:00Z", str(int(time(10, minute).timestamp() * 1000))]
+            )
+        )
         templates.append(
             {
                 "type": "ConversationUnreadUpdate",
                 "id": draw(st.sampled_from(CONVERSATIONS)),
-                "timestamp": f"2025-03-04T10:0{draw(st.integers(0, 2))}:00Z",
+                "timestamp": timestamp,
                 "unreadCount": draw(st.integers(0, 3)),
                 "starred": draw(st.booleans()),
                 "contactId": draw(st.sampled_from(["p0", "p3"])),
@@ -539,9 +556,11 @@ def scenarios(draw: st.DrawFn) -> list[dict[str, Any]]:
         )
     ):
         if old != new:
-            templates.append(
-                {"type": "ConversationUpdate", "oldConversationId": old, "newConversationId": new}
-            )
+            pair = {"type": "ConversationUpdate", "oldConversationId": old}
+            pair["newConversationId"] = new
+            # The contact it names (a pair may come twice naming two).
+            contact = draw(st.sampled_from([None, "p4", "p5"]))
+            templates.append(pair if contact is None else pair | {"contactId": contact})
     return templates
 
 

@@ -171,7 +171,7 @@ def test_migrate_says_from_which_revision_to_which_and_what_to_replay(
 ) -> None:
     """The log said "migrations applied" alike for an old store upgraded, nothing to do
     (the second of two `serve` starting together) and a downgrade, and nothing of the
-    `conversations replay` an upgrade across 0011 or 0014 calls for."""
+    `conversations replay` an upgrade across 0011, 0014, 0015 or 0016 calls for."""
     url = empty_engine.url.render_as_string(hide_password=False)
     head = migrate.head_revision()
     fresh = _migrate_cli(url)
@@ -185,7 +185,7 @@ def test_migrate_says_from_which_revision_to_which_and_what_to_replay(
     up = _migrate_cli(url)
     assert f"schema upgraded from 0010 to {head}" in up
     assert "run `conversations replay` once" in up
-    assert "before migration 0011, 0014 " in up
+    assert "before migration 0011, 0014, 0015, 0016 " in up
 
 
 @pytest.mark.parametrize("argv", [(), ("--downgrade", "0013")], ids=["upgrade", "downgrade"])

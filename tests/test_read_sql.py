@@ -244,6 +244,67 @@ def test_every_conversation_json_is_the_dialects(
     assert {(loc, cid): json.loads(text) for loc, cid, text in rows} == expected
 
 
+def _by_last_type(reader: Reader, engine: sqlalchemy.Engine, location: str, limit: int) -> None:
+    """Each `lastMessageType` the location's conversations show selects exactly those
+    showing it, through the API (SQL) and `catalogue.search` alike. `limit` varies the
+    query: a page kept in memory (no notification drops it after a direct update) is not
+    what is compared."""
+    shown = reader.json("/conversations/search", {"limit": limit})["conversations"]
+    names = {c["lastMessageType"] for c in shown} & set(dialect.FILTER_TYPE_NAMES)
+    assert len(names) > 2
+    for name in names:
+        found = reader.json("/conversations/search", {"limit": limit, "lastMessageType": name})
+        expected = [c for c in shown if c["lastMessageType"] == name]
+        assert found["conversations"] == expected
+        with engine.connect() as conn:
+            python, total = catalogue.search(conn, location, last_message_type=name, limit=100)
+        assert [dialect.conversation_json(c) for c in python] == expected
+        assert found["total"] == total
+
+
+def test_summaries_written_before_0015_read_and_filter_by_their_channels_name(
+    world: tuple[str, str, Reader], engine: sqlalchemy.Engine
+) -> None:
+    """Migration 0015 keeps each conversation's `lastMessageType`; rows written before it
+    (NULL until `conversations replay`) show their channel's name and are selected by it."""
+    location, _, reader = world
+    _by_last_type(reader, engine, location, 50)
+    summary = catalogue.conversations_summary
+    with engine.begin() as conn:
+        kept = conn.execute(
+            sqlalchemy.select(summary.c.conversation_id, summary.c.last_message_type).where(
+                summary.c.location_id == location
+            )
+        ).all()
+        conn.execute(
+            summary.update().where(summary.c.location_id == location).values(last_message_type=None)
+        )
+    try:
+        channels = {
+            c["id"]: c["lastMessageType"]
+            for c in reader.json("/conversations/search", {"limit": 49})["conversations"]
+        }
+        with engine.connect() as conn:
+            listed, _ = catalogue.search(conn, location, limit=100)
+        assert channels == {
+            c.conversation_id: dialect.CHANNEL_TYPES.get(c.last_message_channel or "")
+            for c in listed
+        }
+        assert "TYPE_NOT_A_NAME" not in channels.values()  # the root's last message's name
+        _by_last_type(reader, engine, location, 48)
+    finally:
+        with engine.begin() as conn:
+            for conversation, name in kept:
+                conn.execute(
+                    summary.update()
+                    .where(
+                        summary.c.location_id == location,
+                        summary.c.conversation_id == conversation,
+                    )
+                    .values(last_message_type=name)
+                )
+
+
 def _follow(reader: Reader, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Every message of every page, following `nextCursor`."""
     found: list[dict[str, Any]] = []

@@ -109,6 +109,15 @@ _TYPE_FILTERS: dict[str, str] = {
 }
 
 
+# `lastMessageType` -> the name it matches exactly (HighLevel's messages filter spells
+# internal comments in the plural; a message shows the singular) and that name's channel.
+_LAST_TYPE_FILTERS: dict[str, tuple[str, str]] = {
+    name: (shown, _TYPE_FILTERS[shown])
+    for name in dialect.FILTER_TYPE_NAMES
+    for shown in [{"TYPE_INTERNAL_COMMENTS": "TYPE_INTERNAL_COMMENT"}.get(name, name)]
+}
+
+
 def _type_channels(params: Params, name: str) -> list[str] | None:
     names = params.choices(name, list(_TYPE_FILTERS))
     return None if names is None else sorted({_TYPE_FILTERS[n] for n in names})
@@ -188,8 +197,8 @@ async def search_conversations(request: Request) -> Response:
     limit = params.integer("limit", 20, 1, 100)
     descending = params.choice("sort", ["asc", "desc"], "desc") == "desc"
     params.choice("sortBy", ["last_message_date"])
-    last_type = params.choice("lastMessageType", list(_TYPE_FILTERS))
-    channel = _TYPE_FILTERS[last_type] if last_type else None
+    chosen = params.choice("lastMessageType", list(_LAST_TYPE_FILTERS))
+    last_type = _LAST_TYPE_FILTERS[chosen] if chosen else None
     direction = params.choice("lastMessageDirection", ["inbound", "outbound"])
     status = _STATUSES[params.choice("status", list(_STATUSES), "all") or "all"]
     since, until = _date_range(params)
@@ -198,8 +207,8 @@ async def search_conversations(request: Request) -> Response:
     if token is not None and start_after is not None:
         raise bad("cursor", "give either cursor or startAfterDate, not both")
     context = _context(
-        "search", scope.key_id, location, contact, channel, direction, status, since, until,
-        descending,
+        "search", scope.key_id, location, contact, last_type[0] if last_type else None,
+        direction, status, since, until, descending,
     )  # fmt: skip
     await state.cursors.load(state.read_pool)
     after: Position | None = _decode(request, token, context) if token else None
@@ -219,7 +228,7 @@ async def search_conversations(request: Request) -> Response:
             conn,
             location,
             contact_id=contact,
-            last_message_channel=channel,
+            last_message_type=last_type,
             last_message_direction=direction,
             status=status,
             since=since,

@@ -238,7 +238,7 @@ def _schemas() -> dict[str, Schema]:
         "contactId": _NULL_STRING,
         "locationId": _STRING,
         "lastMessageBody": _NULL_STRING,
-        "lastMessageType": nullable("string", enum=[*dialect.CHANNEL_TYPES.values(), None]),
+        "lastMessageType": _MESSAGE_TYPE,
         "lastMessageDate": _EPOCH_MS,
         "lastMessageDirection": _NULL_STRING,
         "unreadCount": {"type": "integer", "minimum": 0},
@@ -540,7 +540,8 @@ def _conversation_paths() -> dict[str, Schema]:
                     query(
                         "lastMessageType",
                         {"type": "string", "enum": _TYPE_NAMES},
-                        "Only conversations whose last message is on this channel.",
+                        "Only conversations whose `lastMessageType` is this name "
+                        "(`TYPE_INTERNAL_COMMENTS` reads as `TYPE_INTERNAL_COMMENT`).",
                     ),
                     query(
                         "lastMessageDirection",

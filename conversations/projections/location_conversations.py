@@ -27,9 +27,14 @@ then the summary of every root whose inputs changed, from the working tables. So
 tables depend only on the set of events, never on their order, cutting or duplicates.
 
 A summary's contact is that of the root's own newest message naming one, else its flags'
-(its latest unread update's), else that of the newest merged message naming one: HighLevel
-merges a live chat into the conversation of the contact it identified the visitor as, and
-the chat's messages keep naming the visitor's contact.
+(its latest unread update's), else the one the merges into it name (`contactId` of the
+ConversationUpdate; the greatest, should they disagree), else that of the newest merged
+message naming one: HighLevel merges a live chat into the conversation of the contact it
+identified the visitor as (and says which), and the chat's messages keep naming the
+visitor's contact.
+
+A summary's `last_message_type` is its last message's `TYPE_*` name (`dialect.message_type`,
+kept on each message of the ledger), what `lastMessageType` shows and filters on.
 
 "Last message" is the one with the greatest `(date_added, message_key)`, a missing
 `date_added` sorting lowest. Lists order by `(last_message_at, conversation_id)`, a
@@ -57,6 +62,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     cast,
     delete,
     func,
@@ -71,6 +77,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from conversations.dialect import CHANNEL_TYPES, message_type
 from conversations.messages import (
     FlagsOrder,
     LatestFlags,
@@ -79,6 +86,7 @@ from conversations.messages import (
     latest_flags,
     resolve_merges,
 )
+from conversations.payloads import ConversationUpdatePayload, PayloadError, parse_payload
 from conversations.projections._sql import (
     NO_TIME,
     bound_unnest,
@@ -88,9 +96,17 @@ from conversations.projections._sql import (
     key_arrays,
     load,
     rank_ties,
+    unnest,
     upsert,
 )
-from conversations.projections.base import EventBatch, Row, Tables, merge_pairs, message_keys
+from conversations.projections.base import (
+    MERGE_EVENT_TYPE,
+    EventBatch,
+    Row,
+    Tables,
+    merge_pairs,
+    message_keys,
+)
 from conversations.projections.base import messages as batch_messages
 from conversations.schema import metadata
 from conversations.store import StoredEvent, read_stream_events
@@ -126,6 +142,9 @@ conversation_messages = Table(
     Column("status", Text, nullable=True),
     Column("date_added", DateTime(timezone=True), nullable=True),
     Column("preview", Text, nullable=False),
+    # `dialect.message_type`: the `TYPE_*` name it shows (migration 0015; NULL on rows
+    # written before it, and for a message of channel Other without a name).
+    Column("message_type", Text, nullable=True),
     # A summary is recomputed from the messages of its conversations.
     Index(None, "location_id", "conversation_id"),
 )
@@ -153,6 +172,9 @@ conversation_merges = Table(
     Column("location_id", Text, primary_key=True),
     Column("old_conversation_id", Text, primary_key=True),
     Column("new_conversation_id", Text, primary_key=True),
+    # The contact the merge names (`contactId`: the one HighLevel identified the visitor
+    # as), the greatest when its deliveries disagree (migration 0016).
+    Column("contact_id", Text, nullable=True),
 )
 
 conversation_roots = Table(
@@ -191,6 +213,8 @@ conversations_summary = Table(
     Column("sort_at", DateTime(timezone=True), nullable=False),
     # `unread_count > 0`, for the read/unread filters.
     Column("unread", Boolean, nullable=False),
+    # The last message's `message_type` (migration 0015): NULL reads as its channel's name.
+    Column("last_message_type", Text, nullable=True),
     # Id first: a conversation is addressed within a location or, by a key that may read
     # every location, by id alone; one index serves both (migration 0012). A summary's
     # sort key moves with every message, so each update writes every index again.
@@ -237,6 +261,7 @@ _LEDGER_VALUES = (
     "status",
     "date_added",
     "preview",
+    "message_type",
 )
 _SHOWN_FLAGS = ("unread_count", "starred", "inbox", "deleted", "contact_id")
 _FLAG_VALUES = (*_SHOWN_FLAGS, "winner_at", "winner_content")
@@ -279,7 +304,9 @@ class LocationConversationsProjection:
             conn, physical.messages, message_keys(batch.events), batch_messages(conn, batch)
         )
         flags = _update_flags(conn, physical.flags, batch)
-        touched = _update_merges(conn, physical, merge_pairs(batch.events))
+        touched = _update_merges(
+            conn, physical, merge_pairs(batch.events), _merge_contacts(batch.events)
+        )
         if changes or flags or touched:
             _update_summaries(conn, physical, changes, flags, touched)
 
@@ -323,6 +350,7 @@ def _ledger_row(key: Key, entry: MessageEntry) -> dict[str, Any]:
         "status": entry.status,
         "date_added": entry.date_added,
         "preview": entry.preview,
+        "message_type": message_type(entry),
     }
 
 
@@ -415,11 +443,38 @@ def _update_flags(conn: Connection, flags: Table, batch: EventBatch) -> list[Fla
     return shown
 
 
+MergePair = tuple[str, str, str]
+"""(location_id, old conversation id, new conversation id)"""
+
+
+def _merge_contacts(events: Iterable[StoredEvent]) -> dict[MergePair, str]:
+    """The contact each merge pair among `events` names (the greatest when several
+    deliveries of a pair disagree: a max, the same in any order or cutting)."""
+    contacts: dict[MergePair, str] = {}
+    for event in events:
+        if event.event_type != MERGE_EVENT_TYPE:
+            continue
+        try:
+            payload = parse_payload(event.payload)
+        except PayloadError:
+            continue
+        if not isinstance(payload, ConversationUpdatePayload) or payload.contactId is None:
+            continue
+        pair = (event.location_id, payload.oldConversationId, payload.newConversationId)
+        if pair not in contacts or payload.contactId > contacts[pair]:
+            contacts[pair] = payload.contactId
+    return contacts
+
+
 def _update_merges(
-    conn: Connection, tables: _Physical, pairs: Sequence[tuple[str, str, str]]
+    conn: Connection,
+    tables: _Physical,
+    pairs: Sequence[MergePair],
+    contacts: Mapping[MergePair, str],
 ) -> set[Key]:
-    """Record new merge pairs and re-resolve the roots of their locations; returns every id
-    whose root changed, with its old and new root."""
+    """Record new merge pairs (and the contacts they name) and re-resolve the roots of
+    their locations; returns every id whose root changed, with its old and new root, and
+    the target of each pair whose contact changed."""
     if not pairs:
         return set()
     merges, roots = tables.merges, tables.roots
@@ -427,16 +482,30 @@ def _update_merges(
         pg_insert(merges)
         .values(
             [
-                {"location_id": location, "old_conversation_id": old, "new_conversation_id": new}
+                {
+                    "location_id": location,
+                    "old_conversation_id": old,
+                    "new_conversation_id": new,
+                    "contact_id": contacts.get((location, old, new)),
+                }
                 for location, old, new in pairs
             ]
         )
         .on_conflict_do_nothing()
-        .returning(merges.c.location_id)
+        .returning(merges.c.location_id, merges.c.old_conversation_id, merges.c.new_conversation_id)
     )
-    locations = sorted(set(inserted.scalars()))
-    if not locations:  # every pair was known: nothing moves
-        return set()
+    new_pairs: set[MergePair] = {(row[0], row[1], row[2]) for row in inserted}
+    # A target's contact may come from its merges: recompute the targets whose contact
+    # is new (a new pair naming one, or a known pair naming a greater one).
+    touched = {
+        (location, new) for location, old, new in new_pairs if (location, old, new) in contacts
+    }
+    touched |= _raise_merge_contacts(
+        conn, merges, {pair: contact for pair, contact in contacts.items() if pair not in new_pairs}
+    )
+    locations = sorted({location for location, _, _ in new_pairs})
+    if not locations:  # every pair was known: no root moves
+        return touched
     known: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for row in conn.execute(select(merges).where(merges.c.location_id.in_(locations))):
         known[row.location_id].append((row.old_conversation_id, row.new_conversation_id))
@@ -444,7 +513,6 @@ def _update_merges(
         (row.location_id, row.conversation_id): row.root_id
         for row in conn.execute(select(roots).where(roots.c.location_id.in_(locations)))
     }
-    touched: set[Key] = set()
     rows = []
     for location in locations:
         for conversation, root in sorted(resolve_merges(known[location]).items()):
@@ -456,6 +524,38 @@ def _update_merges(
             touched |= {key, (location, before), (location, root)}
     upsert(conn, roots, rows, update=None)
     return touched
+
+
+def _raise_merge_contacts(
+    conn: Connection, merges: Table, contacts: Mapping[MergePair, str]
+) -> set[Key]:
+    """Store the contacts of known merge pairs where they are greater than the stored one
+    (or there is none); returns the targets whose contact changed."""
+    if not contacts:
+        return set()
+    ordered = sorted(contacts.items())
+    given = unnest(
+        location_id=([pair[0] for pair, _ in ordered], Text()),
+        old_id=([pair[1] for pair, _ in ordered], Text()),
+        new_id=([pair[2] for pair, _ in ordered], Text()),
+        contact_id=([contact for _, contact in ordered], Text()),
+    )
+    raised = conn.execute(
+        merges.update()
+        .where(
+            merges.c.location_id == given.c.location_id,
+            merges.c.old_conversation_id == given.c.old_id,
+            merges.c.new_conversation_id == given.c.new_id,
+            # In code point order, as `_merge_contacts` compares them.
+            or_(
+                merges.c.contact_id.is_(None),
+                merges.c.contact_id.collate("C") < given.c.contact_id.collate("C"),
+            ),
+        )
+        .values(contact_id=given.c.contact_id)
+        .returning(merges.c.location_id, merges.c.new_conversation_id)
+    )
+    return {(row[0], row[1]) for row in raised}
 
 
 # --- the summary ----------------------------------------------------------------------------
@@ -574,6 +674,7 @@ class _Delta:
                 row["last_message_direction"] = after["direction"]
                 row["last_message_status"] = after["status"]
                 row["last_message_preview"] = after["preview"]
+                row["last_message_type"] = after["message_type"]
                 self._changed.add(root)
             return True
         date = after["date_added"]
@@ -606,6 +707,7 @@ class _Delta:
             row["last_message_status"] = after["status"]
             row["last_message_preview"] = after["preview"]
             row["last_message_key"] = message_key[1]
+            row["last_message_type"] = after["message_type"]
             row["sort_at"] = date or NO_TIME
             if contact is not None:
                 row["contact_id"] = contact
@@ -732,6 +834,7 @@ def _recompute_statement(tables: _Physical, every: bool) -> Any:
             messages.c.direction,
             messages.c.status,
             messages.c.preview,
+            messages.c.message_type,
             func.row_number()
             .over(partition_by=(members.c.location_id, members.c.root_id), order_by=newest_first)
             .label("rank"),
@@ -740,12 +843,28 @@ def _recompute_statement(tables: _Physical, every: bool) -> Any:
         .cte("ranked")
     )
     last = select(ranked).where(ranked.c.rank == 1).cte("last")
+    merges = tables.merges
+    # The contact the merges into the root name (evaluated only when neither its own
+    # messages nor its flags name one: COALESCE stops at the first value).
+    merge_contact = (
+        select(func.max(merges.c.contact_id.collate("C")))
+        .where(
+            merges.c.location_id == totals.c.location_id,
+            merges.c.new_conversation_id == totals.c.root_id,
+        )
+        .scalar_subquery()
+    )
     no_ids = cast(literal([], ARRAY(Text)), ARRAY(Text))
     recomputed = (
         select(
             totals.c.location_id,
             totals.c.root_id,
-            func.coalesce(totals.c.own_contact_id, flags.c.contact_id, totals.c.merged_contact_id),
+            func.coalesce(
+                totals.c.own_contact_id,
+                flags.c.contact_id,
+                merge_contact,
+                totals.c.merged_contact_id,
+            ),
             last.c.date_added,
             last.c.channel,
             last.c.direction,
@@ -762,6 +881,7 @@ def _recompute_statement(tables: _Physical, every: bool) -> Any:
             totals.c.first_message_at,
             func.coalesce(last.c.date_added, literal(NO_TIME, DateTime(timezone=True))),
             func.coalesce(flags.c.unread_count, 0) > 0,
+            last.c.message_type,
         )
         .select_from(
             totals.outerjoin(
@@ -814,6 +934,9 @@ class ConversationSummary:
     merged_ids: tuple[str, ...]
     """The conversations merged into this one, sorted."""
     first_message_at: datetime | None
+    last_message_type: str | None
+    """The last message's `TYPE_*` name (`dialect.message_type`); None for a row written
+    before migration 0015 (its channel's name is shown) or a nameless activity."""
 
     @property
     def cursor(self) -> tuple[datetime | None, str]:
@@ -837,6 +960,7 @@ def search(
     *,
     contact_id: str | None = None,
     last_message_channel: str | None = None,
+    last_message_type: str | None = None,
     last_message_direction: str | None = None,
     status: Status = "all",
     since: datetime | None = None,
@@ -863,6 +987,9 @@ def search(
         where.append(s.c.contact_id == contact_id)
     if last_message_channel is not None:
         where.append(s.c.last_message_channel == last_message_channel)
+    if last_message_type is not None:  # the name shown (`dialect.last_message_type`)
+        by_channel = case(CHANNEL_TYPES, value=s.c.last_message_channel)
+        where.append(func.coalesce(s.c.last_message_type, by_channel) == last_message_type)
     if last_message_direction is not None:
         where.append(s.c.last_message_direction == last_message_direction)
     if status == "read":
