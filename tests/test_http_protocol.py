@@ -117,27 +117,79 @@ def test_requests_after_an_upgrade_offer_on_the_connection_are_served(
     assert bytes(only_event(engine, document["locationId"])["raw"]) == body
 
 
+POST = b"POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\n"
+CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
 @pytest.mark.parametrize(
-    "request_bytes",
+    ("request_bytes", "reason"),
     [
-        b"POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"POST /webhooks/highlevel HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"zz\r\nhello\r\n0\r\n\r\n",
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        (
+            POST + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (
+            POST + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (CHUNKED + b"zz\r\nhello\r\n0\r\n\r\n", "a chunk's size is not a hexadecimal"),
+        (CHUNKED + b"2\r\nhello\r\n0\r\n\r\n", "a chunk's data does not end where"),
+        (CHUNKED + b"f" * 20 + b"\r\nab", "a chunk's size is too large"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/2's connection preface"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            "Content-Length is not a number of bytes",
+        ),
+        (POST + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nab", "more than once"),
+        (POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nabc", "more than once"),
+        (POST + b"Content-Length: 2, 2\r\n\r\nab", "Content-Length is not a number"),
+        (POST + b"Content-Length: " + b"9" * 30 + b"\r\n\r\n", "too large a number"),
+        (
+            POST + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            "must name chunked once, as its last coding",
+        ),
+        (POST + b"Transfer-Encoding: \r\n\r\n", "Transfer-Encoding is empty"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "obs-fold"),
+        (b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n", "a space before its colon"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", "does not end in CRLF"),
+        (b"GET /healthz HTTP/1.1\r\nX: a\x01b\r\n\r\n", "a control character"),
+        ("GET /conversations/é HTTP/1.1\r\n\r\n".encode(), "percent-encode it"),
+        (b"GET /healthz HTTP/1.7\r\n\r\n", "neither 1.0 nor 1.1"),
     ],
-    ids=["length-and-chunked", "bad-chunk-size", "http2-preface", "negative-length"],
+    ids=[
+        "length-and-chunked",
+        "chunked-and-length",
+        "bad-chunk-size",
+        "chunk-longer-than-its-size",
+        "chunk-size-overflow",
+        "http2-preface",
+        "negative-length",
+        "equal-lengths-twice",
+        "unequal-lengths",
+        "length-list",
+        "length-overflow",
+        "chunked-twice",
+        "empty-transfer-encoding",
+        "obs-fold",
+        "space-before-colon",
+        "bare-lf",
+        "control-character",
+        "non-ascii-url",
+        "http-1-7",
+    ],
 )
-def test_a_request_that_is_not_http_1_1_gets_a_problem_document(
-    server: Server, request_bytes: bytes
+def test_a_request_that_is_not_http_1_1_gets_a_problem_document_saying_why(
+    server: Server, request_bytes: bytes, reason: str
 ) -> None:
+    """The detail said only "Invalid HTTP request received.": a client had to guess which
+    of a dozen framing faults it made. It now names the fault."""
     [(status, headers, body)] = exchange(server, [request_bytes], 1)
     assert status == 400
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     problem = json.loads(body)
     assert problem["status"] == 400 and "not valid HTTP/1.1" in problem["detail"]
+    assert reason in problem["detail"], problem["detail"]
 
 
 @pytest.mark.parametrize("target", ["hooks.example:443", "/webhooks/highlevel"])
