@@ -6,6 +6,7 @@ serving the requests after it. Spoken over raw sockets, byte for byte."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 import time
@@ -17,6 +18,7 @@ import sqlalchemy
 
 from tests.conftest import start_server
 from tests.helpers import KeyPair, Server, message
+from tests.test_content_encoding import quarantined
 from tests.test_webhooks import events_in, only_event
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -192,6 +194,41 @@ def test_a_request_that_is_not_http_1_1_gets_a_problem_document_saying_why(
     assert reason in problem["detail"], problem["detail"]
 
 
+@pytest.mark.parametrize(
+    "codings",
+    ["Transfer-Encoding: gzip, chunked", "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"],
+    ids=["one-line", "two-lines"],
+)
+def test_a_transfer_coding_other_than_chunked_is_501_and_nothing_is_kept(
+    lenient_server: Server, engine: sqlalchemy.Engine, codings: str
+) -> None:
+    """llhttp framed the chunks and handed on the gzip bytes as the body: they were
+    quarantined as not JSON and answered 400 (a retry quarantined them again). A transfer
+    coding the server does not implement is a 501, and the connection is closed (RFC 9112
+    6.1); nothing is kept, as for a Content-Encoding it does not know: the sender still
+    holds the delivery."""
+    document = message()
+    body = gzip.compress(json.dumps(document).encode())
+    request = (
+        POST
+        + f"Content-Type: application/json\r\n{codings}\r\n\r\n".encode()
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+
+    answer = refusal(lenient_server, request)
+
+    assert answer.startswith(b"HTTP/1.1 501 "), answer[:300]
+    head, _, problem = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head
+    assert b"connection: close" in head
+    document_answered = json.loads(problem)
+    assert document_answered["type"] == "urn:conversations:problem:unsupported_transfer_coding"
+    assert "'gzip' is not implemented" in document_answered["detail"]
+    time.sleep(0.3)
+    assert events_in(engine, document["locationId"]) == []
+    assert quarantined(engine, body) == []
+
+
 @pytest.mark.parametrize("target", ["hooks.example:443", "/webhooks/highlevel"])
 def test_connect_is_refused_with_a_problem_document(server: Server, target: str) -> None:
     """llhttp reports CONNECT as an upgrade: replayed, it was offered again and again until
@@ -314,8 +351,10 @@ def signed_webhook(server: Server, document: dict[str, Any]) -> bytes:
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", 400),
         (b"CONNECT hooks.example:443 HTTP/1.1\r\nHost: hooks.example:443\r\n\r\n", 501),
+        (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", 501),
+        (POST + b"Transfer-Encoding: gzip\r\n\r\nab", 400),
     ],
-    ids=["head-too-large", "invalid", "connect"],
+    ids=["head-too-large", "invalid", "connect", "transfer-coding", "not-chunked-last"],
 )
 def test_a_refused_request_pipelined_after_a_webhook_is_answered_after_it(
     server: Server, engine: sqlalchemy.Engine, refused: bytes, status: int

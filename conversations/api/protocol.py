@@ -39,6 +39,11 @@ class HeadTooLarge(Exception):
     """Raised in a parser callback: the head passed MAX_HEAD_BYTES."""
 
 
+class Refused(Exception):
+    """Raised in a parser callback to stop parsing: the request was refused (answered, or
+    its refusal deferred until the answers due before it are sent)."""
+
+
 class Http11Protocol(HttpToolsProtocol):
     _offered_upgrade = False
     """The request being parsed offers an upgrade: it is replayed without the offer."""
@@ -156,14 +161,16 @@ class Http11Protocol(HttpToolsProtocol):
         # a request begun before the answer went, else once a request begins.
         if self._in_message:
             self._unset_keepalive_if_required()
-        if self._deferred is not None:
-            return  # after a refused head: nothing can be framed
+        if self._deferred is not None or self.transport.is_closing():
+            return  # after a refused request: nothing can be framed
         self._heard = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
             if isinstance(error.__context__, HeadTooLarge):
                 self._refuse_head()
+                return
+            if isinstance(error.__context__, Refused):
                 return
             reason = framing_error(error)
             if reason is None:  # one of uvicorn's callbacks failed: a bug to see
@@ -199,6 +206,10 @@ class Http11Protocol(HttpToolsProtocol):
         self._refuse(status, title, kind, detail, in_order=True)
 
     def on_headers_complete(self) -> None:
+        refusal = transfer_coding_refusal(self.headers)
+        if refusal is not None:
+            self._refuse(*refusal, in_order=True)
+            raise Refused
         self._in_head = False
         if self.parser.should_upgrade():
             self._offered_upgrade = True  # answered once replayed (`_replay`)
@@ -297,6 +308,43 @@ class Http11Protocol(HttpToolsProtocol):
         with contextlib.suppress(AttributeError):  # as uvicorn sets up its parser
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.data_received(b"".join(head) + rest)
+
+
+Refusal = tuple[int, str, str, str]
+"""A refusal's status, title, problem kind and detail."""
+
+
+def transfer_coding_refusal(headers: list[tuple[bytes, bytes]]) -> Refusal | None:
+    """Whether the request's `Transfer-Encoding` (lines joined) can be read, checked before
+    the request reaches the application.
+
+    `gzip, chunked`: llhttp frames the chunks and handed the application the gzip bytes
+    as the body, which was then quarantined as not JSON and answered 400, a retry of it
+    quarantined again each time. A transfer coding the server does not implement is a
+    501, closing the connection (RFC 9112 6.1), and nothing is stored: as for a
+    `Content-Encoding` it does not know (415), the sender still holds the delivery.
+    One that does not end in chunked (`gzip` alone) leaves the body's length unknown: a
+    400 (RFC 9112 6.3); llhttp found it only after uvicorn had started the request."""
+    values = [value for name, value in headers if name == b"transfer-encoding"]
+    if not values:
+        return None
+    codings = [
+        coding.split(b";")[0].strip().lower().decode("latin-1")
+        for value in values
+        for coding in value.split(b",")
+        if coding.strip()
+    ]
+    if codings == ["chunked"]:
+        return None
+    if not codings or codings[-1] != "chunked" or codings.count("chunked") > 1:
+        reason = FRAMING_REASONS["Request has invalid `Transfer-Encoding`"]
+        return 400, "Bad Request", "bad_request", f"The request is not valid HTTP/1.1: {reason}"
+    unknown = ", ".join(codings[:-1])[:200]
+    detail = (
+        f"The transfer coding {unknown!r} is not implemented, only chunked is (compress "
+        "the body with Content-Encoding: gzip instead); nothing was stored."
+    )
+    return 501, "Not Implemented", "unsupported_transfer_coding", detail
 
 
 _TARGET = (
