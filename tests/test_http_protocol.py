@@ -345,7 +345,7 @@ def signed_webhook(server: Server, document: dict[str, Any]) -> bytes:
     ).encode() + body
 
 
-@pytest.mark.parametrize(
+REFUSED_AFTER_A_WEBHOOK = pytest.mark.parametrize(
     ("refused", "status"),
     [
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
@@ -353,15 +353,28 @@ def signed_webhook(server: Server, document: dict[str, Any]) -> bytes:
         (b"CONNECT hooks.example:443 HTTP/1.1\r\nHost: hooks.example:443\r\n\r\n", 501),
         (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", 501),
         (POST + b"Transfer-Encoding: gzip\r\n\r\nab", 400),
+        (CHUNKED + b"zz\r\nhello\r\n0\r\n\r\n", 400),
     ],
-    ids=["head-too-large", "invalid", "connect", "transfer-coding", "not-chunked-last"],
+    ids=[
+        "head-too-large",
+        "invalid",
+        "connect",
+        "transfer-coding",
+        "not-chunked-last",
+        "bad-chunk-in-its-body",
+    ],
 )
+"""A request refused outside the application, to send behind a webhook on its connection."""
+
+
+@REFUSED_AFTER_A_WEBHOOK
 def test_a_refused_request_pipelined_after_a_webhook_is_answered_after_it(
     server: Server, engine: sqlalchemy.Engine, refused: bytes, status: int
 ) -> None:
     """Answers go in request order. The refusal of a request pipelined behind a webhook
     was written at once, ahead of the webhook's answer, which was then dropped: the
-    client read 431 as its webhook's answer, though the webhook was stored."""
+    client read 431 as its webhook's answer, though the webhook was stored. So was a 400
+    for a bad chunk in the body of a request queued behind the webhook."""
     document = message()
     request = signed_webhook(server, document)
 
@@ -488,3 +501,56 @@ def test_a_webhook_cut_short_by_a_half_close_is_not_stored(
         assert sock.recv(65536) == b""  # closed at once, not left to the body's deadline
     time.sleep(0.5)
     assert events_in(engine, document["locationId"]) == []
+
+
+def half_closed(server: Server, request: bytes) -> tuple[list[Answer], bytes]:
+    """Send `request`, shut down the sending side, and read every answer until the server
+    closes the connection: the answers, and any bytes after the last whole one."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    answers = list[Answer]()
+    while (answer := _response(received)) is not None:
+        length, status, headers, body = answer
+        answers.append((status, headers, body))
+        received = received[length:]
+    return answers, received
+
+
+@REFUSED_AFTER_A_WEBHOOK
+def test_a_half_close_after_a_webhook_and_a_refused_request_gets_both_answers(
+    server: Server, engine: sqlalchemy.Engine, refused: bytes, status: int
+) -> None:
+    """The half-close ended the connection once the webhook was answered: its answer
+    closed it, and the refusal due after it was dropped."""
+    document = message()
+
+    answers, rest = half_closed(server, signed_webhook(server, document) + refused)
+
+    assert [answer[0] for answer in answers] == [201, status], (answers, rest)
+    assert rest == b""
+    assert answers[1][1]["connection"] == "close"
+    stored = only_event(engine, document["locationId"])
+    assert json.loads(answers[0][2])["position"] == stored["position"]
+
+
+def test_a_half_close_after_pipelined_requests_gets_every_answer(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """With requests queued behind the one being answered, a half-close closed the
+    connection at once: the webhooks were stored and no answer was sent."""
+    documents = [message(), message()]
+    request = b"".join(signed_webhook(server, document) for document in documents)
+
+    answers, rest = half_closed(server, request + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    assert [answer[0] for answer in answers] == [201, 201, 200], (answers, rest)
+    assert rest == b""
+    assert answers[2][1]["connection"] == "close"
+    for document, (_, _, body) in zip(documents, answers, strict=False):
+        stored = only_event(engine, document["locationId"])
+        assert json.loads(body)["position"] == stored["position"]

@@ -19,7 +19,7 @@ import contextlib
 import json
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from conversations.api.problems import PROBLEM_JSON, highlevel_error
 
@@ -66,6 +66,8 @@ class Http11Protocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _in_message = False
     """A request has begun arriving and is not complete yet."""
+    _previous: RequestResponseCycle | None = None
+    """The request received before the last one (`cycle`): answered before it."""
     _deferred: bytes | None = None
     """The refusal of a request whose head came while the requests before it on the
     connection were still being answered: sent once they are (answers go in order)."""
@@ -88,12 +90,16 @@ class Http11Protocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:  # type: ignore[override]
         """A client may shut its side down once its request is sent (a half-close, as
         `nc -N` and some proxies do). uvicorn then closed the connection: a webhook was
-        stored and its answer never sent. A request received whole whose answer has not
-        begun is answered, then the connection closed. A FIN looks the same as a
-        half-close, so an answer under way (an event stream) still ends there: its client
-        is gone. A request cut short is a client gone too (nothing stored)."""
-        cycle = self.cycle
-        if cycle is None or cycle.response_started or cycle.more_body or self.pipeline:
+        stored and its answer never sent. Requests received whole whose answers have not
+        begun are answered, in order, then the connection closed: also those pipelined
+        (the close waits for the last), and the refusal of one after them (a 431 head),
+        which closes the connection itself. A FIN looks the same as a half-close, so an
+        answer under way (an event stream) still ends there: its client is gone. A
+        request cut short is a client gone too (nothing stored)."""
+        if self._deferred is not None:
+            return True
+        cycle = self.cycle  # the last request received
+        if cycle is None or cycle.response_started or cycle.more_body:
             return None
         cycle.keep_alive = False
         return True
@@ -214,6 +220,7 @@ class Http11Protocol(HttpToolsProtocol):
         if self.parser.should_upgrade():
             self._offered_upgrade = True  # answered once replayed (`_replay`)
             return
+        self._previous = self.cycle
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -234,7 +241,23 @@ class Http11Protocol(HttpToolsProtocol):
         after it on the connection can be framed. `msg` says what is wrong
         (`framing_error`)."""
         detail = f"The request is not valid HTTP/1.1: {msg}"
-        self._refuse(400, "Bad Request", "bad_request", detail, in_order=self._in_head)
+        if self._in_head or self._withdraw_queued():
+            self._refuse(400, "Bad Request", "bad_request", detail, in_order=True)
+        elif self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # answered already: the rest of its body is malformed
+        else:  # its answer replaces the one its handler would have given
+            self._refuse(400, "Bad Request", "bad_request", detail)
+
+    def _withdraw_queued(self) -> bool:
+        """Whether the request being parsed is queued behind others (pipelined): it is
+        withdrawn, never to run, and is refused once the answers before it are sent. Its
+        refusal (a bad chunk in its body) was written at once, ahead of theirs, which were
+        then dropped: a client read the 400 as its webhook's answer, though it was stored."""
+        if not self.pipeline or self.pipeline[0][0] is not self.cycle:
+            return False
+        self.pipeline.popleft()
+        self.cycle = self._previous  # type: ignore[assignment]
+        return True
 
     def _refuse_connect(self) -> None:
         """`CONNECT` asks for a tunnel, which llhttp reports as an upgrade: replayed, it
