@@ -34,6 +34,7 @@ from tests.api_support import (
 from tests.conftest import migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
 from tests.proxy import Proxy
+from tests.test_http_protocol import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -410,6 +411,24 @@ def test_bad_stream_requests_are_400_before_streaming(
 ) -> None:
     reader = Reader(server, make_key(engine, new_id("loc")))
     assert_problem(reader.get("/events/stream", params, headers=headers), 400)
+
+
+def test_a_head_of_the_stream_ends_and_the_connection_serves_the_next_request(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """HEAD got the stream's head, then the stream ran on with nothing sent, for ever: the
+    connection was held, and the request after it on the connection never answered."""
+    key = make_key(engine, new_id("loc"))
+    request = (
+        f"HEAD /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n"
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    ).encode()
+
+    [(status, headers, body), (then, _, _)] = exchange(server, [request], 2)
+
+    assert (status, then) == (200, 200)
+    assert headers["content-type"].startswith("text/event-stream")
+    assert "content-length" not in headers and body == b""
 
 
 def test_streams_share_one_listener_and_leave_nothing_behind(

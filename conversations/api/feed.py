@@ -732,12 +732,20 @@ async def stream_events(request: Request) -> Response:
         detail = f"The database did not answer within {seconds:g} s; retry later."
         return unavailable_response(detail, state.settings.retry_after)
     token, locations, after, heartbeat = setup
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":
+        # The stream's head, checked as a GET's is, then the answer ends. The stream
+        # itself never ends, and sent no byte of it: a HEAD held its connection (and its
+        # subscription) for ever, and the requests after it there went unanswered.
+        head = Response(media_type=EventStreamResponse.media_type, headers=headers)
+        del head.headers["content-length"]  # a GET's has none: its length is unknown
+        return head
     # A location outside the key (locations == []) streams heartbeats only, exactly as a
     # location without events does.
     return EventStreamResponse(
         _frames(request, state, token, locations, after, heartbeat),
         stall_timeout=state.settings.stream_stall_timeout,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=headers,
     )
 
 
