@@ -1089,6 +1089,8 @@ def test_get_on_the_webhook_url_is_405_problem(server: Server) -> None:
     problem = assert_problem(response, 405)
     assert problem["type"] == "urn:conversations:problem:method_not_allowed"
     assert "POST" in response.headers["allow"]
+    # It said only "Method Not Allowed": now what was refused, and what is allowed.
+    assert problem["detail"] == "GET is not allowed on '/webhooks/highlevel'; it allows POST."
 
 
 @pytest.mark.smoke
@@ -1097,6 +1099,7 @@ def test_unknown_path_is_404_problem(method: str, server: Server) -> None:
     response = httpx.request(method, f"{server.url}/webhooks/nope", content=b"{}", timeout=10)
     problem = assert_problem(response, 404)
     assert problem["type"] == "urn:conversations:problem:not_found"
+    assert "no endpoint at '/webhooks/nope'" in problem["detail"]
 
 
 # --- text PostgreSQL cannot hold ------------------------------------------------------------

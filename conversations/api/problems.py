@@ -49,13 +49,30 @@ def highlevel_error(status: int, detail: str) -> dict[str, Any]:
 async def http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kinds = {404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers or {})
+    detail = str(exc.detail)
+    if detail == _phrase(exc.status_code):  # Starlette's routing says no more than that
+        detail = _routing_detail(request, exc.status_code, headers.get("Allow"))
     return problem_response(
         exc.status_code,
         kinds.get(exc.status_code, "http_error"),
         _phrase(exc.status_code),
-        str(exc.detail),
-        headers=dict(exc.headers or {}),
+        detail,
+        headers=headers,
     )
+
+
+def _routing_detail(request: Request, status: int, allow: str | None) -> str:
+    """What a 404 or 405 of the router refused: its detail was only "Not Found" or
+    "Method Not Allowed", which a client reading `detail` (or HighLevel's `message`)
+    could not act on."""
+    path = request.url.path
+    shown = path if len(path) <= 200 else f"{path[:200]}…"
+    if status == 405 and allow:
+        return f"{request.method} is not allowed on {shown!r}; it allows {allow}."
+    if status == 404:
+        return f"There is no endpoint at {shown!r} (GET /openapi.json lists them)."
+    return _phrase(status)
 
 
 DATABASE_AWAY: tuple[type[Exception], ...] = (
