@@ -352,7 +352,7 @@ def transfer_coding_refusal(headers: list[tuple[bytes, bytes]]) -> Refusal | Non
     if not values:
         return None
     codings = [
-        coding.split(b";")[0].strip().lower().decode("latin-1")
+        coding.strip().lower().decode("latin-1")  # chunked takes no parameters
         for value in values
         for coding in value.split(b",")
         if coding.strip()
