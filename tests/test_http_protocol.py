@@ -556,3 +556,23 @@ def test_a_half_close_after_pipelined_requests_gets_every_answer(
     for document, (_, _, body) in zip(documents, answers, strict=False):
         stored = only_event(engine, document["locationId"])
         assert json.loads(body)["position"] == stored["position"]
+
+
+def test_a_half_close_cutting_a_pipelined_webhook_short_answers_the_one_before(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """The webhook cut short is a client gone (nothing stored); the whole one before it
+    was stored, and dropped unanswered with the connection."""
+    whole, cut = message(), message()
+    request = signed_webhook(server, whole) + signed_webhook(server, cut)[:-10]
+
+    answers, rest = half_closed(server, request)
+
+    assert [answer[0] for answer in answers] == [201], (answers, rest)
+    assert rest == b""
+    assert answers[0][1]["connection"] == "close"
+    assert (
+        json.loads(answers[0][2])["position"] == only_event(engine, whole["locationId"])["position"]
+    )
+    time.sleep(0.3)
+    assert events_in(engine, cut["locationId"]) == []

@@ -95,10 +95,13 @@ class Http11Protocol(HttpToolsProtocol):
         (the close waits for the last), and the refusal of one after them (a 431 head),
         which closes the connection itself. A FIN looks the same as a half-close, so an
         answer under way (an event stream) still ends there: its client is gone. A
-        request cut short is a client gone too (nothing stored)."""
+        request cut short is a client gone too (nothing stored): the requests before it
+        are answered all the same (they were dropped unanswered, webhooks stored)."""
         if self._deferred is not None:
             return True
         cycle = self.cycle  # the last request received
+        if cycle is not None and cycle.more_body and self._withdraw_queued():
+            cycle = self.cycle
         if cycle is None or cycle.response_started or cycle.more_body:
             return None
         cycle.keep_alive = False
