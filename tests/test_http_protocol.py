@@ -576,3 +576,35 @@ def test_a_half_close_cutting_a_pipelined_webhook_short_answers_the_one_before(
     )
     time.sleep(0.3)
     assert events_in(engine, cut["locationId"]) == []
+
+
+def test_a_thousand_pipelined_upgrade_offers_are_all_answered(server: Server) -> None:
+    """Each offer's request was parsed again one stack frame deeper: a thousand pipelined
+    ran out of stack (a RecursionError logged, the connection dropped unanswered)."""
+    offer = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+    answers = exchange(server, [offer * 1000], 1000)
+
+    assert {status for status, _, _ in answers} == {200}
+    assert "RecursionError" not in server.output
+
+
+def test_a_head_too_large_after_webhooks_offering_an_upgrade_is_431(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """Parsed in the handler of the upgrade before it, the oversize head's error was
+    chained to that upgrade and taken for a failed callback: a 400 blaming the service."""
+    documents = [message(), message()]
+    webhooks = [
+        webhook(server, json.dumps(document).encode(), offer="h2c") for document in documents
+    ]
+    oversize = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+
+    answers = exchange(server, [b"".join(webhooks) + oversize], 3)
+
+    assert [status for status, _, _ in answers] == [201, 201, 431], answers
+    assert json.loads(answers[2][2])["type"] == "urn:conversations:problem:headers_too_large"
+    for document, (_, _, body) in zip(documents, answers, strict=False):
+        assert (
+            json.loads(body)["position"] == only_event(engine, document["locationId"])["position"]
+        )

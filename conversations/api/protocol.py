@@ -170,34 +170,54 @@ class Http11Protocol(HttpToolsProtocol):
         # a request begun before the answer went, else once a request begins.
         if self._in_message:
             self._unset_keepalive_if_required()
+        pending: bytes | memoryview | None = data
+        while pending is not None:  # a loop: a replay in a replay held a stack frame each
+            pending = self._feed(pending)
+
+    def _feed(self, data: bytes | memoryview) -> memoryview | None:
+        """Parse `data`; when a request offered an upgrade, its head is parsed again
+        without the offer (`_replay`), and what followed the head is returned, to parse
+        next (a view: a thousand offers pipelined were each a copy of the rest).
+
+        A replay was parsed in the handler of the previous one's HttpParserUpgrade, and
+        Python chained that to every error raised there: a head too large was taken for
+        a failed callback (a 400 that blamed the service), and a thousand offers
+        pipelined ran out of stack (a RecursionError, nothing answered)."""
         if self._deferred is not None or self.transport.is_closing():
-            return  # after a refused request: nothing can be framed
+            return None  # after a refused request: nothing can be framed
         self._heard = False
+        offered = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
-            if isinstance(error.__context__, HeadTooLarge):
-                self._refuse_head()
-                return
-            if isinstance(error.__context__, Refused):
-                return
-            reason = framing_error(error)
-            if reason is None:  # one of uvicorn's callbacks failed: a bug to see
-                reason = "the service failed to read it (the error is logged)."
-                self.logger.error("failed to read a request", exc_info=error.__context__)
-            else:
-                self.logger.warning("Invalid HTTP request received: %s", reason)
-            self.send_400_response(reason)
-            return
+            self._refuse_unreadable(error)
+            return None
         except httptools.HttpParserUpgrade as upgrade:
+            offered = upgrade.args[0]
+        if offered is not None:
             if self.parser.get_method() == b"CONNECT":
                 self._refuse_connect()
-                return
-            self._replay(data[upgrade.args[0] :])
-            return
+                return None
+            self._feed(self._replay())  # a head without the offer: no upgrade again
+            return memoryview(data)[offered:]
         self._unheard = 0 if self._heard else self._unheard + len(data)
         if self._unheard > MAX_HEAD_BYTES:  # one header line, still buffered by the parser
             self._refuse_head()
+        return None
+
+    def _refuse_unreadable(self, error: httptools.HttpParserError) -> None:
+        if isinstance(error.__context__, HeadTooLarge):
+            self._refuse_head()
+            return
+        if isinstance(error.__context__, Refused):
+            return
+        reason = framing_error(error)
+        if reason is None:  # one of uvicorn's callbacks failed: a bug to see
+            reason = "the service failed to read it (the error is logged)."
+            self.logger.error("failed to read a request", exc_info=error.__context__)
+        else:
+            self.logger.warning("Invalid HTTP request received: %s", reason)
+        self.send_400_response(reason)
 
     def _refuse_head(self) -> None:
         """431 (414 for the URL alone) for a head past MAX_HEAD_BYTES. Trailer fields
@@ -314,9 +334,9 @@ class Http11Protocol(HttpToolsProtocol):
             self.transport.write(self._deferred)
             self.transport.close()
 
-    def _replay(self, rest: bytes) -> None:
-        """Parse the request again from its start, without the upgrade offer, then what
-        followed its headers (`rest`): its body and whatever comes after it."""
+    def _replay(self) -> bytes:
+        """The request's head without the upgrade offer, to parse again with a fresh
+        parser; then what followed its headers: its body and whatever comes after it."""
         self._offered_upgrade = False
         version = self.parser.get_http_version().encode("ascii")
         head = [self.parser.get_method(), b" ", self.url, b" HTTP/", version, b"\r\n"]
@@ -333,7 +353,7 @@ class Http11Protocol(HttpToolsProtocol):
         self.parser = httptools.HttpRequestParser(self)
         with contextlib.suppress(AttributeError):  # as uvicorn sets up its parser
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        self.data_received(b"".join(head) + rest)
+        return b"".join(head)
 
 
 Refusal = tuple[int, str, str, str]
