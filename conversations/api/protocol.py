@@ -220,11 +220,9 @@ class Http11Protocol(HttpToolsProtocol):
         self.send_400_response(reason)
 
     def _refuse_head(self) -> None:
-        """431 (414 for the URL alone) for a head past MAX_HEAD_BYTES. Trailer fields
-        past it come while the request is being answered: the connection is dropped."""
-        if not self._in_head:
-            self.transport.close()
-            return
+        """431 (414 for the URL alone) for a head past MAX_HEAD_BYTES, trailer fields
+        included. Trailers past it dropped the connection: with the request queued behind
+        a webhook (pipelined), the webhook was stored and its answer never sent."""
         if self._url_bytes > MAX_HEAD_BYTES:
             status, title, kind, what = 414, "URI Too Long", "uri_too_long", "The URL is"
         else:
@@ -232,7 +230,7 @@ class Http11Protocol(HttpToolsProtocol):
             kind, what = "headers_too_large", "The request's head is"
         detail = f"{what} larger than {MAX_HEAD_BYTES} bytes."
         self.logger.warning(detail)
-        self._refuse(status, title, kind, detail, in_order=True)
+        self._refuse_parsed(status, title, kind, detail)
 
     def on_headers_complete(self) -> None:
         refusal = transfer_coding_refusal(self.headers)
@@ -264,12 +262,19 @@ class Http11Protocol(HttpToolsProtocol):
         after it on the connection can be framed. `msg` says what is wrong
         (`framing_error`)."""
         detail = f"The request is not valid HTTP/1.1: {msg}"
+        self._refuse_parsed(400, "Bad Request", "bad_request", detail)
+
+    def _refuse_parsed(self, status: int, title: str, kind: str, detail: str) -> None:
+        """Refuse the request being parsed: in its turn, after the answers due before it,
+        if its head is not whole or it is queued behind others; at once if it is the one
+        being served (its answer replaces its handler's); if its answer has begun (the
+        rest of its body is what is wrong), the connection is dropped."""
         if self._in_head or self._withdraw_queued():
-            self._refuse(400, "Bad Request", "bad_request", detail, in_order=True)
+            self._refuse(status, title, kind, detail, in_order=True)
         elif self.cycle is not None and self.cycle.response_started:
-            self.transport.close()  # answered already: the rest of its body is malformed
-        else:  # its answer replaces the one its handler would have given
-            self._refuse(400, "Bad Request", "bad_request", detail)
+            self.transport.close()
+        else:
+            self._refuse(status, title, kind, detail)
 
     def _withdraw_queued(self) -> bool:
         """Whether the request being parsed is queued behind others (pipelined): it is
