@@ -86,6 +86,10 @@ def _run(url: str, db_timeout: float, work: Callable[[AsyncEngine], Awaitable[in
     except DBAPIError as error:
         print(f"conversations: {describe_error(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout went away (`quarantine list | head -1`): the CLI's quiet
+        # 141, as for every command. It is an OSError, but no database error.
+        raise
     except OSError as error:
         print(f"conversations: database error: {_first_line(error)}", file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ import gzip
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from conversations.cli import main
 from conversations.database import create_engine
-from tests.conftest import migrated_database
+from tests.conftest import REPO, migrated_database
 from tests.helpers import KeyPair, Scheme, Server, events_refusing, message, new_id
 
 
@@ -517,3 +520,30 @@ def test_a_database_that_fails_exits_2(
 
     assert result.status == 2
     assert result.err.startswith("conversations: database error: ")
+
+
+@pytest.mark.parametrize("action", [["list"], ["show"], ["retry", "--all"]])
+def test_a_reader_that_goes_away_stops_quietly_not_as_a_database_error(
+    action: list[str], fresh_url: str, fresh_engine: sqlalchemy.Engine
+) -> None:
+    """`conversations quarantine list | head -1`: the pipe closes under the command, which
+    stops with the shell's 141 as every command does. Its BrokenPipeError (an OSError) was
+    reported as "database error: [Errno 32] Broken pipe", status 2."""
+    qid = keep(fresh_engine, b"not json", "not_json")
+    argv = [*action, str(qid)] if action == ["show"] else action
+    read, write = os.pipe()
+    os.close(read)  # nobody will read what the command writes
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "conversations", "quarantine", *argv],
+            env={**os.environ, "DATABASE_URL": fresh_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+            cwd=REPO,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert process.returncode == 141, process.stderr
+    assert process.stderr == ""
