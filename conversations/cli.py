@@ -198,6 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as Unix tools do, and keep Python from complaining again when it flushes stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for such a tool
+    except OSError as error:
+        from conversations.progress import output_failed
+
+        if not output_failed(error):
+            raise
+        # `conversations status > report` on a full disk: one line, not a traceback (and
+        # not Python's complaint again when it flushes stdout at exit).
+        print(f"conversations: cannot write the output: {error.strerror}", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
     except Exception as error:
         message = _database_problem(error)
         if message is None:

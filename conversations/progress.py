@@ -3,9 +3,20 @@ line now and then (logs and CI output stay readable)."""
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from typing import TextIO
+
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""What writing a command's output to a file may fail with (a full disk, a quota, a
+file size limit): no database error, and no bug to show a traceback for."""
+
+
+def output_failed(error: OSError) -> bool:
+    """Whether `error` is the command's output that could not be written."""
+    return error.errno in OUTPUT_ERRNOS
+
 
 _TTY_INTERVAL = 0.1
 _PLAIN_INTERVAL = 5.0

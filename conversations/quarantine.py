@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from conversations.database import create_async_engine, describe_error
 from conversations.events import NewEvent
 from conversations.ingest import Rejection, Source, check_signature, decoded, prepare
-from conversations.progress import size
+from conversations.progress import output_failed, size
 from conversations.signatures import SignatureVerifier
 from conversations.store import append_events, is_unavailable
 
@@ -91,6 +91,8 @@ def _run(url: str, db_timeout: float, work: Callable[[AsyncEngine], Awaitable[in
         # 141, as for every command. It is an OSError, but no database error.
         raise
     except OSError as error:
+        if output_failed(error):  # `quarantine show 7 > file` on a full disk: the CLI says so
+            raise
         print(f"conversations: database error: {_first_line(error)}", file=sys.stderr)
         return 2
 

@@ -356,6 +356,28 @@ def test_a_reader_that_goes_away_stops_a_command_quietly(database_url: str) -> N
     assert "Traceback" not in process.stderr and "BrokenPipe" not in process.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("argv", [("status",), ("keys", "list"), ("quarantine", "list")])
+def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    argv: tuple[str, ...], database_url: str
+) -> None:
+    """`conversations status > report` on a full disk: one line saying so, status 2. It
+    was an OSError traceback (then Python's complaint again as it flushed stdout at exit),
+    and for `quarantine` "database error: [Errno 28] No space left on device"."""
+    with open("/dev/full", "w") as full:
+        process = subprocess.run(
+            [sys.executable, "-m", "conversations", *argv],
+            env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+            cwd=REPO,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert process.returncode == 2, process.stderr
+    assert process.stderr == "conversations: cannot write the output: No space left on device\n"
+
+
 def test_serve_on_a_port_in_use_says_so_and_exits_2(database_url: str) -> None:
     """Not "serving on ..." and uvicorn's undocumented status 3: one line saying it cannot
     serve there, after uvicorn's own reason, status 2 like any setting that cannot be used.
