@@ -4,6 +4,7 @@ line now and then (logs and CI output stay readable)."""
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import time
 from typing import TextIO
@@ -91,6 +92,7 @@ class Progress:
     def _draw(self, now: float, *, final: bool) -> None:
         text = self._text(now - self._start, final)
         if self._tty:
+            text = self._fitted(text, now - self._start, final)
             padding = " " * max(0, self._width - len(text))
             self._width = len(text)
             self._stream.write(f"\r{text}{padding}" + ("\n" if final else ""))
@@ -98,14 +100,32 @@ class Progress:
             self._stream.write(text + "\n")
         self._stream.flush()
 
+    def _fitted(self, text: str, elapsed: float, final: bool) -> str:
+        """`text` within one line of the terminal: a line that wraps is not redrawn by
+        `\r` (which goes back to the start of the last row only), so each redraw added a
+        row (a replay of every projection, or an import of a long path, on 80 columns).
+        The bar goes first, then the end of the label (`…`); the figures stay."""
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):  # not a terminal after all
+            return text
+        room = columns - 1  # writing the last column may wrap at once on some terminals
+        if columns <= 0 or len(text) <= room:
+            return text
+        text = self._text(elapsed, final, bar=False)
+        excess = len(text) - room
+        if excess > 0 and excess < len(self._label):
+            text = self._label[: len(self._label) - excess - 1] + "…" + text[len(self._label) :]
+        return text if len(text) <= room else text[: max(0, room - 1)] + "…"
+
     def _amount(self, count: float) -> str:
         return size(count) if self._unit == "bytes" else f"{count:,.0f}"
 
-    def _text(self, elapsed: float, final: bool) -> str:
+    def _text(self, elapsed: float, final: bool, *, bar: bool = True) -> str:
         parts = [self._label]
         if self._total:
             fraction = min(1.0, self._done / self._total)
-            if self._tty:
+            if self._tty and bar:
                 filled = round(fraction * _BAR_WIDTH)
                 parts.append("[" + "#" * filled + "." * (_BAR_WIDTH - filled) + "]")
             parts.append(f"{fraction:4.0%}")
