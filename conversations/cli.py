@@ -175,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     previous = _interrupt_on_stop_signals()
     try:
+        if not _projections_known(args):
+            return 2
         from conversations.database import open_database
 
         try:
@@ -217,6 +219,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _projections_known(args: argparse.Namespace) -> bool:
+    """Whether every `--projection` of `replay` or `verify` names one, said before the
+    database is opened: a typo started the embedded PostgreSQL (initialised a new one in
+    another directory) or met an unreachable server, and was told only after that."""
+    names: list[str] | None = getattr(args, "projection", None)
+    if not names:
+        return True
+    from conversations.projections.registry import select
+
+    try:
+        select(names)
+    except ValueError as error:
+        print(f"conversations: {error}", file=sys.stderr)
+        return False
+    return True
 
 
 LONG_RUNNING = frozenset({"serve", "work"})

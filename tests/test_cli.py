@@ -633,3 +633,24 @@ def test_a_database_setting_that_cannot_be_used_is_named(env: dict[str, str], na
     a directory: '/etc/passwd/postgres'" left the operator to guess which setting."""
     result = conversations("status", env=env)
     assert_one_line_error(result, "cannot open the database", f"Setting {named}")
+
+
+@pytest.mark.parametrize("command", ["replay", "verify"])
+def test_an_unknown_projection_is_refused_before_the_database_is_opened(
+    command: str, tmp_path: Path
+) -> None:
+    """A typo in `--projection` is the line, not a database error met first (nor an
+    embedded PostgreSQL started, or initialised in a directory where there was none)."""
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    result = conversations(command, "--projection", "timline", env={"DATABASE_URL": closed})
+    assert_one_line_error(result, "unknown projection 'timline'", "known: timeline")
+
+    data_dir = tmp_path / "data"
+    embedded = conversations(
+        command,
+        "--projection",
+        "timline",
+        env={"DATABASE_URL": "", "CONVERSATIONS_DATA_DIR": str(data_dir)},
+    )
+    assert_one_line_error(embedded, "unknown projection 'timline'")
+    assert not data_dir.exists()
