@@ -114,6 +114,10 @@ def create_key(
                 f"location {location[:40]!r}: not a location id (longer than "
                 f"{MAX_ID_BYTES} bytes, or holding control characters or a comma)"
             )
+    if label is not None and not _storable(label):
+        # Bytes that are not UTF-8 on the command line reach Python as lone surrogates,
+        # which no text column takes: it was the codec's "surrogates not allowed".
+        raise ValueError("--label: not UTF-8 text (or holding a NUL): give the label as UTF-8")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     conn.execute(
@@ -126,6 +130,15 @@ def create_key(
         )
     )
     return f"{PREFIX}_{key_id}_{secret}"
+
+
+def _storable(text_: str) -> bool:
+    """Whether PostgreSQL can store `text_`: UTF-8 (no lone surrogate), no NUL."""
+    try:
+        text_.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text_
 
 
 def list_keys(conn: Connection) -> list[KeyInfo]:
@@ -163,6 +176,8 @@ def revoke_key(conn: Connection, key: str) -> bool:
     """Revoke by key id (or by the whole key); False if there is no such live key."""
     parts = _split(key)
     key_id = parts[0] if parts else key.strip()
+    if not _storable(key_id):  # no key id holds it: the codec's error was exit 2
+        return False
     result = conn.execute(
         update(api_keys)
         .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))

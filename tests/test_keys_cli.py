@@ -302,3 +302,18 @@ def test_a_huge_bearer_token_is_401(server: Server) -> None:
         headers={"Authorization": "Bearer cvk_0123456789ab_" + "s" * 60_000},
     )
     assert_problem(response, 401)
+
+
+def test_text_that_is_not_utf8_is_told_as_such(cli: Cli) -> None:
+    """Bytes that are not UTF-8 on the command line (`--label $'caf\\xe9'`, Latin-1)
+    reach Python as lone surrogates: `create` said only "'utf-8' codec can't encode
+    character '\\udce9' ... surrogates not allowed", and `revoke` exited 2 with it rather
+    than 1 for a key that is not there."""
+    created = cli("keys", "create", "--all-locations", "--label", "caf\udce9")
+    assert created.status == 2
+    assert created.out == ""
+    assert created.err.splitlines()[-1].startswith("conversations: --label: not UTF-8"), created.err
+
+    revoked = cli("keys", "revoke", "k\udce9")
+    assert revoked.status == 1
+    assert revoked.err.splitlines()[-1].startswith("conversations: no live key"), revoked.err
