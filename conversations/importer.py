@@ -217,6 +217,7 @@ class _ArrayText:
         self._text = ""
         self._pos = 0
         self._eof = False
+        self._lines_before = 0  # the line ends in the text already let go of
 
     def _more(self) -> bool:
         if self._eof:
@@ -225,6 +226,7 @@ class _ArrayText:
         if chunk is None:
             self._eof = True
         text = self._decoder.decode(chunk or b"", final=chunk is None)
+        self._lines_before += self._text.count("\n", 0, self._pos)
         self._text = self._text[self._pos :] + text
         self._pos = 0
         return True
@@ -260,11 +262,19 @@ class _ArrayText:
             if not self._more():
                 if error is None:
                     break
-                why = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
-                raise Unreadable(f"element {index} is not valid JSON: {why}")
+                raise Unreadable(f"element {index} is not valid JSON: {self._why(error)}")
         raw = self._text[self._pos : end].encode("utf-8", "surrogateescape")
         self._pos = end
         return raw if len(raw) <= limit else None
+
+    def _why(self, error: Exception) -> str:
+        """The decoder's reason, with the line of the file it failed on: its own position
+        is in the text read so far, and its message alone read "Unterminated string
+        starting at" (at what, it did not say)."""
+        if not isinstance(error, json.JSONDecodeError):
+            return str(error)
+        line = self._lines_before + self._text.count("\n", 0, error.pos) + 1
+        return f"{error.msg.removesuffix(' at')} at line {line} of the file"
 
     def _complete(self, end: int) -> bool:
         """Whether a value that parsed up to `end` cannot go on in text not read yet, as

@@ -184,6 +184,20 @@ def test_a_broken_array_stops_with_a_clear_error(data: bytes, message: str) -> N
         read_in_pieces(data, 4)
 
 
+@pytest.mark.parametrize("piece", [1, 4, 1 << 20])
+def test_json_that_does_not_parse_says_on_which_line_of_the_file(piece: int) -> None:
+    """The decoder's message alone read "element 2 is not valid JSON: Unterminated
+    string starting at", at nothing: the line is counted across the pieces read."""
+    from conversations.importer import Unreadable
+
+    data = b'[\n{"a": 1},\n{"b":\n 2},\n\n{"c": "no end}\n]'
+    with pytest.raises(Unreadable) as raised:
+        read_in_pieces(data, piece)
+    assert str(raised.value) == (
+        "element 2 is not valid JSON: Unterminated string starting at line 6 of the file"
+    )
+
+
 # --- importing -------------------------------------------------------------------------------
 
 
