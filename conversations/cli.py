@@ -20,6 +20,10 @@ from conversations.settings import MAX_PORT, Settings, SettingsError
 # once `main` catches a Ctrl-C: pressed while it loaded, it was a KeyboardInterrupt
 # traceback. This module stays quick to import (the `conversations` script imports it).
 if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
     from conversations.database import DatabaseHandle
     from conversations.keys import KeyInfo
 
@@ -503,7 +507,6 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
             "CONVERSATIONS_WEBHOOK_VERIFY=off: webhook signatures are not checked, so anyone"
             " who can reach /webhooks/highlevel can store events (for local trials only)"
         )
-    log.info("serving on %s", _base_url(host, port), extra={"database": handle.describe()})
     from conversations.api.protocol import Http11Protocol
 
     config = uvicorn.Config(
@@ -514,7 +517,7 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         timeout_graceful_shutdown=10,
         **{**HTTP_SERVER, "http": Http11Protocol.with_head_timeout(settings.body_timeout)},
     )
-    server = uvicorn.Server(config)
+    server = _server(config, handle.describe())
     # uvicorn shuts down gracefully on SIGINT and SIGTERM only: a SIGHUP does the same.
     signal.signal(signal.SIGHUP, lambda _, frame: server.handle_exit(signal.SIGTERM, frame))
     with embedded_kept_running(handle), contextlib.suppress(KeyboardInterrupt):
@@ -527,6 +530,25 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
         print(f"conversations: cannot serve on {_base_url(host, port)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _server(config: uvicorn.Config, database: str) -> uvicorn.Server:
+    """uvicorn's server, logging "serving on URL" once it listens, with the port it got.
+    Logged before, the line said "serving on http://127.0.0.1:8000" of a port another
+    process held (then "cannot serve on" it), and ":0" for `--port 0`."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                bound = [s.getsockname()[1] for srv in self.servers for s in srv.sockets]
+                port = bound[0] if bound else config.port
+                log.info(
+                    "serving on %s", _base_url(config.host, port), extra={"database": database}
+                )
+
+    return Server(config)
 
 
 def _base_url(host: str, port: int) -> str:

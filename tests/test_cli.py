@@ -654,3 +654,41 @@ def test_an_unknown_projection_is_refused_before_the_database_is_opened(
     )
     assert_one_line_error(embedded, "unknown projection 'timline'")
     assert not data_dir.exists()
+
+
+def test_serve_logs_where_it_serves_once_it_does(database_url: str) -> None:
+    """ "serving on URL" was logged before uvicorn bound the port: ":0" for `--port 0`, and
+    a port another process held (followed by "cannot serve on" it). It now comes once the
+    server listens, with the port it got."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CONVERSATIONS_LOG_LEVEL": "info",
+        "CONVERSATIONS_LOG_FORMAT": "json",
+        "CONVERSATIONS_PROJECTION_WORKER": "false",
+    }
+    command = [sys.executable, "-m", "conversations", "serve", "--port", "0"]
+    process = subprocess.Popen(command, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if json.loads(line)["message"].startswith("serving on "):
+                url = json.loads(line)["message"].removeprefix("serving on ")
+                break
+        else:
+            raise AssertionError("no `serving on` line")
+        assert not url.endswith(":0"), url
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        refused = subprocess.run(
+            [*command[:-1], port], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+    assert refused.returncode == 2, refused.stderr
+    assert "serving on" not in refused.stderr, refused.stderr
