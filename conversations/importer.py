@@ -17,6 +17,7 @@ import asyncio
 import codecs
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -516,9 +517,15 @@ async def _append_each(conn: AsyncConnection, events: list[NewEvent]) -> list[Ap
 async def _keep(
     conn: AsyncConnection, batch: _Batch, rejected: list[tuple[int, bytes, Rejection]]
 ) -> _Kept:
-    """Quarantine the rejected payloads, in file order."""
+    """Quarantine the rejected payloads, in the order of their bodies' SHA-256 (the
+    quarantine's unique key), as every import does: each upsert locks its key until the
+    transaction ends, and two imports of the same bad payloads in different orders (an
+    export read newest first, another oldest first) locked them crosswise, until
+    PostgreSQL stopped one with "deadlock detected" (status 2)."""
     kept: _Kept = []
-    for number, raw, rejection in sorted(rejected, key=lambda item: item[0]):
+    for number, raw, rejection in sorted(
+        rejected, key=lambda item: hashlib.sha256(item[1]).digest()
+    ):
         qid = await quarantine_body(
             conn,
             body=raw,

@@ -642,3 +642,42 @@ def test_sigterm_stops_an_import_as_ctrl_c_does(
 
 def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_two_imports_of_the_same_bad_payloads_in_other_orders_both_finish(
+    server_url: str, tmp_path: Path
+) -> None:
+    """Each batch quarantines its bad payloads in one transaction, each upsert locking its
+    body's key until the commit: two imports at once of the same bad lines in opposite
+    orders (exports read newest first and oldest first) locked them crosswise, and one
+    stopped with "database error: deadlock detected", status 2."""
+    lines = [f"not json {i}".encode() for i in range(6000)]  # three batches each
+    forward, backward = tmp_path / "forward.jsonl", tmp_path / "backward.jsonl"
+    forward.write_bytes(jsonl(lines))
+    backward.write_bytes(jsonl(lines[::-1]))
+    with migrated_database(server_url, "conversations_import_crosswise") as url:
+        environment = {**os.environ, "DATABASE_URL": url, "CONVERSATIONS_LOG_LEVEL": "warning"}
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "conversations", "import", str(path)],
+                env=environment,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for path in (forward, backward)
+        ]
+        results = [(process, *process.communicate(timeout=120)) for process in processes]
+        for process, out, err in results:
+            assert process.returncode == 1, err  # quarantined: 1, not a database failure
+            assert "6000 quarantined" in out, out
+        engine = sqlalchemy.create_engine(make_url(url).set(drivername="postgresql+psycopg"))
+        try:
+            with engine.connect() as conn:
+                count, attempts = conn.execute(
+                    text("SELECT count(*), sum(attempts) FROM quarantine")
+                ).one()
+        finally:
+            engine.dispose()
+        assert (count, attempts) == (6000, 12000)
