@@ -4,6 +4,7 @@ line now and then (logs and CI output stay readable)."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 import time
@@ -18,6 +19,8 @@ def output_failed(error: OSError) -> bool:
     """Whether `error` is the command's output that could not be written."""
     return error.errno in OUTPUT_ERRNOS
 
+
+log = logging.getLogger("conversations.progress")
 
 _TTY_INTERVAL = 0.1
 _PLAIN_INTERVAL = 5.0
@@ -47,6 +50,9 @@ class Progress:
 
     `update_to` is cheap enough to call per item: it redraws at most every 0.1 s on a
     terminal and writes a line at most every 5 s elsewhere; `close` writes the last state.
+    Standard error that is not a terminal is where the command's logs go, JSON lines by
+    default: there each line is logged (`conversations.progress`, in the logs' format),
+    as a plain line among JSON ones was garbage to a log collector parsing them.
     A total passed is raised to what is done beyond it: a replay counts the events in the
     store when it starts but folds those that arrive meanwhile too, and `3,234 of 2,772`
     would read as a bug.
@@ -67,6 +73,7 @@ class Progress:
         self._items_name = items
         self._stream = stream if stream is not None else sys.stderr
         self._tty = self._stream.isatty()
+        self._logged = stream is None and not self._tty
         self._start = time.monotonic()
         self._next = self._start + (_TTY_INTERVAL if self._tty else _PLAIN_INTERVAL)
         self._done = 0
@@ -91,6 +98,11 @@ class Progress:
 
     def _draw(self, now: float, *, final: bool) -> None:
         text = self._text(now - self._start, final)
+        if self._logged:
+            log.info(
+                "%s", text, extra={"done": self._done, "total": self._total, "unit": self._unit}
+            )
+            return
         if self._tty:
             text = self._fitted(text, now - self._start, final)
             padding = " " * max(0, self._width - len(text))

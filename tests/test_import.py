@@ -681,3 +681,31 @@ def test_two_imports_of_the_same_bad_payloads_in_other_orders_both_finish(
         finally:
             engine.dispose()
         assert (count, attempts) == (6000, 12000)
+
+
+def test_progress_on_a_standard_error_that_is_no_terminal_is_a_log_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    """stderr that is not a terminal is where the logs go, JSON lines by default: the
+    progress line was written there as plain text among them, which a log collector
+    parsing JSON lines took for garbage. It is logged, in the logs' format."""
+    path = tmp_path / "few.jsonl"
+    path.write_bytes(jsonl([json.dumps(d).encode() for d in documents(3)]))
+    result = subprocess.run(
+        [sys.executable, "-m", "conversations", "import", str(path)],
+        env={
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "CONVERSATIONS_LOG_FORMAT": "auto",
+            "CONVERSATIONS_LOG_LEVEL": "info",
+        },
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # each one JSON
+    [progress] = [line for line in lines if line["logger"] == "conversations.progress"]
+    assert progress["message"].startswith(f"import {path}  100%")
+    assert progress["done"] == progress["total"] == path.stat().st_size
