@@ -44,7 +44,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "CONVERSATIONS_MAX_BODY_BYTES",
         "1048576",
-        "Largest webhook body accepted; larger ones get 413 and are not read further.",
+        "Largest webhook body accepted (at most 1073741823, PostgreSQL's largest value); "
+        "larger ones get 413 and are not read further.",
     ),
     Setting(
         "CONVERSATIONS_BODY_TIMEOUT",
@@ -134,6 +135,11 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 MAX_PORT = 65535
+
+MAX_BODY_LIMIT = 2**30 - 1
+"""The largest `CONVERSATIONS_MAX_BODY_BYTES`: PostgreSQL stores no value larger (1 GiB
+less a byte), so no larger body could be kept. Unbounded, a limit past what a C size
+holds (10**20) made every compressed webhook an OverflowError, quarantined as a bug."""
 
 
 class SettingsError(ValueError):
@@ -264,7 +270,7 @@ class Settings:
             host=_get(env, "CONVERSATIONS_HOST") or "127.0.0.1",
             port=_int(env, "CONVERSATIONS_PORT", minimum=0, maximum=MAX_PORT),
             auto_migrate=_bool(env, "CONVERSATIONS_AUTO_MIGRATE"),
-            max_body_bytes=_int(env, "CONVERSATIONS_MAX_BODY_BYTES"),
+            max_body_bytes=_int(env, "CONVERSATIONS_MAX_BODY_BYTES", maximum=MAX_BODY_LIMIT),
             webhook_verify="enforce" if verify == "enforce" else "off",
             ed25519_public_key=_pem(env, "CONVERSATIONS_WEBHOOK_ED25519_PUBLIC_KEY"),
             rsa_public_key=_pem(env, "CONVERSATIONS_WEBHOOK_RSA_PUBLIC_KEY"),

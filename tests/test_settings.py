@@ -28,6 +28,10 @@ def test_defaults() -> None:
         ("CONVERSATIONS_PORT", "\u0668\u0660\u0668\u0660", "not an integer"),  # Arabic 8080
         ("CONVERSATIONS_BODY_TIMEOUT", "\uff12", "not a number"),  # a fullwidth 2
         ("CONVERSATIONS_MAX_BODY_BYTES", "0", "at least 1"),
+        # Past a C size, every gzipped webhook was an OverflowError (quarantined as a bug);
+        # past PostgreSQL's largest value, no body could be stored anyway.
+        ("CONVERSATIONS_MAX_BODY_BYTES", "100000000000000000000", "at most 1073741823"),
+        ("CONVERSATIONS_MAX_BODY_BYTES", "1073741824", "at most 1073741823"),
         ("CONVERSATIONS_WEBHOOK_VERIFY", "maybe", "not one of enforce, off"),
         ("CONVERSATIONS_AUTO_MIGRATE", "perhaps", "not a boolean"),
         ("CONVERSATIONS_DB_TIMEOUT", "-1", "must be positive"),
