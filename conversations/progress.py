@@ -80,6 +80,10 @@ class Progress:
         self._items: int | None = None
         self._width = 0
         self._closed = False
+        self._clearing = _ClearBeforeLogs(self) if self._tty else None
+        if self._clearing is not None:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(self._clearing)
 
     def update_to(self, done: int, items: int | None = None) -> None:
         self._done, self._items = done, items
@@ -95,6 +99,18 @@ class Progress:
         if not self._closed:
             self._closed = True
             self._draw(time.monotonic(), final=True)
+            if self._clearing is not None:
+                for handler in logging.getLogger().handlers:
+                    handler.removeFilter(self._clearing)
+
+    def clear(self) -> None:
+        """Blank the bar's row, for a log line to take it (the next update draws the bar
+        again, below): a line logged while the bar was drawn was written on after it,
+        `...0:00 left2026-12-01 14:09:03 INFO ... projections rebuilt`."""
+        if self._width and not self._closed:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
 
     def _draw(self, now: float, *, final: bool) -> None:
         text = self._text(now - self._start, final)
@@ -163,6 +179,19 @@ class Progress:
         if self._unit == "bytes":
             return f"{size(self._done / elapsed)}/s"
         return f"{self._done / elapsed:,.0f} {self._unit}/s"
+
+
+class _ClearBeforeLogs(logging.Filter):
+    """On the log handlers while a bar is drawn on a terminal: each record about to be
+    written clears the bar's row first."""
+
+    def __init__(self, bar: Progress) -> None:
+        super().__init__()
+        self._bar = bar
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._bar.clear()
+        return True
 
 
 def _noun(plural: str, count: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import logging
 import os
 import re
 import select
@@ -78,3 +79,62 @@ def test_on_a_terminal_each_redraw_fits_on_one_row(columns: int) -> None:
     if columns == 80:
         assert "190,000 of 420,000 events" in rows[1], rows
         assert rows[-1].startswith("replay timeline") and "…" in rows[-1], rows
+
+
+def screen(written: str) -> list[str]:
+    """The rows a terminal shows for `written`: `\\r` goes back to the row's start, and
+    what follows overwrites it."""
+    rows: list[str] = []
+    row: list[str] = []
+    column = 0
+    for char in written:
+        if char == "\n":
+            rows.append("".join(row).rstrip())
+            row, column = [], 0
+        elif char == "\r":
+            column = 0
+        else:
+            if column < len(row):
+                row[column] = char
+            else:
+                row.append(char)
+            column += 1
+    return [*rows, "".join(row).rstrip()]
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_line_logged_while_the_bar_is_drawn_takes_its_row() -> None:
+    """`replay` logs "projections rebuilt" while its bar is on the terminal: the line was
+    written on after the bar, `...0:00 left2026-12-01 ... projections rebuilt`."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with os.fdopen(slave, "w") as terminal:
+        handler = logging.StreamHandler(terminal)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        root.handlers[:], root.level = [handler], logging.INFO
+        try:
+            bar = Progress("replay timeline", 1000, unit="events", stream=terminal)
+            time.sleep(0.11)
+            bar.update_to(500)
+            logging.getLogger("conversations.test").info("projections rebuilt")
+            bar.close()
+            logging.getLogger("conversations.test").info("after the bar")
+        finally:
+            root.handlers[:], root.level = handlers, level
+    written = b""
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(master)
+    rows = [row for row in screen(written.decode()) if row]
+    assert rows[0] == "INFO projections rebuilt", rows
+    assert rows[1].startswith("replay timeline") and "1,000 events" in rows[1], rows
+    assert rows[2] == "INFO after the bar", rows
+    assert len(rows) == 3, rows
