@@ -98,10 +98,29 @@ class _Counted:
         raise io.UnsupportedOperation("the input is read once, as a stream")
 
 
+OTHER_COMPRESSIONS = (
+    (re.compile(rb"\xfd7zXZ\x00"), "xz", "xz -dc"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2", "bzip2 -dc"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "zstd -dc"),
+    (re.compile(rb"PK\x03\x04"), "a zip archive", "unzip -p"),
+    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "a 7z archive", "7z x -so"),
+)
+"""Compressed files import cannot read, by their magic bytes, and a command that can."""
+
+
 def _decoded(counted: _Counted) -> Iterator[bytes]:
-    """The file's content in chunks, gunzipped when it starts with the gzip magic."""
-    if counted.head(len(GZIP_MAGIC)) == GZIP_MAGIC:
+    """The file's content in chunks, gunzipped when it starts with the gzip magic. One
+    compressed otherwise is refused (Unreadable): read as text, its binary bytes were cut
+    at every newline byte into bodies, each quarantined as `not_json`."""
+    head = counted.head(10)
+    if head.startswith(GZIP_MAGIC):
         return _gunzipped(counted)
+    for magic, name, command in OTHER_COMPRESSIONS:
+        if magic.match(head):
+            raise Unreadable(
+                f"compressed as {name}, which import does not read (only gzip):"
+                f" `{command} FILE | conversations import -`"
+            )
     return iter(partial(counted.read, CHUNK), b"")
 
 

@@ -3,15 +3,18 @@ stdin, through the webhook's validation, idempotency and quarantine, on real Pos
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
 import logging
+import lzma
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -709,3 +712,41 @@ def test_progress_on_a_standard_error_that_is_no_terminal_is_a_log_line(
     [progress] = [line for line in lines if line["logger"] == "conversations.progress"]
     assert progress["message"].startswith(f"import {path}  100%")
     assert progress["done"] == progress["total"] == path.stat().st_size
+
+
+def _zipped(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("export.jsonl", data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("compress", "named"),
+    [
+        (lzma.compress, "xz"),
+        (bz2.compress, "bzip2"),
+        (_zipped, "a zip archive"),
+        (lambda data: b"\x28\xb5\x2f\xfd" + data, "zstd"),  # the magic is what is read
+    ],
+    ids=["xz", "bzip2", "zip", "zstd"],
+)
+def test_a_file_compressed_otherwise_than_gzip_is_refused_not_quarantined(
+    cli: Run,
+    engine: sqlalchemy.Engine,
+    tmp_path: Path,
+    compress: Callable[[bytes], bytes],
+    named: str,
+) -> None:
+    """Read as JSON lines, its binary bytes were cut at each newline byte into bodies,
+    every one quarantined as `not_json` (82 of them for a zip of 2,000 payloads)."""
+    docs = documents(300)
+    path = tmp_path / "export.jsonl.packed"
+    path.write_bytes(compress(jsonl([json.dumps(d).encode() for d in docs])))
+
+    result = cli("import", str(path))
+
+    assert result.status == 2, result
+    assert f"{path}: compressed as {named}, which import does not read" in result.err
+    assert kept(engine, path) == []
+    assert events_in(engine, docs[0]["locationId"]) == []
