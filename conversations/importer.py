@@ -98,27 +98,29 @@ class _Counted:
         raise io.UnsupportedOperation("the input is read once, as a stream")
 
 
-OTHER_COMPRESSIONS = (
-    (re.compile(rb"\xfd7zXZ\x00"), "xz", "xz -dc"),
-    (re.compile(rb"BZh[1-9]1AY&SY"), "bzip2", "bzip2 -dc"),
-    (re.compile(rb"\x28\xb5\x2f\xfd"), "zstd", "zstd -dc"),
-    (re.compile(rb"PK\x03\x04"), "a zip archive", "unzip -p"),
-    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "a 7z archive", "7z x -so"),
+UNREADABLE = (
+    (re.compile(rb"\xfd7zXZ\x00"), "compressed as xz", "xz -dc"),
+    (re.compile(rb"BZh[1-9]1AY&SY"), "compressed as bzip2", "bzip2 -dc"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "compressed as zstd", "zstd -dc"),
+    (re.compile(rb"PK\x03\x04"), "compressed as a zip archive", "unzip -p"),
+    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "compressed as a 7z archive", "7z x -so"),
+    # What PowerShell's `>` writes: each UTF-16 newline's 0x0a cut a payload's bytes.
+    (re.compile(rb"\xff\xfe|\xfe\xff"), "encoded as UTF-16", "iconv -f UTF-16 -t UTF-8"),
 )
-"""Compressed files import cannot read, by their magic bytes, and a command that can."""
+"""Files import cannot read, by their first bytes, and a command that makes them readable."""
 
 
 def _decoded(counted: _Counted) -> Iterator[bytes]:
     """The file's content in chunks, gunzipped when it starts with the gzip magic. One
-    compressed otherwise is refused (Unreadable): read as text, its binary bytes were cut
-    at every newline byte into bodies, each quarantined as `not_json`."""
+    compressed otherwise, or in UTF-16, is refused (Unreadable): read as text, its bytes
+    were cut at every newline byte into bodies, each quarantined as `not_json`."""
     head = counted.head(10)
     if head.startswith(GZIP_MAGIC):
         return _gunzipped(counted)
-    for magic, name, command in OTHER_COMPRESSIONS:
-        if magic.match(head):
+    for start, why, command in UNREADABLE:
+        if start.match(head):
             raise Unreadable(
-                f"compressed as {name}, which import does not read (only gzip):"
+                f"{why}, which import does not read (UTF-8, gzipped or not):"
                 f" `{command} FILE | conversations import -`"
             )
     return iter(partial(counted.read, CHUNK), b"")

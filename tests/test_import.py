@@ -728,10 +728,11 @@ def _zipped(data: bytes) -> bytes:
         (bz2.compress, "bzip2"),
         (_zipped, "a zip archive"),
         (lambda data: b"\x28\xb5\x2f\xfd" + data, "zstd"),  # the magic is what is read
+        (lambda data: data.decode().encode("utf-16"), "UTF-16"),  # PowerShell's `>`
     ],
-    ids=["xz", "bzip2", "zip", "zstd"],
+    ids=["xz", "bzip2", "zip", "zstd", "utf-16"],
 )
-def test_a_file_compressed_otherwise_than_gzip_is_refused_not_quarantined(
+def test_a_file_compressed_otherwise_or_in_utf16_is_refused_not_quarantined(
     cli: Run,
     engine: sqlalchemy.Engine,
     tmp_path: Path,
@@ -747,6 +748,6 @@ def test_a_file_compressed_otherwise_than_gzip_is_refused_not_quarantined(
     result = cli("import", str(path))
 
     assert result.status == 2, result
-    assert f"{path}: compressed as {named}, which import does not read" in result.err
+    assert f"{path}: " in result.err and f" {named}, which import does not read" in result.err
     assert kept(engine, path) == []
     assert events_in(engine, docs[0]["locationId"]) == []
