@@ -22,9 +22,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from conversations.database import create_async_engine
 from conversations.projections import runner
-from conversations.projections.base import EventBatch, Tables
-from conversations.store import append_events, head_position
+from conversations.projections.base import BulkProjection, EventBatch, Tables
+from conversations.projections.registry import PROJECTIONS
+from conversations.store import StoredEvent, append_events, head_position
 from tests.helpers import message, new_id
+from tests.projection_support import (
+    again,
+    append_documents,
+    at,
+    hold_live,
+    rebuild_in_one_pass,
+    side_tables,
+    table_rows,
+)
 from tests.test_store import new_event
 
 
@@ -499,3 +509,36 @@ def test_catch_up_all_folds_on_past_a_projection_whose_fold_fails(
     finally:
         for projection in (failing, healthy):
             projection.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize("live", PROJECTIONS, ids=lambda p: p.name)
+def test_a_live_batch_folded_twice_changes_nothing(
+    database_url: str, engine: sqlalchemy.Engine, live: BulkProjection
+) -> None:
+    """A live batch's messages with no earlier event get their rows appended, not
+    upserted (`_sql.insert_new`). Folded a second time (by hand beside a worker, say),
+    their rows are there already: the primary key refuses the append, the batch is
+    upserted as any other, and nothing is counted twice in the summaries."""
+    location, contact, conversation = new_id("loc"), new_id("con"), new_id("cnv")
+    same = {"locationId": location, "contactId": contact, "conversationId": conversation}
+
+    def fold(events: list[StoredEvent], after: int) -> dict[str, list[tuple[Any, ...]]]:
+        with engine.begin() as conn:
+            hold_live(conn, live)
+            live.apply(conn, EventBatch(events, events[-1].position, start=after), Tables())
+        return table_rows(engine, live, Tables(), location)
+
+    with engine.connect() as conn:
+        before = head_position(conn)
+    # The summaries' last message comes first, so the batch's messages join them as deltas.
+    newest = append_documents(database_url, engine, [message(**same, dateAdded=at(13))])
+    fold(newest, before)
+    first = message(**same, dateAdded=at(9))
+    documents = [first, again(first, status="read")]
+    documents += [message(**same, dateAdded=at(10 + n)) for n in range(3)]
+    events = append_documents(database_url, engine, documents)
+    once = fold(events, newest[-1].position)
+    assert fold(events, newest[-1].position) == once
+    with side_tables(engine, live) as one_pass:
+        rebuild_in_one_pass(engine, live, one_pass, newest + events)
+        assert table_rows(engine, live, one_pass, location) == once

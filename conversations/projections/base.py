@@ -92,11 +92,13 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
         return cached
     keys = message_keys(batch.events)
     grouped: defaultdict[MessageKey, list[StoredEvent]] = defaultdict(list)
+    fresh: set[MessageKey] = set()
     if batch.start is None:
         stored = read_message_events(conn, keys, batch.end)
     else:  # the earlier events from the table, then the batch's own (all later)
         wanted = set(keys)
         stored = read_message_events(conn, keys, batch.start)
+        fresh = wanted - {(e.location_id, e.message_id or "") for e in stored}
         stored += [e for e in batch.events if (e.location_id, e.message_id) in wanted]
     for event in stored:
         if event.message_id:
@@ -107,7 +109,18 @@ def messages(conn: Connection, batch: EventBatch) -> dict[MessageKey, MessageEnt
         if entry is not None:
             cached[key] = entry
     batch.memo["messages"] = cached
+    batch.memo["fresh"] = fresh
     return cached
+
+
+def fresh_keys(conn: Connection, batch: EventBatch) -> set[MessageKey]:
+    """The batch's messages none of whose events precede it (known only when
+    `batch.start` is: else none). No fold can have written their rows yet, so they are
+    appended (`_sql.insert_new`), not upserted; should one have a row after all (a batch
+    folded twice), its table's primary key says so and they are upserted instead."""
+    messages(conn, batch)
+    fresh: set[MessageKey] = batch.memo["fresh"]
+    return fresh
 
 
 def fold_message(key: MessageKey, events: Sequence[StoredEvent]) -> MessageEntry | None:

@@ -51,11 +51,19 @@ from conversations.projections._sql import (
     date_order,
     dicts,
     in_keys,
+    insert_new,
     load,
     rank_ties,
     upsert,
 )
-from conversations.projections.base import EventBatch, Row, Tables, message_keys, messages
+from conversations.projections.base import (
+    EventBatch,
+    Row,
+    Tables,
+    fresh_keys,
+    message_keys,
+    messages,
+)
 from conversations.schema import metadata
 
 __all__ = [
@@ -119,11 +127,13 @@ class ContactChannelsProjection:
             return
         ledger, summary = tables[contact_channel_messages], tables[contact_channel_summaries]
         new = {key: _ledger_row(key, entry) for key, entry in messages(conn, batch).items()}
-        old = _load_ledger(conn, ledger, keys)
+        appended = _append_fresh(conn, ledger, batch, new)
+        old = _load_ledger(conn, ledger, [key for key in keys if key not in appended])
         changed = [key for key in keys if old.get(key) != new.get(key)]
         if not changed:  # redeliveries, or events that change nothing shown here
             return
-        upsert(conn, ledger, [row for key in changed if (row := new.get(key))], update=None)
+        rows = [row for key in changed if key not in appended and (row := new.get(key))]
+        upsert(conn, ledger, rows, update=None)
         gone = [key for key in changed if key not in new]
         if gone:
             conn.execute(delete(ledger).where(in_keys(ledger, "message_key", gone)))
@@ -160,6 +170,16 @@ def _ledger_row(key: MessageKey, entry: MessageEntry) -> dict[str, Any]:
         "date_added": entry.date_added,
         "preview": entry.preview,
     }
+
+
+def _append_fresh(
+    conn: Connection, ledger: Table, batch: EventBatch, new: Mapping[MessageKey, dict[str, Any]]
+) -> set[MessageKey]:
+    """Append the ledger rows of the batch's messages that are new to it (`fresh_keys`);
+    returns their keys, which had no row before (none when one of them had one after
+    all: they are then looked up and upserted as any other)."""
+    fresh = sorted(key for key in fresh_keys(conn, batch) if key in new)
+    return set(fresh) if insert_new(conn, ledger, [new[key] for key in fresh]) else set()
 
 
 def _load_ledger(

@@ -93,6 +93,7 @@ from conversations.projections._sql import (
     cached,
     date_order,
     in_keys,
+    insert_new,
     key_arrays,
     load,
     rank_ties,
@@ -104,6 +105,7 @@ from conversations.projections.base import (
     EventBatch,
     Row,
     Tables,
+    fresh_keys,
     merge_pairs,
     message_keys,
 )
@@ -301,7 +303,11 @@ class LocationConversationsProjection:
     def apply(self, conn: Connection, batch: EventBatch, tables: Tables) -> None:
         physical = _Physical.of(tables)
         changes = _update_ledger(
-            conn, physical.messages, message_keys(batch.events), batch_messages(conn, batch)
+            conn,
+            physical.messages,
+            message_keys(batch.events),
+            batch_messages(conn, batch),
+            fresh_keys(conn, batch),
         )
         flags = _update_flags(conn, physical.flags, batch)
         touched = _update_merges(
@@ -359,20 +365,31 @@ LedgerChange = tuple[Key, Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 
 def _update_ledger(
-    conn: Connection, ledger: Table, keys: Sequence[Key], entries: Mapping[Key, MessageEntry]
+    conn: Connection,
+    ledger: Table,
+    keys: Sequence[Key],
+    entries: Mapping[Key, MessageEntry],
+    fresh: Collection[Key],
 ) -> list[LedgerChange]:
     """Rewrite the touched messages (`entries`: each rebuilt from all of its events; a
     message none of whose events folds any more has none, and leaves the ledger); returns
-    the rows that changed, before and after."""
+    the rows that changed, before and after. `fresh`: messages new to the ledger (see
+    `fresh_keys`), appended rather than looked up and upserted."""
     if not keys:
         return []
     new = {key: _ledger_row(key, entries[key]) for key in keys if key in entries}
-    old = load(conn, ledger, "message_key", keys)
+    appended = [key for key in keys if key in fresh and key in new]
+    if not insert_new(conn, ledger, [new[key] for key in appended]):
+        appended = []  # one of them had a row after all: as any other
+    done = set(appended)
+    old = load(conn, ledger, "message_key", [key for key in keys if key not in done])
     changes: list[LedgerChange] = []
     upserts, gone = [], []
     for key in keys:
         before, after = old.get(key), new.get(key)
-        if after is not None and _changed(before, after, _LEDGER_VALUES):
+        if key in done:
+            pass
+        elif after is not None and _changed(before, after, _LEDGER_VALUES):
             upserts.append(after)
         elif after is None and before is not None:
             gone.append(key)

@@ -57,8 +57,14 @@ from sqlalchemy.sql import ColumnElement
 
 from conversations import dialect
 from conversations.messages import LatestFlags, MessageEntry, resolve_merges
-from conversations.projections._sql import upsert
-from conversations.projections.base import EventBatch, Tables, merge_pairs, messages
+from conversations.projections._sql import insert_new, upsert
+from conversations.projections.base import (
+    EventBatch,
+    Tables,
+    fresh_keys,
+    merge_pairs,
+    messages,
+)
 from conversations.projections.base import Row as ProjectionRow
 from conversations.schema import metadata
 
@@ -208,17 +214,23 @@ def _message_row(entry: MessageEntry) -> dict[str, Any]:
     }
 
 
-def _upsert_messages(conn: Connection, table: Table, entries: Iterable[MessageEntry]) -> None:
+def _rows(entries: Iterable[MessageEntry]) -> list[dict[str, Any]]:
     # Sorted by key, so concurrent writers (a rebuild's final catch-up, say) lock rows in
     # the same order and cannot deadlock.
-    rows = sorted(map(_message_row, entries), key=lambda r: (r["location_id"], r["message_key"]))
-    upsert(conn, table, rows, update=None)
+    return sorted(map(_message_row, entries), key=lambda r: (r["location_id"], r["message_key"]))
 
 
 def _apply_messages(conn: Connection, batch: EventBatch, tables: Tables) -> None:
     entries = messages(conn, batch)
-    if entries:
-        _upsert_messages(conn, tables[timeline_messages], entries.values())
+    if not entries:
+        return
+    table = tables[timeline_messages]
+    fresh = fresh_keys(conn, batch)
+    rows = _rows(entry for key, entry in entries.items() if key not in fresh)
+    new = _rows(entry for key, entry in entries.items() if key in fresh)
+    if not insert_new(conn, table, new):
+        rows = sorted(rows + new, key=lambda r: (r["location_id"], r["message_key"]))
+    upsert(conn, table, rows, update=None)
 
 
 def _apply_merges(conn: Connection, batch: EventBatch, tables: Tables) -> None:
