@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -126,10 +126,10 @@ _READ_STREAM = text(
 )
 
 
-_FOLD_COLUMNS = (
-    "position, event_id, location_id, stream_id, version, event_type, message_id, "
-    "occurred_at, recorded_at, payload, ''::bytea AS raw, metadata"
-)
+# What a fold reads of an event: the rest of `StoredEvent` is left as placeholders
+# (`_folded`). The projections fold payloads; decoding every event's id, times and metadata
+# too cost a third of reading a batch (Python 12 -> 7.5 µs per event, PostgreSQL 5 -> 3.5).
+_FOLD_COLUMNS = "position, location_id, stream_id, version, event_type, message_id, payload"
 
 # In psycopg's placeholder style: folds run them on the driver's cursor (`_fold_events`).
 _READ_RANGE_SQL = f"""
@@ -158,12 +158,36 @@ _READ_STREAMS_SQL = f"""
 def _fold_events(conn: Connection, sql: str, params: dict[str, Any]) -> list[StoredEvent]:
     """The events a fold statement selects (`_FOLD_COLUMNS`), in `conn`'s transaction.
 
-    Run on the driver's cursor and built by position (the columns are the fields in
-    order): a fold reads thousands of events, and SQLAlchemy's result rows cost it more
-    than psycopg's tuples, fetched all at once."""
+    Run on the driver's cursor and built by position: a fold reads thousands of events,
+    and SQLAlchemy's result rows cost it more than psycopg's tuples, fetched all at once."""
     with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
         cursor.execute(sql, params)
-        return [StoredEvent(*row) for row in cursor.fetchall()]
+        return [
+            StoredEvent(
+                position,
+                FOLD_NO_ID,
+                location_id,
+                stream_id,
+                version,
+                event_type,
+                message_id,
+                None,
+                FOLD_NO_TIME,
+                payload,
+                b"",
+                FOLD_NO_METADATA,
+            )
+            for position, location_id, stream_id, version, event_type, message_id, payload in (
+                cursor.fetchall()
+            )
+        ]
+
+
+FOLD_NO_ID = uuid.UUID(int=0)
+FOLD_NO_TIME = datetime.min.replace(tzinfo=UTC)
+FOLD_NO_METADATA: dict[str, Any] = {}
+"""What the events a fold reads hold in place of their id, times and metadata (see
+`_FOLD_COLUMNS`): read-only; their payload and keys are the stored ones."""
 
 
 def head_position(conn: Connection) -> int:
@@ -172,16 +196,17 @@ def head_position(conn: Connection) -> int:
 
 
 def read_range(conn: Connection, after: int, until: int, limit: int) -> list[StoredEvent]:
-    """Events in (after, until] in position order, at most `limit`, without raw bytes
-    (folds read the parsed payload). Gap-safe: see the module doc."""
+    """Events in (after, until] in position order, at most `limit`, as folds read them:
+    the parsed payload and the keys, placeholders for the rest (`_FOLD_COLUMNS`).
+    Gap-safe: see the module doc."""
     return _fold_events(conn, _READ_RANGE_SQL, {"after": after, "until": until, "limit": limit})
 
 
 def read_message_events(
     conn: Connection, keys: Sequence[tuple[str, str]], until: int
 ) -> list[StoredEvent]:
-    """Every event of the given (location_id, message_id) messages up to `until`, without
-    raw bytes: what a projection needs to recompute those messages from scratch."""
+    """Every event of the given (location_id, message_id) messages up to `until`, as
+    `read_range` reads them: what a projection needs to recompute those messages."""
     if not keys:
         return []
     params = {"locations": [k[0] for k in keys], "messages": [k[1] for k in keys], "until": until}
@@ -192,8 +217,8 @@ def read_stream_events(
     conn: Connection, keys: Sequence[tuple[str, str]], event_type: str, until: int
 ) -> list[StoredEvent]:
     """Every event of type `event_type` in the given (location_id, stream_id) streams up to
-    `until`, without raw bytes: e.g. all ConversationUnreadUpdate events of some
-    conversations, to recompute their flags from scratch."""
+    `until`, as `read_range` reads them: e.g. all ConversationUnreadUpdate events of
+    some conversations, to recompute their flags from scratch."""
     if not keys:
         return []
     params = {

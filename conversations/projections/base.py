@@ -18,6 +18,8 @@ Rules for `apply` (the runner and the property tests rely on them):
   its own). Deltas rely on it: they read the rows a fold is about to change.
 - Write only through `tables[...]`, never to a table name spelled out.
 - Read only the event table and the projection's own tables.
+- Of an event, use its keys and payload: live folds and rebuilds read events
+  with placeholders for the id, times, raw bytes and metadata (`store.read_range`).
 """
 
 from __future__ import annotations
