@@ -226,6 +226,13 @@ def _update_summaries(
         else:
             steps.append((new_group, key, None, after))
     rows = _load_summaries(conn, summary, {g for g, *_ in steps} - forced)
+    # A group without a row has no message (a row is dropped when its group empties):
+    # one that only messages joining it reach starts from an empty row, as a delta,
+    # instead of being recomputed from the ledger (new contacts and channels are common).
+    joined = {g for g, _, before, _ in steps if before is None}
+    kept = {g for g, _, before, _ in steps if before is not None}
+    for group in joined - kept - forced - rows.keys():
+        rows[group] = _empty_summary(group)
     joining = [(g, k[1], after["date_added"]) for g, k, before, after in steps if before is None]
     ranks = rank_ties(conn, rows, joining)
     changed: set[Group] = set()
@@ -273,6 +280,25 @@ def _load_summaries_statement(summary: Table) -> Any:
     )
 
 
+def _empty_summary(group: Group) -> dict[str, Any]:
+    """The summary of a group with no message yet, for `_apply_delta` to add to (the
+    first message added sets every "last" field)."""
+    return {
+        "location_id": group[0],
+        "contact_id": group[1],
+        "channel": group[2],
+        "message_count": 0,
+        "inbound_count": 0,
+        "outbound_count": 0,
+        "first_message_at": None,
+        "last_message_at": None,
+        "last_direction": "",
+        "last_status": None,
+        "last_preview": "",
+        "last_message_key": None,
+    }
+
+
 def _apply_delta(
     row: dict[str, Any],
     key: MessageKey,
@@ -291,7 +317,9 @@ def _apply_delta(
             row["last_preview"] = after["preview"]
         return True
     date, last_key = after["date_added"], row["last_message_key"]
-    if date_order(date) != date_order(row["last_message_at"]):
+    if last_key is None:  # the group's first message (`_empty_summary`)
+        newest = True
+    elif date_order(date) != date_order(row["last_message_at"]):
         newest = date_order(date) > date_order(row["last_message_at"])
     elif key[1] in ranks and last_key in ranks:
         newest = ranks[key[1]] > ranks[last_key]

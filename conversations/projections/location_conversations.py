@@ -616,7 +616,13 @@ def _update_summaries(
     own_flags = [change for change in flags if root(*change[0]) == change[0]]
     forced_roots = {root(*key) for key in forced}
     delta_roots = {r for r, *_ in steps} | {key for key, _, _ in own_flags}
-    delta = _Delta(conn, tables.summary, delta_roots - forced_roots)
+    # A conversation that took part in no merge and has no row has nothing to show yet (a
+    # row is dropped once it has not): one only new messages reach starts from an empty
+    # row, as a delta, instead of being recomputed (new conversations are common).
+    joined = {r for r, _, before, _ in steps if before is None}
+    joined -= {r for r, _, before, _ in steps if before is not None}
+    empty = {r for r in joined if r not in root_of}
+    delta = _Delta(conn, tables.summary, delta_roots - forced_roots, empty)
     delta.order_ties(steps)
     for root_key, key, before, after in steps:
         if root_key not in forced_roots and not delta.apply(root_key, key, before, after):
@@ -632,6 +638,31 @@ def _update_summaries(
     if stale:
         summary = tables.summary
         conn.execute(delete(summary).where(in_keys(summary, "conversation_id", stale)))
+
+
+def _empty_row(root: Key) -> dict[str, Any]:
+    """The summary of a conversation with nothing to show yet, for `_Delta` to add to."""
+    return {
+        "location_id": root[0],
+        "conversation_id": root[1],
+        "contact_id": None,
+        "last_message_at": None,
+        "last_message_channel": None,
+        "last_message_direction": None,
+        "last_message_status": None,
+        "last_message_preview": None,
+        "last_message_key": None,
+        "message_count": 0,
+        "channels": [],
+        "unread_count": None,
+        "starred": None,
+        "inbox": None,
+        "deleted": None,
+        "merged_ids": [],
+        "first_message_at": None,
+        "sort_at": NO_TIME,
+        "unread": False,
+    }
 
 
 @cached
@@ -657,9 +688,15 @@ class _Delta:
     exactly what `_recompute` would give; `apply` says False where it cannot tell (the
     root must then be recomputed)."""
 
-    def __init__(self, conn: Connection, summary: Table, roots: set[Key]) -> None:
+    def __init__(
+        self, conn: Connection, summary: Table, roots: set[Key], empty: Collection[Key] = ()
+    ) -> None:
+        """The stored rows of `roots`; those of `empty` without one start empty
+        (`_empty_row`)."""
         self._conn, self._summary = conn, summary
         self._rows: dict[Key, dict[str, Any]] = load(conn, summary, "conversation_id", roots)
+        for root in roots.intersection(empty) - self._rows.keys():
+            self._rows[root] = _empty_row(root)
         self._changed: set[Key] = set()
         self._key_rank: dict[str, int] = {}
 
