@@ -1,5 +1,6 @@
-"""The projections' multi-row upsert on real PostgreSQL: array and JSON columns travel as
-text and must come back exactly as given, whatever the strings hold."""
+"""The projections' multi-row upsert and append on real PostgreSQL: array and JSON columns
+travel as text (upsert) or in their binary formats (`insert_new`) and must come back
+exactly as given, whatever the strings hold."""
 
 from __future__ import annotations
 
@@ -26,7 +27,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from conversations.projections._sql import upsert
+from conversations.projections._sql import insert_new, upsert, write_rows
+
+
+def write(conn: sqlalchemy.Connection, table: Table, rows: list[dict[str, Any]], how: str) -> None:
+    """Store new rows the way `how` says: "upsert" or "append" (`insert_new`)."""
+    if how == "upsert":
+        upsert(conn, table, rows, update=None)
+    else:
+        assert insert_new(conn, table, rows)
+
+
+HOW = pytest.mark.parametrize("how", ["upsert", "append"])
 
 
 @pytest.fixture
@@ -69,7 +81,10 @@ NASTY = [
 ]
 
 
-def test_array_and_json_columns_round_trip(engine: sqlalchemy.Engine, table: Table) -> None:
+@HOW
+def test_array_and_json_columns_round_trip(
+    engine: sqlalchemy.Engine, table: Table, how: str
+) -> None:
     at = datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
     rows: list[dict[str, Any]] = [
         {
@@ -109,7 +124,7 @@ def test_array_and_json_columns_round_trip(engine: sqlalchemy.Engine, table: Tab
         }
     )
     with engine.begin() as conn:
-        upsert(conn, table, rows, update=None)
+        write(conn, table, rows, how)
     assert _stored(engine, table) == {row["key"]: row for row in rows}
 
 
@@ -150,8 +165,9 @@ _TEXT = st.text(
         max_leaves=8,
     ),
 )
+@HOW
 def test_any_strings_round_trip(
-    engine: sqlalchemy.Engine, table: Table, names: list[str | None], document: Any
+    engine: sqlalchemy.Engine, table: Table, how: str, names: list[str | None], document: Any
 ) -> None:
     row = {
         "location_id": "l",
@@ -164,7 +180,8 @@ def test_any_strings_round_trip(
         "duration": None,
     }
     with engine.begin() as conn:
-        upsert(conn, table, [row], update=None)
+        conn.execute(table.delete())
+        write(conn, table, [row], how)
     stored = _stored(engine, table)["k"]
     assert stored["names"] == names
     assert stored["doc"] == document  # (None: SQL NULL)
@@ -195,7 +212,8 @@ def test_rows_staged_in_a_rolled_back_transaction_are_gone(
     assert list(_stored(engine, table)) == ["kept"]
 
 
-def test_every_column_kind_of_the_projections_stages(engine: sqlalchemy.Engine) -> None:
+@HOW
+def test_every_column_kind_of_the_projections_stages(engine: sqlalchemy.Engine, how: str) -> None:
     """Integer and boolean columns too, in a table whose name is too long to prefix (a
     rebuild's side tables)."""
     metadata = MetaData()
@@ -214,10 +232,32 @@ def test_every_column_kind_of_the_projections_stages(engine: sqlalchemy.Engine) 
             {"location_id": "b", "count": None, "starred": False, "big": None},
         ]
         with engine.begin() as conn:
-            upsert(conn, made, rows, update=None)
+            write(conn, made, rows, how)
         assert _stored_by(engine, made, "location_id") == {r["location_id"]: r for r in rows}
     finally:
         metadata.drop_all(engine)
+
+
+def test_an_append_of_a_taken_key_writes_nothing(engine: sqlalchemy.Engine, table: Table) -> None:
+    """`insert_new` is all or nothing: one key taken, no row of the call is written, and
+    the caller's transaction goes on (the COPY ran in a savepoint)."""
+    row = {
+        "location_id": "l",
+        "key": "taken",
+        "names": None,
+        "positions": [1],
+        "doc": None,
+        "note": "first",
+        "at": None,
+        "duration": None,
+    }
+    with engine.begin() as conn:
+        assert insert_new(conn, table, [row])
+        again = [{**row, "key": "a", "note": "new"}, {**row, "note": "second"}]
+        assert not insert_new(conn, table, again)
+        write_rows(conn, table, again, new={"a", "taken"}, key=lambda r: r["key"])
+    stored = _stored(engine, table)
+    assert {key: value["note"] for key, value in stored.items()} == {"a": "new", "taken": "second"}
 
 
 def test_a_column_kind_it_cannot_stage_is_refused(engine: sqlalchemy.Engine) -> None:

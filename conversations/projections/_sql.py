@@ -19,7 +19,7 @@ import itertools
 import operator
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -200,6 +200,19 @@ def insert_new(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -
         return False
     savepoint.commit()
     return True
+
+
+def write_rows(
+    conn: Connection, table: Table, rows: Sequence[dict[str, Any]], new: Collection[Any], key: Any
+) -> None:
+    """Upsert `rows` (every column), appending those whose `key(row)` is in `new` (keys
+    `table` should not have yet) with `insert_new`, or upserting them too should one be
+    there after all."""
+    fresh = [row for row in rows if key(row) in new]
+    if not insert_new(conn, table, fresh):
+        upsert(conn, table, rows, update=None)
+        return
+    upsert(conn, table, [row for row in rows if key(row) not in new], update=None)
 
 
 class _Direct:

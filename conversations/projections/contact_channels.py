@@ -55,6 +55,7 @@ from conversations.projections._sql import (
     load,
     rank_ties,
     upsert,
+    write_rows,
 )
 from conversations.projections.base import (
     EventBatch,
@@ -231,7 +232,8 @@ def _update_summaries(
     # instead of being recomputed from the ledger (new contacts and channels are common).
     joined = {g for g, _, before, _ in steps if before is None}
     kept = {g for g, _, before, _ in steps if before is not None}
-    for group in joined - kept - forced - rows.keys():
+    empty = joined - kept - forced - rows.keys()
+    for group in empty:
         rows[group] = _empty_summary(group)
     joining = [(g, k[1], after["date_added"]) for g, k, before, after in steps if before is None]
     ranks = rank_ties(conn, rows, joining)
@@ -242,7 +244,7 @@ def _update_summaries(
             forced.add(group)
         else:
             changed.add(group)
-    upsert(conn, summary, [rows[g] for g in sorted(changed - forced)], update=None)
+    write_rows(conn, summary, [rows[g] for g in sorted(changed - forced)], empty, _group)
     _recompute(conn, ledger, summary, sorted(forced), drop_emptied=bool(left))
 
 

@@ -99,6 +99,7 @@ from conversations.projections._sql import (
     rank_ties,
     unnest,
     upsert,
+    write_rows,
 )
 from conversations.projections.base import (
     MERGE_EVENT_TYPE,
@@ -695,7 +696,8 @@ class _Delta:
         (`_empty_row`)."""
         self._conn, self._summary = conn, summary
         self._rows: dict[Key, dict[str, Any]] = load(conn, summary, "conversation_id", roots)
-        for root in roots.intersection(empty) - self._rows.keys():
+        self._empty = roots.intersection(empty) - self._rows.keys()
+        for root in self._empty:
             self._rows[root] = _empty_row(root)
         self._changed: set[Key] = set()
         self._key_rank: dict[str, int] = {}
@@ -786,7 +788,11 @@ class _Delta:
 
     def write(self, exclude: set[Key]) -> None:
         rows = [self._rows[key] for key in sorted(self._changed - exclude)]
-        upsert(self._conn, self._summary, rows, update=None)
+        write_rows(self._conn, self._summary, rows, self._empty, _summary_key)
+
+
+def _summary_key(row: Mapping[str, Any]) -> Key:
+    return row["location_id"], row["conversation_id"]
 
 
 def _recompute(conn: Connection, tables: _Physical, wanted: set[Key] | None) -> set[Key]:
