@@ -18,7 +18,7 @@ import hashlib
 import itertools
 import operator
 import struct
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -478,9 +478,18 @@ def rank_ties(
     the row's last message or as another message joining it. One query for the batch,
     only when there is a tie: recomputing instead would read every message of the row,
     and all of them may share a date (or have none)."""
+    joining = list(joining)
+    # Only a date two of them share, or the one of its row's last message, can tie: the
+    # others (nearly all) are left out at once (grouping every one cost ~2 µs each).
+    shared = Counter(date for _, _, date in joining)
     tied: dict[tuple[Any, tuple[bool, datetime]], set[str]] = defaultdict(set)
     for row_key, message_key, date in joining:
-        if row_key in rows:
+        row = rows.get(row_key)
+        if row is None:
+            continue
+        if shared[date] > 1 or (
+            row["last_message_key"] is not None and row["last_message_at"] == date
+        ):
             tied[(row_key, date_order(date))].add(message_key)
     for (row_key, order), keys in tied.items():
         row = rows[row_key]
