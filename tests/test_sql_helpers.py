@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from conversations.projections._sql import insert_new, upsert, write_rows
+from conversations.projections._sql import array_text, insert_new, load, upsert, write_rows
 
 
 def write(conn: sqlalchemy.Connection, table: Table, rows: list[dict[str, Any]], how: str) -> None:
@@ -258,6 +258,29 @@ def test_an_append_of_a_taken_key_writes_nothing(engine: sqlalchemy.Engine, tabl
         write_rows(conn, table, again, new={"a", "taken"}, key=lambda r: r["key"])
     stored = _stored(engine, table)
     assert {key: value["note"] for key, value in stored.items()} == {"a": "new", "taken": "second"}
+
+
+def test_keys_of_any_text_are_looked_up(engine: sqlalchemy.Engine, table: Table) -> None:
+    """`load` binds its keys as array literals (`arrays`): quotes, backslashes, braces,
+    commas and "NULL" are keys like any other."""
+    rows: list[dict[str, Any]] = [
+        {
+            "location_id": "l",
+            "key": key,
+            "names": None,
+            "positions": [],
+            "doc": None,
+            "note": None,
+            "at": None,
+            "duration": None,
+        }
+        for key in NASTY
+    ]
+    with engine.begin() as conn:
+        upsert(conn, table, rows, update=None)
+        found = load(conn, table, "key", [("l", key) for key in [*NASTY, "absent"]])
+    assert sorted(found) == sorted(("l", key) for key in NASTY)
+    assert array_text([]) == "{}" and array_text(["a", None, 1]) == '{"a",NULL,1}'
 
 
 def test_a_column_kind_it_cannot_stage_is_refused(engine: sqlalchemy.Engine) -> None:

@@ -257,7 +257,7 @@ def _load_summaries(
     return {(row["location_id"], row["contact_id"], row["channel"]): row for row in dicts(result)}
 
 
-def _group_arrays(groups: Iterable[Group]) -> dict[str, list[Any]]:
+def _group_arrays(groups: Iterable[Group]) -> dict[str, str]:
     """The parameters of `_groups_table`, sorted."""
     ordered = sorted(groups)
     return arrays(
