@@ -264,6 +264,31 @@ def test_a_contact_in_several_locations_reads_as_one_merged_timeline(
     assert got == [d["messageId"] for d in documents if d["locationId"] == first]
 
 
+def test_a_contact_in_many_locations_pages_to_its_end(
+    server: Server, engine: sqlalchemy.Engine
+) -> None:
+    """The cursor holds a position per location, so it grows with them: every `nextCursor`
+    the service gives is taken back (it once refused its own past 8,192 characters, and
+    the walk stopped with a 400 halfway)."""
+    con = new_id("con")
+    documents = [
+        message(
+            locationId=f"{new_id('loc')}-{'x' * 200}",
+            contactId=con,
+            messageId=...,
+            dateAdded=at(6, 10, minute),
+        )
+        for minute in range(40)
+    ]
+    post_all(server, documents)
+    wait_folded(engine)
+    reader = Reader(server, make_key(engine, all_locations=True))
+    pages = list(walk(reader, f"/contacts/{con}/messages", {"limit": 1, "sort": "asc"}))
+    assert [p["messages"][0]["body"] for p in pages] == ["hello"] * 40
+    assert [p["messages"][0]["locationId"] for p in pages] == [d["locationId"] for d in documents]
+    assert max(len(p["nextCursor"] or "") for p in pages) > 8192
+
+
 # --- channels -------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from conversations.api.auth import require_scope
-from conversations.api.cursors import MAX_CURSOR
+from conversations.api.cursors import MAX_MERGED_CURSOR
 from conversations.api.params import Params, bad
 from conversations.api.state import app_state
 from conversations.dialect import iso, message_json
@@ -216,7 +216,7 @@ def contact_messages(request: Request) -> Response:
     location_id = params.text("locationId")
     state = app_state(request)
     context = _cursor_context(scope, query, location_id)
-    token = params.text("cursor", max_length=MAX_CURSOR)
+    token = params.text("cursor", max_length=MAX_MERGED_CURSOR)
     position = None
     if token is not None:
         try:

@@ -21,6 +21,11 @@ from conversations.pool import run
 
 MAX_CURSOR = 8192
 """Characters a cursor may have: it carries a few ids of at most `MAX_ID_BYTES` each."""
+MAX_MERGED_CURSOR = 60 * 1024
+"""Characters a contact's cursor may have: it carries a position in every location the
+contact has messages in (of the key's), so it grows with them. Any cursor a request head
+can carry (64 KiB) is taken: the signature, not the length, tells ours from others, and a
+bound of its own would refuse the `nextCursor` the previous page gave."""
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from conversations import __version__, dialect
-from conversations.api.cursors import MAX_CURSOR
+from conversations.api.cursors import MAX_CURSOR, MAX_MERGED_CURSOR
 from conversations.messages import CHANNELS
 from conversations.payloads import MAX_ID_BYTES
 from conversations.projections.location_conversations import STATUSES
@@ -678,7 +678,7 @@ def _contact_paths() -> dict[str, Schema]:
                     _limit(20, 1, 100),
                     query(
                         "cursor",
-                        {"type": "string", "maxLength": 8192},
+                        {"type": "string", "maxLength": MAX_MERGED_CURSOR},
                         "`nextCursor` of the previous page.",
                     ),
                     _sort(),
