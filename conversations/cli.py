@@ -443,6 +443,8 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     from conversations.supervisor import parent_gone
 
     parent: int | None = args.parent_pid
+    if parent is None:  # `serve` has said so already for the worker it starts
+        _warn_if_schema_behind(handle)
     engine = create_engine(
         handle.url, connect_args={"connect_timeout": int(max(2, settings.db_timeout))}
     )

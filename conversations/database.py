@@ -248,9 +248,15 @@ def describe_error(error: BaseException) -> str:
     says to run `conversations migrate` when the schema is absent or older than the code."""
     cause = getattr(error, "orig", None) or error
     first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    if getattr(cause, "sqlstate", None) in _SCHEMA_BEHIND:
+    if schema_behind(error):
         return f"the database has no schema or an old one ({first}); run `conversations migrate`"
     return f"database error: {first}"
+
+
+def schema_behind(error: BaseException) -> bool:
+    """Whether `error` is a statement that found no table or column it needs."""
+    cause = getattr(error, "orig", None) or error
+    return getattr(cause, "sqlstate", None) in _SCHEMA_BEHIND
 
 
 def create_database(server_url: str, name: str) -> str:

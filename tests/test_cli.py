@@ -97,6 +97,31 @@ def test_import_into_a_database_without_schema_says_to_migrate(empty_database: s
     assert "run `conversations migrate`" in result.stderr
 
 
+def test_work_on_a_database_without_schema_says_to_migrate(empty_database: str) -> None:
+    """`work` keeps running there (README: it retries); it logged "catch-up failed" with
+    an UndefinedTable traceback, where the other commands say to run `migrate`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conversations", "work"],
+        env={**os.environ, "DATABASE_URL": empty_database, "CONVERSATIONS_LOG_FORMAT": "json"},
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines: list[dict[str, str]] = []
+    try:
+        while not any("catch-up" in line["message"] for line in lines):
+            text = process.stderr.readline()
+            assert text, f"work ended: {lines}"
+            lines.append(json.loads(text))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    warnings = [line for line in lines if line["level"] == "warning"]
+    assert warnings and all("run `conversations migrate`" in w["message"] for w in warnings), lines
+    assert not any("exception" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("option", ["--revision", "--downgrade"])
 @pytest.mark.parametrize("revision", ["", " "])
 def test_migrate_to_a_blank_revision_is_refused(

@@ -18,6 +18,7 @@ import psycopg
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 
+from conversations.database import describe_error, schema_behind
 from conversations.projections.base import Projection
 from conversations.projections.runner import (
     FoldFailed,
@@ -123,6 +124,9 @@ class CatchUpWorker:
             log.debug("projection catch-up still failing: %s", describe(error))
             return
         self._failing = True
+        if schema_behind(error):  # not a fault to trace: the operator has a step to take
+            log.warning("projection catch-up waits for the schema: %s", describe_error(error))
+            return
         log.warning(
             "projection catch-up failed, retrying until it works: %s",
             describe(error),
