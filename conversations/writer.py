@@ -126,9 +126,11 @@ class GroupCommitWriter:
             while waiting and (waiting[0].future.done() or waiting[0].deadline <= now):
                 pending = waiting.popleft()
                 if not pending.future.done():
-                    pending.future.set_exception(
-                        StoreUnavailable("the database did not confirm the write in time")
+                    failure = StoreUnavailable(
+                        f"the database did not confirm the write within {self._timeout:g} s"
                     )
+                    self._note_unavailable(failure)
+                    pending.future.set_exception(failure)
 
     async def _run(self) -> None:
         while True:
@@ -208,11 +210,18 @@ class GroupCommitWriter:
             with contextlib.suppress(Exception):  # it is being dropped for failing
                 await conn.close()
 
+    def _note_unavailable(self, error: Exception) -> None:
+        """Say once per outage that webhooks are answered 503: when the database fails
+        them, and also when it hangs (a frozen server, a lock held by another session),
+        where no error comes, only the deadline. The next batch that commits says it is
+        available again (`_append`)."""
+        if not self._failing:  # one line per outage, not one per batch
+            log.warning("database unavailable, answering 503: %s", _first_line(error))
+        self._failing = True
+
     def _fail(self, batch: Sequence[_Pending], error: Exception) -> None:
         if is_unavailable(error):
-            if not self._failing:  # one line per outage, not one per batch
-                log.warning("database unavailable, answering 503: %s", _first_line(error))
-            self._failing = True
+            self._note_unavailable(error)
             failure: Exception = StoreUnavailable(_first_line(error))
         else:
             failure = EventRejected(_first_line(error))

@@ -540,3 +540,37 @@ def test_the_worker_says_once_that_catch_up_fails_and_once_that_it_works_again(
         output = server.output
     assert output.count("projection catch-up failed") == 1, output
     assert output.count("projection catch-up works again") == 1, output
+
+
+def test_a_hung_database_is_logged_for_the_webhooks_going_and_coming_back(
+    outage: Outage, engine: sqlalchemy.Engine
+) -> None:
+    """A database that hangs (a frozen server, a lock another session holds) fails no
+    statement: webhooks are answered 503 at their deadline. The log says so once, as for
+    a database that refuses, and once when a write commits again; not once per webhook."""
+    proxy, server = outage.proxy, outage.server
+    deadline = time.monotonic() + 10
+    with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+        # The writer may first meet a connection an earlier test's cut left dead (a 503).
+        while send(client, server, json.dumps(message()).encode()).status == 503:
+            assert time.monotonic() < deadline, "the writer did not recover"
+        seen = len(server.lines)
+        proxy.stall()
+        try:
+            answers = in_parallel(
+                lambda client, raw: send(client, server, raw),
+                [json.dumps(message()).encode() for _ in range(2 * SENDERS)],
+            )
+        finally:
+            proxy.flow()
+        for answer in answers:
+            assert_unavailable(answer)
+        while (retry := send(client, server, json.dumps(message()).encode())).status == 503:
+            assert time.monotonic() < deadline + 10, "still 503 after the stall"
+            time.sleep(0.1)
+        assert retry.status == 201, retry
+    logged = list(server.lines)[seen:]
+    going = [line for line in logged if "database unavailable, answering 503" in line]
+    assert len(going) == 1, logged
+    assert f"within {DB_TIMEOUT} s" in going[0], going
+    assert len([line for line in logged if "database available again" in line]) == 1, logged
