@@ -27,6 +27,7 @@ from conversations.database import create_engine
 from conversations.supervisor import Supervisor
 from tests.conftest import REPO, migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
+from tests.projection_support import append_documents
 
 pytestmark = pytest.mark.e2e
 
@@ -347,3 +348,51 @@ def test_supervisor_reports_a_dead_child_before_its_backoff_ends(
         took = asyncio.run(scenario())
     assert "dying child exited (status 3); restarting in 10.0 s" in caplog.text
     assert took < 5
+
+
+def test_a_connection_lost_during_a_fold_is_logged_as_what_happened(
+    worker_database: str, worker_engine: sqlalchemy.Engine
+) -> None:
+    """The worker's connection dies while a projection folds (PostgreSQL restarted, the
+    backend terminated): the warning names that, not an error SQLAlchemy raises after
+    it (`PendingRollbackError: Can't reconnect until invalid transaction is rolled
+    back`, which reads as a bug), and the worker folds on by itself."""
+    worker = start_work(worker_database)
+    blocker = worker_engine.connect()
+    try:
+        wait_for(lambda: _checkpoints(worker_engine) == 3, 20, "the worker started")
+        # The timeline folds last (by name): it waits on this lock, mid-fold.
+        blocker.execute(text("LOCK TABLE timeline_messages IN ACCESS EXCLUSIVE MODE"))
+        location = new_id("loc")
+        append_documents(worker_database, worker_engine, [message(locationId=location)])
+        waiting: list[int] = []
+
+        def folding_waits() -> bool:
+            with worker_engine.connect() as conn:
+                waiting[:] = conn.scalars(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND query LIKE '%timeline%'"
+                    )
+                ).all()
+            return bool(waiting)
+
+        wait_for(folding_waits, 20, "the fold waits on the lock")
+        with worker_engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": waiting[0]})
+        blocker.rollback()
+        wait_for(lambda: folded(worker_engine, location) == 1, 30, "folded after the loss")
+    finally:
+        blocker.close()
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=15)[0].decode()
+    failed = [line for line in output.splitlines() if "projection catch-up failed" in line]
+    assert len(failed) == 1, output
+    assert "terminating connection due to administrator command" in failed[0], failed
+    assert "PendingRollbackError" not in output, output
+    assert "catch-up works again" in output, output
+
+
+def _checkpoints(engine: sqlalchemy.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT count(*) FROM projection_checkpoints")) or 0)

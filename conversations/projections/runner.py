@@ -220,7 +220,14 @@ def _apply(
     try:
         projection.apply(conn, batch, Tables())
     except Exception as error:
-        savepoint.rollback()  # raises in turn when the connection itself is gone
+        if conn.invalidated:
+            # The connection itself is gone (PostgreSQL restarted, the backend was
+            # terminated, the network cut): no fault of this fold, and nothing more can
+            # run on the connection. Raised as it is, so the worker says why it retries
+            # (not SQLAlchemy's "Can't reconnect until invalid transaction is rolled
+            # back", which recording the failure on the dead connection would raise).
+            raise
+        savepoint.rollback()
         failure = FoldFailed(projection.name, after, batch.end)
         failure.__cause__ = error
         failures[projection.name] = failure
