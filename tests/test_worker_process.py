@@ -396,3 +396,34 @@ def test_a_connection_lost_during_a_fold_is_logged_as_what_happened(
 def _checkpoints(engine: sqlalchemy.Engine) -> int:
     with engine.connect() as conn:
         return int(conn.scalar(text("SELECT count(*) FROM projection_checkpoints")) or 0)
+
+
+def test_a_listener_closed_for_idling_is_replaced_without_a_failure(
+    worker_database: str, worker_engine: sqlalchemy.Engine
+) -> None:
+    """PostgreSQL's `idle_session_timeout` (set here for the worker's sessions only)
+    closes the worker's listening connection, idle between notifications. That is no
+    failure of catch-up: no warning, and what is appended later is folded."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "conversations", "work"],
+        env={
+            **os.environ,
+            "DATABASE_URL": worker_database,
+            "CONVERSATIONS_LOG_LEVEL": "info",
+            "PGOPTIONS": "-c idle_session_timeout=1000",
+        },
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: _checkpoints(worker_engine) == 3, 20, "the worker started")
+        time.sleep(3.5)  # the listener idles past the timeout, three times
+        location = new_id("loc")
+        append_documents(worker_database, worker_engine, [message(locationId=location)])
+        wait_for(lambda: folded(worker_engine, location) == 1, 20, "folded")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=15)[0].decode()
+    assert worker.returncode == 0, output
+    assert '"level": "warning"' not in output, output

@@ -166,9 +166,18 @@ class CatchUpWorker:
                 "projection %s failed, retrying in %g s: %s", name, delay, failure, exc_info=failure
             )
 
-    def _listen_and_fold(self) -> None:
-        with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as listener:
+    def _listen(self) -> psycopg.Connection[object]:
+        listener = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        try:
             listener.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            listener.close()
+            raise
+        return listener
+
+    def _listen_and_fold(self) -> None:
+        listener = self._listen()
+        try:
             with self._engine.begin() as conn:
                 ensure_checkpoints(conn, self._projections)
             while not self._done():
@@ -178,7 +187,30 @@ class CatchUpWorker:
                 if self._failing:
                     log.warning("projection catch-up works again")
                     self._failing = False
-                self._wait(listener)
+                try:
+                    self._wait(listener)
+                except psycopg.OperationalError as error:
+                    if not listener.closed:
+                        raise
+                    listener = self._relisten(listener, error)
+        finally:
+            listener.close()
+
+    def _relisten(
+        self, lost: psycopg.Connection[object], error: psycopg.OperationalError
+    ) -> psycopg.Connection[object]:
+        """A new listening connection for one that closed while it waited.
+
+        The listener is idle between notifications, and PostgreSQL's
+        `idle_session_timeout` (or a proxy's idle limit) closes idle sessions: the
+        folds' own connections are checked when taken, but this one closed every few
+        seconds, each time a warning with a traceback that catch-up failed. Catch-up had
+        not failed: listening again is enough, and the fold that follows picks up what
+        was appended meanwhile. When the database is really away, listening again fails
+        and that is reported as a failure."""
+        lost.close()
+        log.debug("projection worker listens again: its connection closed (%s)", describe(error))
+        return self._listen()
 
     def _wait(self, listener: psycopg.Connection[object]) -> None:
         """Sleep until an append commits (or the poll interval passes), then let more
