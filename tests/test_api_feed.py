@@ -655,6 +655,31 @@ def test_a_lost_listener_connection_is_replaced_without_losing_events(
         assert time.monotonic() - posted_at < 1.5
 
 
+def test_a_listener_closed_for_idling_is_replaced_without_a_warning(
+    database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
+) -> None:
+    """PostgreSQL's `idle_session_timeout` (set here for the server's sessions only)
+    closes the feed's listening connection whenever no append commits for that long.
+    That is no outage: the stream goes on, the next event arrives, and the log has no
+    warning that the listener failed (it had one at every timeout)."""
+    own = start_server(database_url, keys, PGOPTIONS="-c idle_session_timeout=1500")
+    try:
+        loc = new_id("loc")
+        reader = Reader(own, make_key(engine, loc))
+        with stream(reader, {"heartbeat": 1}) as live:
+            assert heartbeats_only(live, seconds=4) >= 3
+            for _ in range(2):
+                (position,) = post_all(own, [message(locationId=loc)])
+                posted_at = time.monotonic()
+                assert int(live.event().id or 0) == position
+                assert time.monotonic() - posted_at < 1.5
+                time.sleep(2)
+    finally:
+        own.stop()
+    feed_lines = [line for line in own.lines if '"conversations.api.feed"' in line]
+    assert not feed_lines, feed_lines
+
+
 def test_a_stream_outlives_a_database_outage(
     database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
 ) -> None:

@@ -385,6 +385,7 @@ class EventNotifier:
     async def _listen(self) -> None:
         backoff = 0.5
         while True:
+            listening_since: float | None = None
             try:
                 async with await psycopg.AsyncConnection.connect(
                     self._url,
@@ -393,6 +394,7 @@ class EventNotifier:
                     application_name=APPLICATION_NAME,
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    listening_since = time.monotonic()
                     self.connected = True
                     if self._listen_failing:
                         self._listen_failing = False
@@ -402,6 +404,14 @@ class EventNotifier:
                     async for _ in conn.notifies():
                         self._wake_all()
             except Exception as error:
+                if _closed_after_a_while(listening_since) and not self._listen_failing:
+                    # Its connection closed after listening a while: PostgreSQL's
+                    # idle_session_timeout or a proxy's idle limit closes it every few
+                    # seconds while no append commits (a warning each time was noise), or
+                    # the database went away. Listening again at once tells which: only a
+                    # failure to do so is an outage worth a warning.
+                    log.debug("event listener's connection closed, listening again: %s", error)
+                    continue
                 # One warning per outage; its retries (backing off to 30 s) at debug level.
                 level = logging.DEBUG if self._listen_failing else logging.WARNING
                 self._listen_failing = True
@@ -410,6 +420,13 @@ class EventNotifier:
                 self.connected = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+
+def _closed_after_a_while(listening_since: float | None) -> bool:
+    """Whether a listener's connection closed half a second or more after it began
+    listening (one closed sooner is retried with backoff, so a database that keeps
+    dropping new connections is not reconnected to in a tight loop)."""
+    return listening_since is not None and time.monotonic() - listening_since >= 0.5
 
 
 def notifier(app: Starlette, state: AppState) -> EventNotifier:
