@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from conversations.database import DatabaseHandle
     from conversations.keys import KeyInfo
+    from conversations.projections.worker import CatchUpWorker
 
 log = logging.getLogger("conversations.cli")
 
@@ -429,8 +430,19 @@ class _Stop(BaseException):
     """SIGTERM (or SIGINT) asked the worker to stop."""
 
 
-def _raise_stop(signum: int, frame: object) -> None:
-    raise _Stop
+def _stopper(worker: CatchUpWorker) -> Callable[[int, object], None]:
+    """The worker's handler of stop signals: it raises `_Stop` to interrupt even a fold
+    waiting on the database, and first asks the worker to stop. A library may catch the
+    interruption and raise another error in its place (SQLAlchemy, restoring a pinged
+    connection's autocommit mid-statement, raised ProgrammingError), which the worker's
+    loop takes for a failure to retry: the SIGTERM was lost, and the worker ran on until
+    it was killed. Asked to stop, the loop ends there."""
+
+    def stop(signum: int, frame: object) -> None:
+        worker.stop()
+        raise _Stop
+
+    return stop
 
 
 def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) -> int:
@@ -457,8 +469,9 @@ def _work(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle) 
     )
     # A stop signal interrupts even a fold in progress: its batch and checkpoint commit
     # together, so the rolled back transaction is simply folded again by the next worker.
+    stop = _stopper(worker)
     for number in (signal.SIGINT, *STOP_SIGNALS):
-        signal.signal(number, _raise_stop)
+        signal.signal(number, stop)
     try:
         freeze_startup_heap()
         log.info(

@@ -28,6 +28,7 @@ from conversations.supervisor import Supervisor
 from tests.conftest import REPO, migrated_database, start_server
 from tests.helpers import KeyPair, Server, message, new_id
 from tests.projection_support import append_documents
+from tests.proxy import Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -427,3 +428,27 @@ def test_a_listener_closed_for_idling_is_replaced_without_a_failure(
         output = worker.communicate(timeout=15)[0].decode()
     assert worker.returncode == 0, output
     assert '"level": "warning"' not in output, output
+
+
+def test_a_worker_stops_on_sigterm_while_the_database_hangs(worker_database: str) -> None:
+    """SIGTERM interrupts a worker waiting on a database that hangs. The interruption
+    came mid-statement (the check of a pooled connection), where SQLAlchemy raised
+    another error in its place: the worker took it for a failure to retry, ran on and
+    had to be killed (by `serve` 10 s later; a standalone `work` not at all)."""
+    with Proxy.to(worker_database).running() as proxy:
+        worker = start_work(proxy.url_for(worker_database))
+        try:
+            wait_for(lambda: proxy.open >= 2, 20, "the worker connected")
+            time.sleep(0.5)
+            proxy.stall()
+            time.sleep(2.5)  # the next fold (a second apart at most) waits on the database
+            worker.send_signal(signal.SIGTERM)
+            output = worker.communicate(timeout=5)[0].decode()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+            proxy.flow()
+    assert worker.returncode == 0, output
+    assert "projection worker stopped" in output, output
+    assert "catch-up failed" not in output, output

@@ -111,6 +111,8 @@ class CatchUpWorker:
             try:
                 self._listen_and_fold()
             except Exception as error:
+                if self._stopping.is_set():
+                    return  # stopped mid-statement: whatever that raised is no failure
                 self._log_failure(error)
                 self._record(error)
                 self._stopping.wait(self._backoff)
