@@ -14,9 +14,11 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -584,3 +586,39 @@ def _ensure_database(admin_url: str, name: str) -> str:
     finally:
         engine.dispose()
     return version.split()[0]
+
+
+class Severable:
+    """The connections an engine opened, so that a stopping server can sever the ones a
+    thread still holds.
+
+    A read on a database that hangs (a frozen server, a stalled network) is answered 503
+    at its deadline, but the thread running it stays blocked in the driver: libpq has no
+    timeout of its own, and TCP keepalives do not end a connection whose peer's kernel
+    still answers. Python waits for such threads before a process exits, so `serve`
+    stopped by SIGTERM while the database hung did not exit until it answered again.
+    Shutting down a connection's socket (not closing its file descriptor, which the
+    blocked thread still uses) makes the blocked call fail at once, and the thread end.
+    Call `sever` after disposing of the engine: what is still open then is held."""
+
+    def __init__(self, engine: sqlalchemy.Engine) -> None:
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
+        sqlalchemy.event.listen(engine, "connect", self._connect)
+
+    def _connect(self, dbapi_connection: Any, record: Any) -> None:
+        self._opened.add(dbapi_connection)
+
+    def sever(self) -> int:
+        """Shut down the socket of every connection still open; how many."""
+        severed = 0
+        for dbapi_connection in list(self._opened):
+            if dbapi_connection.closed:
+                continue
+            with contextlib.suppress(Exception):  # closed meanwhile: nothing to sever
+                held = socket.socket(fileno=os.dup(dbapi_connection.pgconn.socket))
+                try:
+                    held.shutdown(socket.SHUT_RDWR)
+                    severed += 1
+                finally:
+                    held.close()
+        return severed

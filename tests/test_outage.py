@@ -10,6 +10,8 @@ it is back the service recovers by itself; and every acknowledged (2xx) event is
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -574,3 +576,31 @@ def test_a_hung_database_is_logged_for_the_webhooks_going_and_coming_back(
     assert len(going) == 1, logged
     assert f"within {DB_TIMEOUT} s" in going[0], going
     assert len([line for line in logged if "database available again" in line]) == 1, logged
+
+
+def test_serve_stops_on_sigterm_while_the_database_hangs(
+    database_url: str, keys: KeyPair, engine: sqlalchemy.Engine
+) -> None:
+    """A read on a hung database is answered 503 at its deadline, but its thread stays
+    blocked in the driver; Python waits for it before the process exits, so `serve`
+    stopped by SIGTERM while the database hung did not exit until it answered again
+    (minutes, or never). It must stop as usual, with status 0."""
+    with proxied(database_url, keys, CONVERSATIONS_LOG_LEVEL="info") as outage:
+        proxy, server = outage.proxy, outage.server
+        with httpx.Client(timeout=CLIENT_TIMEOUT) as client:
+            assert client.get(f"{server.url}/projections").status_code == 200
+            proxy.stall()
+            try:
+                started = time.monotonic()
+                response = client.get(f"{server.url}/projections")
+                assert response.status_code == 503, response.text
+                assert time.monotonic() - started < DB_TIMEOUT + SLACK
+                server.process.send_signal(signal.SIGTERM)
+                try:
+                    server.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("serve did not stop within 20 s of SIGTERM")
+            finally:
+                proxy.flow()
+    assert server.process.returncode == 0, server.output
+    assert "Finished server process" in server.output

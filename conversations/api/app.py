@@ -36,7 +36,7 @@ from conversations.api.problems import (
     server_error,
 )
 from conversations.api.state import AppState
-from conversations.database import create_async_engine, create_engine
+from conversations.database import Severable, create_async_engine, create_engine
 from conversations.gc_tuning import freeze_startup_heap
 from conversations.ingest import Ingestor
 from conversations.keys import KeyCache
@@ -71,6 +71,7 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             pool_timeout=settings.db_timeout,
             connect_args={"connect_timeout": int(max(2, settings.db_timeout))},
         )
+        read_connections = Severable(read_engine)
         read_pool = pool.read_pool(database_url, settings.db_pool_size, settings.db_timeout)
         await read_pool.open(wait=False)  # the service starts even if the database is late
         pages, changes = None, None
@@ -114,6 +115,9 @@ def create_app(settings: Settings, database_url: str) -> Starlette:
             if worker is not None:
                 await worker.stop()
             read_engine.dispose()
+            # Reads still running now are past their deadline (answered 503) and wait on
+            # a database that hangs: their threads would keep the process from exiting.
+            read_connections.sever()
             await read_pool.close()
             if changes is not None:
                 await changes.stop()
