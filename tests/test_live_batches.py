@@ -1,6 +1,6 @@
 """Live batches (`EventBatch.start` known, as the runner folds) on real PostgreSQL: new
 messages are appended (`fresh_keys`, `_sql.insert_new`) and new summary rows start empty,
-and the tables must be those of one batch of every event. The other property tests fold
+and the tables must be those a replay builds. The other property tests fold
 with `start` unknown, which never takes that path."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from conversations.store import StoredEvent
 from tests import test_contact_channels as cc
 from tests import test_location_conversations as lc
 from tests.helpers import new_id
-from tests.projection_support import Append, side_tables, table_rows
+from tests.projection_support import Append, rebuild_in_one_pass, side_tables, table_rows
 
 append = lc.append
 SLOW = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -44,19 +44,9 @@ def fold_live(
         start = chunk[-1].position
 
 
-def fold_once(
-    engine: sqlalchemy.Engine,
-    projection: BulkProjection,
-    tables: Tables,
-    events: Sequence[StoredEvent],
-) -> None:
-    with engine.begin() as conn:
-        projection.apply(conn, EventBatch(events, events[-1].position), tables)
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=SLOW)
 @given(data=st.data(), templates=lc.scenarios())
-def test_conversations_folded_live_are_those_of_one_batch(
+def test_conversations_folded_live_are_those_of_a_replay(
     engine: sqlalchemy.Engine, append: Append, data: st.DataObject, templates: list[dict[str, Any]]
 ) -> None:
     projection = location_conversations.PROJECTION
@@ -66,7 +56,7 @@ def test_conversations_folded_live_are_those_of_one_batch(
     live_events = append(lc.instantiate(order, there))
     cuts = data.draw(st.lists(st.integers(1, max(1, len(live_events) - 1)), max_size=4))
     with side_tables(engine, projection) as whole, side_tables(engine, projection) as live:
-        fold_once(engine, projection, whole, whole_events)
+        rebuild_in_one_pass(engine, projection, whole, whole_events)  # as `replay` does
         fold_live(engine, projection, live, live_events, cuts)
         assert table_rows(engine, projection, live, there) == table_rows(
             engine, projection, whole, here
@@ -79,7 +69,7 @@ def test_conversations_folded_live_are_those_of_one_batch(
     deliveries=st.lists(cc.delivery, min_size=1, max_size=10),
     data=st.data(),
 )
-def test_contact_channels_folded_live_are_those_of_one_batch(
+def test_contact_channels_folded_live_are_those_of_a_replay(
     engine: sqlalchemy.Engine,
     append: Append,
     messages: list[tuple[str, str, str | None, str]],
@@ -93,7 +83,7 @@ def test_contact_channels_folded_live_are_those_of_one_batch(
     live_events = append(cc.documents(there, messages, order))
     cuts = data.draw(st.lists(st.integers(1, max(1, len(live_events) - 1)), max_size=4))
     with side_tables(engine, projection) as whole, side_tables(engine, projection) as live:
-        fold_once(engine, projection, whole, whole_events)
+        rebuild_in_one_pass(engine, projection, whole, whole_events)  # as `replay` does
         fold_live(engine, projection, live, live_events, cuts)
         assert table_rows(engine, projection, live, there) == table_rows(
             engine, projection, whole, here
