@@ -208,8 +208,11 @@ def test_every_field_the_sdks_response_models_declare_is_in_our_answers(
             await client.http_client.aclose()
 
     def folded() -> dict[str, Any]:
+        # Each read waits for the fold: a page kept before it can be served until the
+        # fold's notification arrives (README), after a later read already shows it.
         answers = _sdk_run(read())
         assert len(answers["messages"]["messages"]["messages"]) == 2, answers
+        assert len(answers["search"]["conversations"]) == 1, answers
         return answers
 
     answers = eventually(folded)
