@@ -173,10 +173,20 @@ def iso(value: datetime | None) -> str | None:
         return None
     utc = value.astimezone(UTC)
     # Not strftime: glibc does not pad years before 1000 (Go's zero time is 0001-01-01).
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
-        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    # %-formatting: half the CPU of an f-string with seven format specs (once per message
+    # the projection worker folds, and per message a read builds).
+    return _ISO % (
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond // 1000,
     )
+
+
+_ISO = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ"
 
 
 def epoch_ms(value: datetime | None) -> int | None:
@@ -204,9 +214,13 @@ def message_type(message: Message) -> str | None:
 
 
 def message_type_code(message: Message) -> int | None:
+    return _type_code(message, message_type(message))
+
+
+def _type_code(message: Message, name: str | None) -> int | None:
+    """`message_type_code` given `name`, the message's `message_type`."""
     if message.message_type_id is not None:
         return message.message_type_id
-    name = message_type(message)
     return MESSAGE_TYPE_CODES.get(name) if name is not None else None
 
 
@@ -227,10 +241,11 @@ def _email_meta(message: Message) -> dict[str, Any] | None:
 def message_json(message: Message, conversation_id: str) -> dict[str, Any]:
     """`GetMessageResponseDto`; `conversation_id` is the id the message reads under (its
     conversation's merge root). Emails carry their body, and `meta.email` their headers."""
+    name = message_type(message)
     return {
         "id": message.message_id or message.message_key,
-        "type": message_type_code(message),
-        "messageType": message_type(message),
+        "type": _type_code(message, name),
+        "messageType": name,
         "locationId": message.location_id,
         "contactId": message.contact_id,
         "conversationId": conversation_id,

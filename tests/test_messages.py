@@ -1067,3 +1067,19 @@ def test_resolve_merges_ignores_order_and_duplicates(
     assert set(expected) == {id_ for pair in pairs for id_ in pair}
     for id_, root in expected.items():
         assert expected[root] == root, (id_, root)
+
+
+def test_iso_writes_utc_milliseconds_and_z_as_highlevel_does() -> None:
+    """`dialect.iso` (every `dateAdded` written): UTC, four-digit years (Go's zero time),
+    milliseconds truncated, not rounded."""
+    from datetime import timedelta, timezone
+
+    from conversations.dialect import iso
+
+    plus_five = timezone(timedelta(hours=5, minutes=30))
+    assert iso(datetime(2026, 1, 1, 3, 4, 5, 999_999, tzinfo=plus_five)) == (
+        "2025-12-31T21:34:05.999Z"
+    )
+    assert iso(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000Z"
+    assert iso(datetime(999, 12, 31, 23, 59, 59, 1_000, tzinfo=UTC)) == "0999-12-31T23:59:59.001Z"
+    assert iso(None) is None
