@@ -3,6 +3,7 @@ headers) and CORS, only where `CONVERSATIONS_CORS_ORIGINS` allows it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -193,3 +194,29 @@ def test_without_the_setting_there_are_no_cors_headers(
         headers={"Origin": APP, "Access-Control-Request-Method": "GET"},
     )
     assert "access-control-allow-origin" not in preflight.headers
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("path", ["/webhooks/highlevel", "/webhooks/highlevel/"])
+def test_a_webhook_goes_through_the_same_layers_as_any_request(
+    browser_server: Server, path: str
+) -> None:
+    """Webhooks skip the router (`webhooks.WebhookRoute`), not what is outside it: CORS
+    answers an allowed origin, the access line is logged and the latency counted under
+    the route, as for any request."""
+    body = json.dumps(message()).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "Origin": APP,
+        **browser_server.keys.headers(body, "ed25519"),
+    }
+    response = httpx.post(f"{browser_server.url}{path}", content=body, headers=headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["outcome"] == "stored"
+    assert response.headers["access-control-allow-origin"] == APP
+    eventually(lambda: assert_in(f'"path": "{path}", "status": 201', browser_server.output))
+    exposition = httpx.get(f"{browser_server.url}/metrics").text
+    assert 'conversations_request_duration_seconds_count{route="/webhooks/highlevel"}' in (
+        exposition
+    )
+    assert 'route="/webhooks/highlevel/"' not in exposition

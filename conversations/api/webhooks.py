@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from conversations.api.body_deadlines import BodyDeadlines
 from conversations.api.problems import PROBLEM_JSON, problem_response
@@ -161,3 +162,39 @@ ROUTES = [
 ]
 ROUTE_LABELS = {f"{PATH}/": PATH}
 """The route a request is counted under in the latency metric, where it is not its own."""
+
+
+class WebhookRoute:
+    """`POST /webhooks/highlevel` (either spelling) handed straight to `receive_webhook`.
+
+    What is outside this middleware (RequestLog's log line and latency metric, CORS, the
+    500/503 of an unhandled error) applies as to any request. What it skips is
+    ReadDeadline (which leaves webhooks alone), Starlette's ExceptionMiddleware, the router
+    and the endpoint wrapper, for an endpoint none of whose exception handlers apply: it
+    answers every error itself, and an unexpected one is answered by RequestLog, database
+    errors included, as the handlers would. Any other method, path or a mounted root path
+    takes the router as before (405 with `Allow: POST` for a GET, say).
+
+    Those layers cost more than their calls: a webhook's coroutines are suspended while
+    its body arrives and while its batch commits, and each resumption goes back down
+    through every layer. With them: about 12 µs more of the HTTP process's CPU per webhook
+    at concurrency 64 (167 against 155, a real server, alternated runs).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.routes = {route.path: route for route in ROUTES}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = None
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            route = self.routes.get(scope["path"])
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        # As the router sets them: RequestLog names the latency metric by the route.
+        scope["route"] = route
+        scope["endpoint"] = receive_webhook
+        scope["path_params"] = {}
+        response = await receive_webhook(Request(scope, receive, send))
+        await response(scope, receive, send)
