@@ -18,9 +18,7 @@ on the set of events, as `apply`'s does, so the two agree (tests compare them).
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import args_row
@@ -30,7 +28,7 @@ from conversations.messages import latest_flags
 from conversations.payloads import MESSAGE_EVENT_TYPES
 from conversations.projections._sql import copy_rows
 from conversations.projections.base import BulkProjection, EventBatch, Row, Tables, fold_message
-from conversations.store import StoredEvent
+from conversations.store import FOLD_COLUMNS, StoredEvent, folded_event
 
 UNREAD_UPDATE = "ConversationUnreadUpdate"
 FETCH_ROWS = 5_000
@@ -40,52 +38,19 @@ FLUSH_ROWS = 5_000
 OTHER_BATCH = 5_000
 """Events per `apply` of the events that are neither messages nor unread updates."""
 
-# What the folds read of an event; `_folded_event` fills the rest with placeholders (each
-# column decoded costs: the rows are the bulk of a rebuild's work).
-_FOLDED = "position, location_id, stream_id, version, event_type, message_id, payload"
-_NO_ID = uuid.UUID(int=0)
-_NO_TIME = datetime.min.replace(tzinfo=UTC)
-_NO_METADATA: dict[str, Any] = {}
-
-
-def _folded_event(
-    position: int,
-    location_id: str,
-    stream_id: str,
-    version: int,
-    event_type: str,
-    message_id: str | None,
-    payload: dict[str, Any],
-) -> StoredEvent:
-    return StoredEvent(
-        position,
-        _NO_ID,
-        location_id,
-        stream_id,
-        version,
-        event_type,
-        message_id,
-        None,
-        _NO_TIME,
-        payload,
-        b"",
-        _NO_METADATA,
-    )
-
-
 _COLUMNS = (
     "position, event_id, location_id, stream_id, version, event_type, message_id, "
     "occurred_at, recorded_at, payload, ''::bytea AS raw, metadata"
 )
 # Grouped by (location_id, message_id): the index on those columns gives this order.
 _MESSAGE_EVENTS = f"""
-    SELECT {_FOLDED} FROM events
+    SELECT {FOLD_COLUMNS} FROM events
      WHERE message_id IS NOT NULL AND message_id <> ''
        AND position > %(after)s AND position <= %(until)s
      ORDER BY location_id, message_id
 """
 _UNREAD_EVENTS = f"""
-    SELECT {_FOLDED} FROM events
+    SELECT {FOLD_COLUMNS} FROM events
      WHERE event_type = '{UNREAD_UPDATE}' AND position > %(after)s AND position <= %(until)s
      ORDER BY location_id, stream_id
 """
@@ -135,7 +100,7 @@ def _groups(
     server-side cursor in `conn`'s transaction."""
     raw = conn.connection.driver_connection
     assert raw is not None
-    with raw.cursor(name="conversations_rebuild", row_factory=args_row(_folded_event)) as cursor:
+    with raw.cursor(name="conversations_rebuild", row_factory=args_row(folded_event)) as cursor:
         cursor.itersize = FETCH_ROWS
         cursor.execute(query, params)
         for group_key, events in itertools.groupby(cursor, key=key):
