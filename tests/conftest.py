@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -69,6 +70,35 @@ def engine(database_url: str) -> Iterator[sqlalchemy.Engine]:
 @pytest.fixture(scope="session")
 def keys() -> KeyPair:
     return KeyPair.generate()
+
+
+def run_cli(
+    argv: list[str] | tuple[str, ...], database_url: str, stdout: Any
+) -> subprocess.CompletedProcess[str]:
+    """`conversations ARGV...` in a process of its own, its output into `stdout` (a file
+    or descriptor: what a shell redirection gives it), its stderr captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "conversations", *argv],
+        env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
+        cwd=REPO,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+
+
+def run_cli_into_closed_pipe(
+    argv: list[str] | tuple[str, ...], database_url: str
+) -> subprocess.CompletedProcess[str]:
+    """`run_cli` writing into a pipe nobody reads (`conversations ... | head -1`, once
+    `head` has gone)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return run_cli(argv, database_url, write)
+    finally:
+        os.close(write)
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ import pytest
 
 from conversations import migrate
 from conversations.database import create_database, create_engine, drop_database
-from tests.conftest import REPO, free_port, start_server
+from tests.conftest import REPO, free_port, run_cli, run_cli_into_closed_pipe, start_server
 from tests.helpers import KeyPair
 
 COMMANDS = [
@@ -363,20 +363,7 @@ def test_a_signing_key_of_the_wrong_kind_is_one_line_and_exit_2(
 def test_a_reader_that_goes_away_stops_a_command_quietly(database_url: str) -> None:
     """`conversations status | head -1`: the pipe closes under the command. It stops with
     the shell's 141, no traceback, as Unix tools do."""
-    read, write = os.pipe()
-    os.close(read)  # nobody will read what the command writes
-    try:
-        process = subprocess.run(
-            [sys.executable, "-m", "conversations", "status"],
-            env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
-            cwd=REPO,
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(write)
+    process = run_cli_into_closed_pipe(["status"], database_url)
     assert process.returncode == 141, process.stderr
     assert "Traceback" not in process.stderr and "BrokenPipe" not in process.stderr
 
@@ -390,15 +377,7 @@ def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(
     was an OSError traceback (then Python's complaint again as it flushed stdout at exit),
     and for `quarantine` "database error: [Errno 28] No space left on device"."""
     with open("/dev/full", "w") as full:
-        process = subprocess.run(
-            [sys.executable, "-m", "conversations", *argv],
-            env={**os.environ, "DATABASE_URL": database_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
-            cwd=REPO,
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
+        process = run_cli(argv, database_url, full)
     assert process.returncode == 2, process.stderr
     assert process.stderr == "conversations: cannot write the output: No space left on device\n"
 

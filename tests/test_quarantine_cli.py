@@ -7,9 +7,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from conversations.cli import main
 from conversations.database import create_engine
-from tests.conftest import REPO, migrated_database
+from tests.conftest import migrated_database, run_cli_into_closed_pipe
 from tests.helpers import KeyPair, Scheme, Server, events_refusing, message, new_id
 
 
@@ -531,19 +528,6 @@ def test_a_reader_that_goes_away_stops_quietly_not_as_a_database_error(
     reported as "database error: [Errno 32] Broken pipe", status 2."""
     qid = keep(fresh_engine, b"not json", "not_json")
     argv = [*action, str(qid)] if action == ["show"] else action
-    read, write = os.pipe()
-    os.close(read)  # nobody will read what the command writes
-    try:
-        process = subprocess.run(
-            [sys.executable, "-m", "conversations", "quarantine", *argv],
-            env={**os.environ, "DATABASE_URL": fresh_url, "CONVERSATIONS_LOG_LEVEL": "warning"},
-            cwd=REPO,
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(write)
+    process = run_cli_into_closed_pipe(["quarantine", *argv], fresh_url)
     assert process.returncode == 141, process.stderr
     assert process.stderr == ""
