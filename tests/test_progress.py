@@ -48,6 +48,21 @@ def test_the_last_line_shows_what_was_done_of_the_total(
     assert percent in stream.getvalue()
 
 
+def drained(master: int) -> str:
+    """What was written to the pseudo-terminal whose master side is `master` (closed)."""
+    written = b""
+    while select.select([master], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the slave side is closed and everything read
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(master)
+    return written.decode()
+
+
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 @pytest.mark.parametrize("columns", [80, 40])
 def test_on_a_terminal_each_redraw_fits_on_one_row(columns: int) -> None:
@@ -63,17 +78,7 @@ def test_on_a_terminal_each_redraw_fits_on_one_row(columns: int) -> None:
             time.sleep(0.11)  # past the redraw interval
             bar.update_to(done)
         bar.close()
-    written = b""
-    while select.select([master], [], [], 0.2)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        written += chunk
-    os.close(master)
-    rows = [row for row in re.split(r"[\r\n]+", written.decode()) if row.strip()]
+    rows = [row for row in re.split(r"[\r\n]+", drained(master)) if row.strip()]
     assert len(rows) == 3, rows
     assert all(len(row) < columns for row in rows), rows
     if columns == 80:
@@ -123,17 +128,7 @@ def test_a_line_logged_while_the_bar_is_drawn_takes_its_row() -> None:
             logging.getLogger("conversations.test").info("after the bar")
         finally:
             root.handlers[:], root.level = handlers, level
-    written = b""
-    while select.select([master], [], [], 0.2)[0]:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        written += chunk
-    os.close(master)
-    rows = [row for row in screen(written.decode()) if row]
+    rows = [row for row in screen(drained(master)) if row]
     assert rows[0] == "INFO projections rebuilt", rows
     assert rows[1].startswith("replay timeline") and "1,000 events" in rows[1], rows
     assert rows[2] == "INFO after the bar", rows
