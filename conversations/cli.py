@@ -535,16 +535,34 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     server = _server(config, handle.describe())
     # uvicorn shuts down gracefully on SIGINT and SIGTERM only: a SIGHUP does the same.
     signal.signal(signal.SIGHUP, lambda _, frame: server.handle_exit(signal.SIGTERM, frame))
+    why = _LastError()
+    logging.getLogger("uvicorn.error").addHandler(why)
     with embedded_kept_running(handle), contextlib.suppress(KeyboardInterrupt):
         try:
             server.run()  # re-raises the SIGINT or SIGTERM it stopped on: swallowed
         except SystemExit:  # it could not start: exits with a status of its own
             if server.started:
                 raise
-    if not server.started:  # uvicorn logged why (the port is taken, say)
-        print(f"conversations: cannot serve on {_base_url(host, port)}", file=sys.stderr)
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(why)
+    if not server.started:  # uvicorn logged why (the port is taken, say): repeated last
+        reason = f" ({why.message})" if why.message else ""
+        print(f"conversations: cannot serve on {_base_url(host, port)}{reason}", file=sys.stderr)
         return 2
     return 0
+
+
+class _LastError(logging.Handler):
+    """Keeps the last error uvicorn logged, so the line `serve` ends on when it cannot
+    listen says why: uvicorn's own line (the port taken) came two shutdown lines before
+    it, and a user reads the last line first."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()
 
 
 def _server(config: uvicorn.Config, database: str) -> uvicorn.Server:

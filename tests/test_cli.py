@@ -384,7 +384,8 @@ def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(
 
 def test_serve_on_a_port_in_use_says_so_and_exits_2(database_url: str) -> None:
     """Not "serving on ..." and uvicorn's undocumented status 3: one line saying it cannot
-    serve there, after uvicorn's own reason, status 2 like any setting that cannot be used.
+    serve there and why (uvicorn's own reason, logged lines before it at the info level),
+    status 2 like any setting that cannot be used.
     With verification off, a warning says what that means."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -406,10 +407,9 @@ def test_serve_on_a_port_in_use_says_so_and_exits_2(database_url: str) -> None:
             timeout=60,
         )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.rstrip().endswith(
-        f"conversations: cannot serve on http://127.0.0.1:{port}"
-    )
-    assert "address already in use" in result.stderr
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"conversations: cannot serve on http://127.0.0.1:{port} ("), last
+    assert "address already in use" in last  # the line read first says why
     assert "Traceback" not in result.stderr
     assert "signatures are not checked" in result.stderr
 
