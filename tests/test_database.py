@@ -349,10 +349,25 @@ def _running(pid: int) -> bool:
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     """A data dir whose server, should a failing test leave it running, is stopped after."""
     yield tmp_path / "data"
-    postmaster = tmp_path / "data" / "postgres" / "postmaster.pid"
-    if postmaster.exists():
+    pid = _postmaster_pid(tmp_path / "data" / "postgres")
+    if pid is not None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(postmaster.read_text().split()[0]), signal.SIGINT)  # fast shutdown
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The server's pid from its postmaster.pid, None without one. A server starting
+    creates the file before it writes its pid in it: read as it was, an empty one failed
+    the test with an IndexError."""
+    path = pgdata / "postmaster.pid"
+    deadline = time.monotonic() + 5
+    while path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            first = path.read_text().split()[:1]
+            if first or time.monotonic() > deadline:
+                return int(first[0]) if first else None
+        time.sleep(0.02)
+    return None
 
 
 def _assert_stopped(pgdata: Path, pid: int) -> None:
@@ -408,10 +423,17 @@ def test_a_first_start_interrupted_during_initdb_initialises_again(data_dir: Pat
         os.killpg(child.pid, signal.SIGKILL)  # the command, its initdb and initdb's postgres
         child.communicate(timeout=30)
         assert (pgdata / "PG_VERSION").exists()
+        # pg_ctl starts the server in a session of its own, which the kill misses: one forked
+        # just before the kill writes postmaster.pid a moment later (on a loaded machine,
+        # after this looked), and the next start found it running, with nothing to warn of.
+        deadline = time.monotonic() + 2
+        while not (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if not (pgdata / "postmaster.pid").exists():
             break  # killed during initdb
         # Killed after it: its server may be running (in a session of its own). Once more.
-        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        postmaster = _postmaster_pid(pgdata)
+        assert postmaster is not None
         with contextlib.suppress(ProcessLookupError):
             os.kill(postmaster, signal.SIGKILL)
         deadline = time.monotonic() + 5
