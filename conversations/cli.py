@@ -519,8 +519,9 @@ def _serve(args: argparse.Namespace, settings: Settings, handle: DatabaseHandle)
     port = settings.port if args.port is None else args.port
     if settings.webhook_verify == "off":
         log.warning(
-            "CONVERSATIONS_WEBHOOK_VERIFY=off: webhook signatures are not checked, so anyone"
-            " who can reach /webhooks/highlevel can store events (for local trials only)"
+            "CONVERSATIONS_WEBHOOK_VERIFY=off: webhook signatures are not required (checked"
+            " and recorded when sent), so anyone who can reach /webhooks/highlevel can store"
+            " events (for local trials only)"
         )
     from conversations.api.protocol import Http11Protocol
 
