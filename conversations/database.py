@@ -514,7 +514,11 @@ def _prepare_cluster(server_class: Any, pgdata: Path) -> None:
     initdb, so a cluster another process is initialising is never touched."""
     marker = _init_marker(pgdata)
     with server_class._lock:
-        if marker.exists() and not _postmaster_running(pgdata):
+        # Marked but empty: another process marked it and has yet to run initdb (it takes
+        # this lock again to do so), or one was stopped before initdb wrote anything.
+        # Either way nothing is half done. (Four processes opening a fresh data directory
+        # at once said it was "left half initialised".)
+        if marker.exists() and any(pgdata.iterdir()) and not _postmaster_running(pgdata):
             logger.warning(
                 "The embedded PostgreSQL in %s was left half initialised (its first start was"
                 " interrupted): initialising it again",

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from conversations.database import (
     DatabaseConfigError,
     DatabaseHandle,
+    _init_marker,
     create_async_engine,
     create_database,
     create_engine,
@@ -376,6 +377,19 @@ def _assert_stopped(pgdata: Path, pid: int) -> None:
     while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(pid)
+
+
+def test_a_data_dir_another_process_is_about_to_initialise_is_left_to_it(data_dir: Path) -> None:
+    """Between one process marking a new cluster and running initdb (under the library's
+    lock), another opening the same data directory found the mark and no server, and said
+    the first start was interrupted ("left half initialised"): a marked, empty directory
+    is initialised without a word."""
+    pgdata = data_dir / "postgres"
+    pgdata.mkdir(parents=True)
+    _init_marker(pgdata).touch()
+    pid, *_ = _finish(_child(data_dir, "write", "first"))  # no stderr at all
+    _assert_stopped(pgdata, int(pid))
+    assert not _init_marker(pgdata).exists()
 
 
 @pytest.mark.smoke
