@@ -44,6 +44,25 @@ def fold_live(
         start = chunk[-1].position
 
 
+def assert_live_folds_as_replay(
+    engine: sqlalchemy.Engine,
+    projection: BulkProjection,
+    data: st.DataObject,
+    whole: tuple[str, Sequence[StoredEvent]],
+    live: tuple[str, Sequence[StoredEvent]],
+) -> None:
+    """The events of location `whole[0]` rebuilt in one pass (as `replay` does) give the
+    rows that those of `live[0]` give folded in batches cut where `data` draws."""
+    (here, whole_events), (there, live_events) = whole, live
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(live_events) - 1)), max_size=4))
+    with side_tables(engine, projection) as rebuilt, side_tables(engine, projection) as folded:
+        rebuild_in_one_pass(engine, projection, rebuilt, whole_events)
+        fold_live(engine, projection, folded, live_events, cuts)
+        assert table_rows(engine, projection, folded, there) == table_rows(
+            engine, projection, rebuilt, here
+        )
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=SLOW)
 @given(data=st.data(), templates=lc.scenarios())
 def test_conversations_folded_live_are_those_of_a_replay(
@@ -54,13 +73,9 @@ def test_conversations_folded_live_are_those_of_a_replay(
     here, there = new_id("loc"), new_id("loc")
     whole_events = append(lc.instantiate(templates, here))
     live_events = append(lc.instantiate(order, there))
-    cuts = data.draw(st.lists(st.integers(1, max(1, len(live_events) - 1)), max_size=4))
-    with side_tables(engine, projection) as whole, side_tables(engine, projection) as live:
-        rebuild_in_one_pass(engine, projection, whole, whole_events)  # as `replay` does
-        fold_live(engine, projection, live, live_events, cuts)
-        assert table_rows(engine, projection, live, there) == table_rows(
-            engine, projection, whole, here
-        )
+    assert_live_folds_as_replay(
+        engine, projection, data, (here, whole_events), (there, live_events)
+    )
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=SLOW)
@@ -81,10 +96,6 @@ def test_contact_channels_folded_live_are_those_of_a_replay(
     here, there = new_id("loc"), new_id("loc")
     whole_events = append(cc.documents(here, messages, deliveries))
     live_events = append(cc.documents(there, messages, order))
-    cuts = data.draw(st.lists(st.integers(1, max(1, len(live_events) - 1)), max_size=4))
-    with side_tables(engine, projection) as whole, side_tables(engine, projection) as live:
-        rebuild_in_one_pass(engine, projection, whole, whole_events)  # as `replay` does
-        fold_live(engine, projection, live, live_events, cuts)
-        assert table_rows(engine, projection, live, there) == table_rows(
-            engine, projection, whole, here
-        )
+    assert_live_folds_as_replay(
+        engine, projection, data, (here, whole_events), (there, live_events)
+    )
